@@ -1,0 +1,1 @@
+"""The local hybrid lab: real peers on loopback for tests and the demo."""

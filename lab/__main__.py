@@ -1,0 +1,116 @@
+"""``python -m lab up|down|status|seed``: the local hybrid lab."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .core import REPO, Lab, LabError
+
+# Start order: each peer may read the settings of those before it.
+PEERS = ("tls", "ad", "storage", "mail", "exchange", "graph", "vault")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+LabDir = Annotated[
+    Path,
+    typer.Option("--lab-dir", envvar="LAB_DIR", help="where the lab keeps its state"),
+]
+
+
+def _peer_module(name: str) -> object | None:
+    try:
+        return importlib.import_module(f"lab.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"lab.{name}":
+            return None
+        raise
+
+
+def up(lab: Lab) -> Lab:
+    """Start every peer that is not running; idempotent."""
+    if lab.peers and all(lab.alive(name) for name in lab.peers):
+        return lab
+    lab.stop_all()
+    lab.settings = {"LAB_DIR": str(lab.root)}
+    try:
+        for name in PEERS:
+            module = _peer_module(name)
+            if module is not None:
+                module.start(lab)  # type: ignore[attr-defined]
+                lab.save()
+    except BaseException:
+        lab.stop_all()
+        raise
+    lab.save()
+    return lab
+
+
+@app.command("up")
+def up_command(lab_dir: LabDir = REPO / ".lab") -> None:
+    """Start the lab's peers in the background and write settings.env."""
+    try:
+        lab = up(Lab.open(lab_dir))
+    except LabError as exc:
+        console.print(f"[red]lab up failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    _print_status(lab)
+    console.print(f"settings: {lab.settings_file}")
+
+
+@app.command("down")
+def down_command(lab_dir: LabDir = REPO / ".lab") -> None:
+    """Stop every process the lab started, by pid."""
+    lab = Lab.open(lab_dir)
+    names = list(lab.peers)
+    lab.stop_all()
+    console.print(f"stopped: {', '.join(names) or 'nothing was running'}")
+
+
+@app.command("status")
+def status_command(lab_dir: LabDir = REPO / ".lab") -> None:
+    """Say which peers run, under which pids, and where."""
+    lab = Lab.open(lab_dir)
+    _print_status(lab)
+    if lab.peers and not all(lab.alive(name) for name in lab.peers):
+        raise typer.Exit(1)
+
+
+@app.command("seed")
+def seed_command(
+    users: Annotated[int, typer.Option(help="how many users to add to O365_Provision")] = 50,
+    invalid: Annotated[int, typer.Option(help="how many of them to give a bad attribute")] = 0,
+    lab_dir: LabDir = REPO / ".lab",
+) -> None:
+    """Add realistic users, as members of O365_Provision."""
+    from .seed import seed
+
+    lab = Lab.open(lab_dir)
+    created = seed(lab, users, invalid=invalid)
+    group = lab.settings.get("PROVISION_GROUP", "O365_Provision")
+    console.print(f"seeded {len(created)} users into {group}")
+
+
+def _print_status(lab: Lab) -> None:
+    table = Table(title=f"lab at {lab.root}")
+    for column in ("peer", "state", "pids", "endpoints"):
+        table.add_column(column)
+    for name, peer in lab.peers.items():
+        state = "[green]running[/green]" if lab.alive(name) else "[red]stopped[/red]"
+        endpoints = ", ".join(f"{k}={v}" for k, v in peer.endpoints.items())
+        table.add_row(name, state, " ".join(map(str, peer.pids)), endpoints)
+    if not lab.peers:
+        table.add_row("-", "not running", "", "")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

@@ -1,0 +1,47 @@
+"""Storage peer: Azurite (npm package ``azurite``) for queues and tables, on loopback."""
+
+from __future__ import annotations
+
+import shutil
+
+from .core import Lab, LabError, free_port, wait_for_port
+
+# Azurite's documented development account; public, identical on every machine.
+ACCOUNT = "devstoreaccount1"
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def connection_string(queue_port: int, table_port: int, blob_port: int) -> str:
+    host = "http://127.0.0.1"
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint={host}:{blob_port}/{ACCOUNT};"
+        f"QueueEndpoint={host}:{queue_port}/{ACCOUNT};"
+        f"TableEndpoint={host}:{table_port}/{ACCOUNT};"
+    )
+
+
+def start(lab: Lab) -> None:
+    azurite = shutil.which("azurite")
+    if azurite is None:
+        raise LabError("azurite is not installed; run: npm install -g azurite")
+    blob, queue, table = free_port(), free_port(), free_port()
+    proc = lab.spawn(
+        "storage",
+        [
+            azurite, "--silent", "--skipApiVersionCheck", "--loose",
+            "--location", str(lab.path("azurite", ".keep").parent),
+            "--blobHost", "127.0.0.1", "--blobPort", str(blob),
+            "--queueHost", "127.0.0.1", "--queuePort", str(queue),
+            "--tableHost", "127.0.0.1", "--tablePort", str(table),
+        ],
+    )
+    for port in (blob, queue, table):
+        wait_for_port("127.0.0.1", port, peer="storage", lab=lab, proc=proc)
+    lab.endpoint("storage", "queue", f"http://127.0.0.1:{queue}")
+    lab.endpoint("storage", "table", f"http://127.0.0.1:{table}")
+    lab.settings["AzureWebJobsStorage"] = connection_string(queue, table, blob)
+    lab.settings["LAB_STORAGE_QUEUE_PORT"] = str(queue)
+    lab.settings["LAB_STORAGE_TABLE_PORT"] = str(table)

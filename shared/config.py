@@ -1,0 +1,395 @@
+"""App settings, parsed once at start into frozen, typed objects.
+
+Every setting is an upper-case app setting (an environment variable in Azure Functions,
+a line of ``.lab/settings.env`` on the lab). ``load_settings()`` reads them all, validates
+them, and fails with one line naming the setting and what is wrong. Nothing else in the
+service reads ``os.environ``.
+
+Secret-valued settings (``AD_PASSWORD``, ``EXCHANGE_PASSWORD``, ``SMTP_PASSWORD``,
+``AZURE_STATIC_TOKEN``, ``AzureWebJobsStorage``) are ``SecretStr``: they never print. Their value
+is either the secret itself (as Azure leaves it after resolving a Key Vault reference) or a
+Key Vault reference ``@Microsoft.KeyVault(SecretUri=https://<vault>/secrets/<name>)``, which
+the secret provider (``shared.secrets``) resolves when the secret is first needed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from .errors import ConfigError
+
+DEFAULT_LICENSE_MAP = {"E3": "ENTERPRISEPACK", "Exchange 2": "EXCHANGEENTERPRISE"}
+
+# Roles that can take over the tenant: never synced unless named in ROLES_PRIVILEGED_OPT_IN.
+PRIVILEGED_ROLES = (
+    "Global Administrator",
+    "Privileged Role Administrator",
+    "Privileged Authentication Administrator",
+)
+
+DEFAULT_ROLE_ALLOW_LIST = (
+    "Exchange Administrator",
+    "Helpdesk Administrator",
+    "User Administrator",
+    "License Administrator",
+    "Groups Administrator",
+    "SharePoint Administrator",
+    "Teams Administrator",
+    "Service Support Administrator",
+    "Global Reader",
+    "Reports Reader",
+    "Message Center Reader",
+)
+
+_NCRONTAB = re.compile(r"^\S+( \S+){5}$")
+
+
+class _Section(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+
+def _csv(value: Any) -> tuple[str, ...]:
+    """Accept a JSON list or a comma-separated string; return stripped, non-empty items."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else text.split(",")
+    return tuple(str(item).strip() for item in value if str(item).strip())
+
+
+class StorageSettings(_Section):
+    """Azure Storage for queues and tables: a connection string (lab) or identity-based URIs."""
+
+    connection: SecretStr | None = Field(None, validation_alias="AzureWebJobsStorage")
+    queue_service_uri: str | None = Field(
+        None, validation_alias="AzureWebJobsStorage__queueServiceUri"
+    )
+    table_service_uri: str | None = Field(
+        None, validation_alias="AzureWebJobsStorage__tableServiceUri"
+    )
+    client_id: str | None = Field(None, validation_alias="AzureWebJobsStorage__clientId")
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> StorageSettings:
+        has_uris = bool(self.queue_service_uri and self.table_service_uri)
+        if self.connection is None and not has_uris:
+            raise ValueError(
+                "AzureWebJobsStorage: is not set; give a connection string, or both "
+                "AzureWebJobsStorage__queueServiceUri and AzureWebJobsStorage__tableServiceUri"
+            )
+        return self
+
+
+class AdSettings(_Section):
+    """Active Directory, read and written over LDAPS as a least-privileged service account."""
+
+    model_config = SettingsConfigDict(env_prefix="AD_")
+
+    url: str = Field(description="ldaps://dc1:636 (comma-separated for several DCs)")
+    base_dn: str
+    user: str = Field(description="service account: DOMAIN\\name, UPN or DN")
+    password: SecretStr
+    starttls: bool = False
+    timeout_seconds: float = Field(10.0, gt=0)
+    page_size: int = Field(1000, ge=1, le=5000)
+    range_step: int = Field(1500, ge=10, le=5000)
+
+    @field_validator("url")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        for url in _csv(value):
+            if not re.match(r"^ldaps?://[^/\s]+$", url):
+                raise ValueError(f"'{url}' is not an ldap:// or ldaps:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _encrypted(self) -> AdSettings:
+        if any(u.startswith("ldap://") for u in self.urls) and not self.starttls:
+            raise ValueError(
+                "AD_URL: ldap:// sends the password in clear; use ldaps:// or AD_STARTTLS=true"
+            )
+        return self
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return _csv(self.url)
+
+
+class ProvisioningSettings(_Section):
+    """What the existing scripts hard-coded: groups, attributes, licence names."""
+
+    provision_group: str = "O365_Provision"
+    license_group: str = "O365_License"
+    license_attribute: str = "extensionAttribute1"
+    country_attribute: str = "c"
+    license_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LICENSE_MAP))
+    routing_domain: str = Field(description="<tenant>.mail.onmicrosoft.com")
+    sync_deadline_hours: float = Field(24.0, gt=0)
+    sync_retry_min_seconds: float = Field(60.0, gt=0)
+    sync_retry_max_seconds: float = Field(3600.0, gt=0)
+
+    @field_validator("license_map")
+    @classmethod
+    def _non_empty_map(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("the licence map is empty; give at least one name → SKU part number")
+        return value
+
+    @field_validator("routing_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$", value):
+            raise ValueError(f"'{value}' is not a domain name")
+        return value.lower()
+
+
+class ExchangeSettings(_Section):
+    """On-premises Exchange PowerShell (WinRM over HTTPS, through the hybrid connection)."""
+
+    model_config = SettingsConfigDict(env_prefix="EXCHANGE_")
+
+    url: str = Field(description="https://exchange.contoso.com/PowerShell")
+    user: str
+    password: SecretStr
+    auth: Literal["negotiate", "ntlm", "kerberos", "basic"] = "negotiate"
+    configuration_name: str = "Microsoft.Exchange"
+    timeout_seconds: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not re.match(r"^https://[^/\s]+(/\S*)?$", value):
+            raise ValueError(f"'{value}' is not an https:// URL (WinRM must use TLS)")
+        return value
+
+
+class IdentitySettings(_Section):
+    """How the app authenticates to Graph and Key Vault (azure-identity)."""
+
+    model_config = SettingsConfigDict(env_prefix="AZURE_")
+
+    credential: Literal["managed-identity", "certificate", "static"] = "managed-identity"
+    client_id: str | None = None
+    tenant_id: str | None = None
+    client_certificate_path: Path | None = None
+    static_token: SecretStr | None = Field(None, description="lab only: a fixed bearer token")
+
+    @model_validator(mode="after")
+    def _complete(self) -> IdentitySettings:
+        if self.credential == "certificate" and not (
+            self.client_id and self.tenant_id and self.client_certificate_path
+        ):
+            raise ValueError(
+                "AZURE_CREDENTIAL: 'certificate' needs AZURE_CLIENT_ID, AZURE_TENANT_ID "
+                "and AZURE_CLIENT_CERTIFICATE_PATH"
+            )
+        if self.credential == "static" and self.static_token is None:
+            raise ValueError("AZURE_STATIC_TOKEN: is needed when AZURE_CREDENTIAL=static")
+        return self
+
+
+class GraphSettings(_Section):
+    """Microsoft Graph, and the client-side pacing that keeps us under its write budget."""
+
+    model_config = SettingsConfigDict(env_prefix="GRAPH_")
+
+    url: str = "https://graph.microsoft.com/v1.0"
+    timeout_seconds: float = Field(30.0, gt=0)
+    writes_per_window: int = Field(3000, ge=1)
+    write_window_seconds: float = Field(150.0, gt=0)
+    concurrency: int = Field(8, ge=1, le=64)
+
+
+class KeyVaultSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="KEY_VAULT_")
+
+    url: str | None = None
+    cache_seconds: float = Field(300.0, ge=0)
+
+
+class MailSettings(_Section):
+    """Where reports and alerts go."""
+
+    model_config = SettingsConfigDict(env_prefix="MAIL_")
+
+    transport: Literal["graph", "smtp", "none"] = "graph"
+    sender: str = Field("", description="From address (a mailbox when MAIL_TRANSPORT=graph)")
+    to: str = Field("", description="comma-separated recipients")
+
+    @model_validator(mode="after")
+    def _addresses(self) -> MailSettings:
+        if self.transport != "none" and not (self.sender and self.recipients):
+            raise ValueError(
+                "MAIL_TO: MAIL_SENDER and MAIL_TO are needed unless MAIL_TRANSPORT=none"
+            )
+        return self
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return _csv(self.to)
+
+
+class SmtpSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="SMTP_")
+
+    host: str = ""
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = True
+    user: str = ""
+    password: SecretStr | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class RolesSettings(_Section):
+    """Admin-role sync from AD groups in one OU, with its guards."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLES_")
+
+    enabled: bool = False
+    ou: str = ""
+    group_map: dict[str, str] = Field(default_factory=dict, description="group → role template id")
+    allow_list: str = ",".join(DEFAULT_ROLE_ALLOW_LIST)
+    privileged_opt_in: str = Field("", description="privileged roles explicitly allowed")
+    break_glass_ids: str = ""
+    max_revocations: int = Field(5, ge=0)
+    max_revocation_share: float = Field(0.25, ge=0, le=1)
+    mode: Literal["active", "eligible"] = "active"
+    pim_justification: str = "Granted from AD group by the O365 provisioning service"
+    pim_duration_days: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ou_when_enabled(self) -> RolesSettings:
+        if self.enabled and not self.ou:
+            raise ValueError("ROLES_OU: is needed when ROLES_ENABLED=true")
+        return self
+
+    @property
+    def allowed_roles(self) -> frozenset[str]:
+        opted_in = set(_csv(self.privileged_opt_in)) & set(PRIVILEGED_ROLES)
+        return frozenset(set(_csv(self.allow_list)) - set(PRIVILEGED_ROLES) | opted_in)
+
+    @property
+    def break_glass(self) -> frozenset[str]:
+        return frozenset(item.lower() for item in _csv(self.break_glass_ids))
+
+
+class ScheduleSettings(_Section):
+    """NCRONTAB schedules (six fields, seconds first); function_app.py names them as %SETTING%."""
+
+    poll_schedule: str = "0 */5 * * * *"
+    reconcile_schedule: str = "0 30 * * * *"
+    report_schedule: str = "0 0 7 * * *"
+    roles_schedule: str = "0 */15 * * * *"
+
+    @field_validator("*")
+    @classmethod
+    def _ncrontab(cls, value: str) -> str:
+        if not _NCRONTAB.match(value.strip()):
+            raise ValueError(f"'{value}' is not a six-field NCRONTAB expression")
+        return value.strip()
+
+
+class ServiceSettings(_Section):
+    ca_bundle: Path | None = Field(None, description="PEM of extra CAs (internal CA, lab CA)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no file at {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of the service. Build it with ``load_settings()``."""
+
+    storage: StorageSettings
+    ad: AdSettings
+    provisioning: ProvisioningSettings
+    exchange: ExchangeSettings
+    identity: IdentitySettings
+    graph: GraphSettings
+    key_vault: KeyVaultSettings
+    mail: MailSettings
+    smtp: SmtpSettings
+    roles: RolesSettings
+    schedules: ScheduleSettings
+    service: ServiceSettings
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "storage": StorageSettings,
+    "ad": AdSettings,
+    "provisioning": ProvisioningSettings,
+    "exchange": ExchangeSettings,
+    "identity": IdentitySettings,
+    "graph": GraphSettings,
+    "key_vault": KeyVaultSettings,
+    "mail": MailSettings,
+    "smtp": SmtpSettings,
+    "roles": RolesSettings,
+    "schedules": ScheduleSettings,
+    "service": ServiceSettings,
+}
+
+
+def setting_names() -> dict[str, bool]:
+    """Every app setting the service reads, mapped to whether it is required."""
+    names: dict[str, bool] = {}
+    for section in _SECTIONS.values():
+        prefix = str(section.model_config.get("env_prefix", ""))
+        for field_name, field in section.model_fields.items():
+            alias = field.validation_alias
+            name = alias if isinstance(alias, str) else f"{prefix}{field_name}".upper()
+            names[name] = field.is_required()
+    return names
+
+
+def _setting_name(section: type[_Section], error: Any) -> tuple[str, str]:
+    """The app setting an error is about, and the problem. Model-level checks say
+    ``"SETTING: problem"``; field-level errors carry the field in ``loc``."""
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error.get("type") == "missing":
+        message = "is required but not set"
+    loc = error.get("loc") or ()
+    if not loc:
+        name, _, problem = message.partition(": ")
+        return name, problem
+    return _field_setting(section, str(loc[0])), message
+
+
+def _field_setting(section: type[_Section], field: str) -> str:
+    if field in section.model_fields:
+        alias = section.model_fields[field].validation_alias
+        if isinstance(alias, str):
+            return alias
+        return f"{section.model_config.get('env_prefix', '')}{field}".upper()
+    return field
+
+
+def load_settings(env_file: str | Path | None = None) -> Settings:
+    """Read and validate every setting; raise ``ConfigError`` naming the first bad one.
+
+    Values come from the environment, then from ``env_file`` (KEY=VALUE lines) where given.
+    """
+    sections: dict[str, Any] = {}
+    for key, section in _SECTIONS.items():
+        try:
+            sections[key] = section(_env_file=env_file)
+        except ValidationError as exc:
+            raise ConfigError(*_setting_name(section, exc.errors()[0])) from None
+        except SettingsError as exc:  # a JSON-valued setting that is not JSON
+            match = re.search(r'field "(\w+)"', str(exc))
+            field = match.group(1) if match else "?"
+            raise ConfigError(_field_setting(section, field), "is not valid JSON") from None
+    return Settings(**sections)

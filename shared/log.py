@@ -1,0 +1,59 @@
+"""Structured logging: events with fields (``user``, ``step``, ``outcome``, ``correlation_id``).
+
+Secrets the provider hands out are registered here and masked in every event, as a last
+line of defence: no code should log them in the first place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_secrets: set[str] = set()
+MASK = "***"
+
+
+def register_secret(value: str) -> None:
+    """Mask ``value`` wherever it would appear in a log event from now on."""
+    if len(value) >= 4:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact(value)
+        elif not isinstance(value, (int, float, bool, type(None))):
+            event[key] = redact(str(value))
+    return event
+
+
+def configure(level: str = "INFO", *, json: bool = True) -> None:
+    """Set up structlog once per process; JSON lines in Azure, readable lines on a terminal."""
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact_event,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
