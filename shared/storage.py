@@ -1,0 +1,33 @@
+"""Clients for Azure Storage queues and tables: a connection string on the lab (Azurite),
+the app's managed identity in Azure (``AzureWebJobsStorage__*Uri`` + ``__clientId``)."""
+
+from __future__ import annotations
+
+from azure.core.credentials import TokenCredential
+from azure.data.tables import TableServiceClient
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from azure.storage.queue import QueueServiceClient
+
+from .config import StorageSettings
+
+
+def _credential(storage: StorageSettings) -> TokenCredential:
+    if storage.client_id:
+        return ManagedIdentityCredential(client_id=storage.client_id)
+    return DefaultAzureCredential()
+
+
+def table_service(storage: StorageSettings) -> TableServiceClient:
+    """A table service client for the ledger, audit, cursors and role plans."""
+    if storage.connection is not None:
+        return TableServiceClient.from_connection_string(storage.connection.get_secret_value())
+    assert storage.table_service_uri is not None  # guaranteed by StorageSettings
+    return TableServiceClient(storage.table_service_uri, credential=_credential(storage))
+
+
+def queue_service(storage: StorageSettings) -> QueueServiceClient:
+    """A queue service client; messages are base64 text, as host.json declares."""
+    if storage.connection is not None:
+        return QueueServiceClient.from_connection_string(storage.connection.get_secret_value())
+    assert storage.queue_service_uri is not None
+    return QueueServiceClient(storage.queue_service_uri, credential=_credential(storage))
