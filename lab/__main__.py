@@ -34,14 +34,20 @@ def _peer_module(name: str) -> object | None:
         raise
 
 
-def up(lab: Lab) -> Lab:
-    """Start every peer that is not running; idempotent."""
+def up(lab: Lab, only: str | None = None) -> Lab:
+    """Start every peer that is not running; idempotent.
+
+    ``only`` (or LAB_PEERS) is a comma-separated subset, for working on one peer at a time.
+    """
     if lab.peers and all(lab.alive(name) for name in lab.peers):
         return lab
     lab.stop_all()
     lab.settings = {"LAB_DIR": str(lab.root)}
+    wanted = (only or os.environ.get("LAB_PEERS", "")).split(",")
     try:
         for name in PEERS:
+            if wanted != [""] and name not in wanted:
+                continue
             module = _peer_module(name)
             if module is not None:
                 module.start(lab)  # type: ignore[attr-defined]
@@ -54,10 +60,13 @@ def up(lab: Lab) -> Lab:
 
 
 @app.command("up")
-def up_command(lab_dir: LabDir = REPO / ".lab") -> None:
+def up_command(
+    lab_dir: LabDir = REPO / ".lab",
+    only: Annotated[str, typer.Option(help="comma-separated peers, e.g. tls,storage")] = "",
+) -> None:
     """Start the lab's peers in the background and write settings.env."""
     try:
-        lab = up(Lab.open(lab_dir))
+        lab = up(Lab.open(lab_dir), only or None)
     except LabError as exc:
         console.print(f"[red]lab up failed:[/red] {exc}")
         raise typer.Exit(1) from None
