@@ -1,0 +1,124 @@
+"""The ledger on Azurite: claims with ETags, so duplicate delivery makes no second change."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+
+import pytest
+
+from lab.core import Lab
+from shared.config import StorageSettings
+from shared.ledger import Audit, Ledger, State, Verdict, now
+from shared.messages import Step, WorkItem
+from shared.queues import Queues
+from shared.storage import queue_service, table_service
+
+pytestmark = pytest.mark.lab
+LEASE = dt.timedelta(seconds=30)
+
+
+@pytest.fixture(scope="module")
+def storage(lab: Lab) -> StorageSettings:
+    return StorageSettings(_env_file=lab.settings_file)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="module")
+def ledger(storage: StorageSettings) -> Ledger:
+    return Ledger(table_service(storage))
+
+
+def test_first_claim_wins_and_a_concurrent_one_is_busy(ledger: Ledger) -> None:
+    """Two workers holding copies of one message: exactly one gets the lease."""
+    item = WorkItem(user=uuid.uuid4(), step=Step.MAILBOX)
+    ledger.enqueued(item)
+    verdicts: list[Verdict] = []
+    barrier = threading.Barrier(4)
+
+    def worker() -> None:
+        barrier.wait()
+        verdicts.append(ledger.claim(item, LEASE)[0])
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(verdicts) == sorted([Verdict.CLAIMED] + [Verdict.BUSY] * 3)
+
+
+def test_a_duplicate_after_completion_is_finished(ledger: Ledger) -> None:
+    """A second delivery of a message whose step completed does nothing."""
+    item = WorkItem(user=uuid.uuid4(), step=Step.LICENSE)
+    ledger.enqueued(item)
+    verdict, row = ledger.claim(item, LEASE)
+    assert verdict is Verdict.CLAIMED and row is not None
+    assert ledger.finish(row, State.DONE)
+    assert ledger.claim(item, LEASE)[0] is Verdict.FINISHED
+    stored = ledger.get(item.user, Step.LICENSE)
+    assert stored is not None and (stored.state, stored.attempts) == (State.DONE, 1)
+
+
+def test_a_superseded_message_is_stale(ledger: Ledger) -> None:
+    """After a retry was enqueued, the older message is dropped."""
+    first = WorkItem(user=uuid.uuid4(), step=Step.LICENSE)
+    ledger.enqueued(first)
+    retry = WorkItem(user=first.user, step=Step.LICENSE, correlation_id=first.correlation_id,
+                     enqueued_at=first.enqueued_at + dt.timedelta(seconds=1))
+    ledger.enqueued(retry)
+    assert ledger.claim(first, LEASE)[0] is Verdict.STALE
+    assert ledger.claim(retry, LEASE)[0] is Verdict.CLAIMED
+
+
+def test_an_expired_lease_can_be_taken_over(ledger: Ledger) -> None:
+    """A worker that died holding the lease blocks the user only until the lease expires."""
+    item = WorkItem(user=uuid.uuid4(), step=Step.MAILBOX)
+    ledger.enqueued(item)
+    assert ledger.claim(item, dt.timedelta(seconds=-1))[0] is Verdict.CLAIMED
+    verdict, row = ledger.claim(item, LEASE)
+    assert verdict is Verdict.CLAIMED and row is not None and row.attempts == 2
+
+
+def test_the_loser_of_a_takeover_cannot_overwrite(ledger: Ledger) -> None:
+    """The finish of a worker whose row changed under it is refused by the ETag check."""
+    item = WorkItem(user=uuid.uuid4(), step=Step.MAILBOX)
+    ledger.enqueued(item)
+    _, stale_row = ledger.claim(item, dt.timedelta(seconds=-1))
+    ledger.claim(item, LEASE)
+    assert stale_row is not None
+    assert ledger.finish(stale_row, State.FAILED, error="late") is False
+    stored = ledger.get(item.user, Step.MAILBOX)
+    assert stored is not None and stored.state is State.WORKING
+
+
+def test_liveness(ledger: Ledger) -> None:
+    """A queued row is live until its message is overdue by the grace period."""
+    item = WorkItem(user=uuid.uuid4(), step=Step.MAILBOX)
+    ledger.enqueued(item)
+    row = ledger.get(item.user, Step.MAILBOX)
+    assert row is not None
+    grace = dt.timedelta(minutes=10)
+    assert row.is_live(now(), grace)
+    assert not row.is_live(now() + dt.timedelta(minutes=11), grace)
+
+
+def test_audit_is_append_only_and_queryable_by_user(storage: StorageSettings) -> None:
+    audit = Audit(table_service(storage))
+    user = str(uuid.uuid4())
+    audit.record(user=user, system="ad", action="add_member", before=[], after=["O365_License"],
+                 correlation_id="c" * 8)
+    audit.record(user=user, system="ad", action="remove_member", before=["O365_Provision"],
+                 after=[], correlation_id="c" * 8)
+    assert [e["action"] for e in audit.entries(user=user)] == ["add_member", "remove_member"]
+
+
+def test_delayed_message_stays_invisible(storage: StorageSettings) -> None:
+    """A delayed send is not received before its delay: how the licence step waits for sync."""
+    queues = Queues(queue_service(storage))
+    name = f"t{uuid.uuid4().hex[:12]}"
+    queues.send(name, "later", delay=30)
+    queues.send(name, "now")
+    got = queues.receive(name, limit=10, visibility=5)
+    assert [m.text for m in got] == ["now"]
+    assert queues.depth(name) == 2
