@@ -300,6 +300,9 @@ class ScheduleSettings(_Section):
 class ServiceSettings(_Section):
     ca_bundle: Path | None = Field(None, description="PEM of extra CAs (internal CA, lab CA)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    lease_seconds: float = Field(
+        300.0, ge=5, description="how long a worker holds a user; longer than any one step"
+    )
 
     @field_validator("ca_bundle")
     @classmethod
