@@ -1,0 +1,367 @@
+"""The lab Graph's HTTP side: a route registry, bearer-token check, fault injection,
+throttling, counters, and the lab-only control path ``/_lab``.
+
+Graph paths are matched by our own registry (not aiohttp's router) so that ``$batch`` can
+dispatch each item through exactly the same code: same handler, same throttling, same counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import random
+import re
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from .store import Tenant
+from .throttle import Budgets, Knobs
+
+JSON = dict[str, Any]
+
+
+class GraphError(Exception):
+    """A Graph error answer: ``{"error": {"code", "message", "innerError"}}``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass
+class Request:
+    """One Graph request, from HTTP or from a ``$batch`` item."""
+
+    method: str
+    path: str  # relative to /v1.0, no leading slash, e.g. "users/abc/assignLicense"
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    body: Any
+    params: dict[str, str] = field(default_factory=dict)
+    base_url: str = ""  # http://host:port/v1.0, for @odata.nextLink
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[["Graph", Request], Awaitable[Reply]]
+CostFn = Callable[[Request], int]
+
+
+@dataclass
+class Route:
+    method: str
+    template: str
+    regex: re.Pattern[str]
+    handler: Handler
+    ru: int | CostFn
+    writes: int
+    throttled: bool
+
+
+class Registry:
+    """Routes of the lab Graph. Modules call ``route(...)`` at import time."""
+
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def route(
+        self,
+        method: str,
+        template: str,
+        *,
+        ru: int | CostFn = 1,
+        writes: int | None = None,
+        throttled: bool = True,
+    ) -> Callable[[Handler], Handler]:
+        """Register ``handler`` for ``method template`` (``users/{id}/assignLicense``).
+
+        ``ru`` is the documented base resource-unit cost (an int, or a function of the request
+        for paths whose cost depends on it); ``writes`` is the write-quota cost, 1 for
+        POST/PATCH/PUT/DELETE and 0 for GET unless given. ``throttled=False`` exempts a path
+        from the identity budgets (e.g. Outlook's sendMail, which has limits of its own).
+        """
+        parts = [
+            f"(?P<{seg[1:-1]}>[^/]+)" if seg.startswith("{") else re.escape(seg)
+            for seg in template.split("/")
+        ]
+        regex = re.compile("^" + "/".join(parts) + "$", re.IGNORECASE)
+        write_cost = writes if writes is not None else (0 if method == "GET" else 1)
+
+        def register(handler: Handler) -> Handler:
+            self.routes.append(
+                Route(method, template, regex, handler, ru, write_cost, throttled)
+            )
+            return handler
+
+        return register
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        allowed = False
+        for route in self.routes:
+            found = route.regex.match(path)
+            if found:
+                if route.method == method:
+                    return route, dict(found.groupdict())
+                allowed = True
+        if allowed:
+            raise GraphError(405, "Request_BadRequest", f"The HTTP method '{method}' is not "
+                             f"allowed for the resource '{path}'.")
+        return None
+
+
+registry = Registry()
+route = registry.route
+
+
+def graph_error_body(code: str, message: str) -> JSON:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": now,
+                "request-id": str(uuid.uuid4()),
+                "client-request-id": str(uuid.uuid4()),
+            },
+        }
+    }
+
+
+@dataclass
+class Stats:
+    """Counters the tests and benchmarks read through ``GET /_lab/stats``."""
+
+    per_path: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    total: Counter[str] = field(default_factory=Counter)
+
+    def count(self, key: str, what: str, n: int = 1) -> None:
+        self.per_path[key][what] += n
+        self.total[what] += n
+
+    def as_json(self) -> JSON:
+        return {
+            "total": dict(self.total),
+            "paths": {key: dict(counter) for key, counter in sorted(self.per_path.items())},
+        }
+
+
+class Graph:
+    """State of one lab Graph process: tenant, budgets, knobs, counters."""
+
+    def __init__(self, tenant: Tenant, knobs: Knobs, token: str) -> None:
+        self.tenant = tenant
+        self.knobs = knobs
+        self.budgets = Budgets(knobs)
+        self.stats = Stats()
+        self.token = token
+        self.random = random.Random(knobs.seed)
+        self.settings: dict[str, str] = {}
+
+    # -- one Graph request, from HTTP or a batch item ------------------------------------
+    async def dispatch(self, request: Request) -> Reply:
+        """Route, throttle, count and run one request; always returns a Reply."""
+        key = f"{request.method} {request.path}"
+        try:
+            found = registry.match(request.method, request.path)
+            if found is None:
+                raise GraphError(400, "BadRequest", f"Resource not found for the segment "
+                                 f"'{request.path.split('/')[0]}'.")
+            matched, params = found
+            request.params = params
+            key = f"{matched.method} {matched.template}"
+            self.stats.count(key, "requests")
+            self.stats.count(key, "writes" if matched.writes else "reads")
+            headers: dict[str, str] = {}
+            if matched.throttled:
+                cost = matched.ru(request) if callable(matched.ru) else matched.ru
+                cost = max(1, cost - _cost_discount(request))
+                verdict = self.budgets.charge(cost, matched.writes, self.tenant.size())
+                headers.update(verdict.headers)
+                if verdict.retry_after is not None:
+                    self.stats.count(key, "429")
+                    raise GraphError(
+                        429, "TooManyRequests",
+                        "Too many requests. Retry after the time the Retry-After header gives.",
+                        headers,
+                    )
+            reply = await matched.handler(self, request)
+            reply.headers = {**headers, **reply.headers}
+            return reply
+        except GraphError as exc:
+            if exc.status >= 400 and exc.status != 429:
+                self.stats.count(key, f"{exc.status}")
+            return Reply(exc.status, graph_error_body(exc.code, exc.message), exc.headers)
+
+
+def _cost_discount(request: Request) -> int:
+    """Documented modifiers: $select -1, $top below 20 -1, $expand +1."""
+    discount = 0
+    if "$select" in request.query:
+        discount += 1
+    top = request.query.get("$top", "")
+    if top.isdigit() and int(top) < 20:
+        discount += 1
+    if "$expand" in request.query:
+        discount -= 1
+    return discount
+
+
+# -- aiohttp glue -------------------------------------------------------------------------
+GRAPH_KEY = web.AppKey("graph", Graph)
+
+
+def _authorised(graph: Graph, http: web.Request) -> GraphError | None:
+    value = http.headers.get("Authorization", "")
+    if not value:
+        return GraphError(401, "InvalidAuthenticationToken", "Access token is empty.")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), graph.token.encode()):
+        return GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.")
+    return None
+
+
+def _json_response(reply: Reply) -> web.Response:
+    if reply.body is None:
+        return web.Response(status=reply.status, headers=reply.headers)
+    return web.Response(
+        status=reply.status,
+        body=json.dumps(reply.body).encode(),
+        content_type="application/json",
+        headers=reply.headers,
+    )
+
+
+async def _faults(graph: Graph, http: web.Request) -> web.Response | None:
+    """Injected latency, 503s and dropped connections, as configured."""
+    knobs = graph.knobs
+    delay = knobs.latency_ms + (graph.random.uniform(0, knobs.jitter_ms) if knobs.jitter_ms else 0)
+    if delay > 0:
+        await asyncio.sleep(delay / 1000)
+    drop = knobs.drop_next > 0 or (knobs.drop_rate and graph.random.random() < knobs.drop_rate)
+    if drop:
+        knobs.drop_next = max(0, knobs.drop_next - 1)
+        graph.stats.count("*", "dropped")
+        if http.transport is not None:
+            http.transport.abort()
+        raise asyncio.CancelledError  # aiohttp discards a handler cancelled after abort
+    fail = knobs.fail_next > 0 or (knobs.error_rate and graph.random.random() < knobs.error_rate)
+    if fail:
+        knobs.fail_next = max(0, knobs.fail_next - 1)
+        graph.stats.count("*", "503")
+        return _json_response(
+            Reply(503, graph_error_body("serviceNotAvailable", "Service Unavailable"),
+                  {"Retry-After": str(knobs.retry_after_503)})
+        )
+    return None
+
+
+async def handle_graph(http: web.Request) -> web.StreamResponse:
+    graph = http.app[GRAPH_KEY]
+    denied = _authorised(graph, http)
+    if denied:
+        return _json_response(Reply(denied.status, graph_error_body(denied.code, denied.message)))
+    faulted = await _faults(graph, http)
+    if faulted is not None:
+        return faulted
+    body: Any = None
+    if http.can_read_body:
+        raw = await http.read()
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return _json_response(Reply(400, graph_error_body(
+                    "BadRequest", "Unable to read JSON request payload.")))
+    base = f"{http.scheme}://{http.host}/v1.0"
+    request = Request(
+        method=http.method,
+        path=http.match_info["tail"].strip("/"),
+        query=dict(http.query),
+        headers={k.lower(): v for k, v in http.headers.items()},
+        body=body,
+        base_url=base,
+    )
+    return _json_response(await graph.dispatch(request))
+
+
+async def handle_control(http: web.Request) -> web.Response:
+    graph = http.app[GRAPH_KEY]
+    denied = _authorised(graph, http)
+    if denied:
+        return _json_response(Reply(denied.status, graph_error_body(denied.code, denied.message)))
+    name = f"{http.method} {http.match_info['tail'].strip('/')}"
+    action = CONTROLS.get(name)
+    if action is None:
+        return web.json_response({"error": f"no lab control {name}"}, status=404)
+    body = await http.json() if http.can_read_body else {}
+    try:
+        return web.json_response(await action(graph, body or {}))
+    except (KeyError, ValueError, TypeError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+
+
+def control(method: str, name: str) -> Callable[
+    [Callable[[Graph, JSON], Awaitable[JSON]]], Callable[[Graph, JSON], Awaitable[JSON]]
+]:
+    """Register a lab-only control action at ``METHOD /_lab/<name>``."""
+
+    def register(fn: Callable[[Graph, JSON], Awaitable[JSON]]) -> Callable[[Graph, JSON],
+                                                                           Awaitable[JSON]]:
+        CONTROLS[f"{method} {name}"] = fn
+        return fn
+
+    return register
+
+
+CONTROLS: dict[str, Callable[[Graph, JSON], Awaitable[JSON]]] = {}
+
+
+def make_app(graph: Graph) -> web.Application:
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app[GRAPH_KEY] = graph
+    app.router.add_route("*", "/v1.0/{tail:.*}", handle_graph)
+    app.router.add_route("*", "/_lab/{tail:.*}", handle_control)
+    return app
+
+
+async def serve(
+    graph: Graph,
+    host: str,
+    port: int,
+    background: list[Callable[[], Coroutine[Any, Any, None]]],
+) -> None:
+    """Serve until cancelled, with ``background`` coroutines (the sync engine) alongside."""
+    runner = web.AppRunner(make_app(graph), access_log=None, handle_signals=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    tasks = [asyncio.create_task(job()) for job in background]
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
