@@ -250,10 +250,11 @@ def _lo_addresses() -> set[str]:
     return {line.split()[3].split("/")[0] for line in out.splitlines() if "inet" in line}
 
 
-def _claim_address() -> str:
-    """The first 127.0.0.N (N >= 2) whose LDAP ports are free, present on ``lo``."""
-    for n in range(2, 255):
-        host = f"127.0.0.{n}"
+def _claim_address(prefer: str | None = None) -> str:
+    """``prefer`` if its LDAP ports are free (a restart keeps its address), else the first
+    127.0.0.N (N >= 2) whose are; made present on ``lo``."""
+    candidates = [f"127.0.0.{n}" for n in range(2, 255)]
+    for host in ([prefer] if prefer else []) + candidates:
         if not _ports_free(host):
             continue
         if host not in _lo_addresses():
@@ -306,7 +307,7 @@ def run(lab: Lab) -> None:
     if shutil.which("samba") is None:
         raise LabError("ad: Samba is not installed; run: bash scripts/setup")
     with _address_lock():
-        host = _claim_address()
+        host = _claim_address(lab.settings.get("LAB_AD_HOST"))
         cert, key = tls.issue(lab, f"ad-{host}", [HOSTNAME, host])
         ca_cert, _ = tls.ca(lab)
         conf = ad_dir / "smb.conf"
