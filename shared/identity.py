@@ -14,10 +14,15 @@ Kiota token provider awaits ``get_token`` only when it returns an awaitable.
 
 from __future__ import annotations
 
+import ssl
+import tempfile
 import time
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import certifi
 from azure.core.credentials import (
     AccessToken,
     AccessTokenInfo,
@@ -95,3 +100,34 @@ def scope_for(url: str) -> str:
     """
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}/.default"
+
+
+# -- whom we trust ---------------------------------------------------------------------------
+# CA_BUNDLE names CAs to trust *in addition to* the public ones (an internal CA, the lab CA):
+# the same process talks to the organisation's SMTP relay and to public Graph and Key Vault.
+
+
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """A client TLS context trusting the system's CAs plus those in ``CA_BUNDLE``."""
+    context = ssl.create_default_context()
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
+
+
+@lru_cache(maxsize=8)
+def ca_file(ca_bundle: Path | None) -> str | bool:
+    """A CA file for clients that take a path rather than a context (requests, hence
+    ``SecretClient(connection_verify=...)``): certifi's public CAs plus ``CA_BUNDLE``.
+
+    A path given to requests replaces its default CAs, so the two are joined into one file.
+    """
+    if ca_bundle is None:
+        return True
+    joined = Path(certifi.where()).read_bytes() + b"\n" + ca_bundle.read_bytes()
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept for the process's life
+        prefix="o365-ca-", suffix=".pem", delete=False
+    )
+    with handle:
+        handle.write(joined)
+    return handle.name

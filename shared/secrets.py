@@ -44,6 +44,7 @@ from pydantic import SecretStr
 
 from .config import IdentitySettings, KeyVaultSettings, Settings
 from .errors import ConfigError, TransientError
+from .identity import ca_file
 from .identity import credential as make_credential
 from .log import get_logger, register_secret
 
@@ -254,7 +255,7 @@ class SecretProvider:
             client = SecretClient(
                 vault_url,
                 self._credential,
-                connection_verify=str(self._ca_bundle) if self._ca_bundle else True,
+                connection_verify=ca_file(self._ca_bundle),
                 # SecretClient checks that the challenge's resource (vault.azure.net) is a parent
                 # domain of the vault's host. A vault on a loopback address (the lab's) has no
                 # such parent; no Azure vault is ever on loopback, so nothing is lost there.

@@ -1,0 +1,381 @@
+"""Sending the service's mail: reports, error mails and alerts.
+
+A ``Mail`` is what ``shared.reports`` renders (subject, HTML, plain text, attachments);
+``Mailer.send`` delivers it as ``MAIL_TRANSPORT`` says:
+
+- ``graph``: Microsoft Graph ``POST /users/{MAIL_SENDER}/sendMail``, app-only (``Mail.Send``
+  application permission), HTML body, attachments as ``fileAttachment``. Exchange Online adds
+  the plain-text alternative itself;
+- ``smtp``: ``smtplib`` to ``SMTP_HOST:SMTP_PORT`` with STARTTLS (certificate checked against
+  the public CAs plus ``CA_BUNDLE``) and AUTH as ``SMTP_USER``; ``multipart/alternative``
+  (text, HTML) inside ``multipart/mixed`` when there are attachments;
+- ``none``: nothing is sent; a ``mail_skipped`` event is logged.
+
+Failures are ``shared.errors`` types with ``step="mail"``:
+
+    TransientError   the server was unreachable, busy, throttled (429/5xx, SMTP 4xx): retry
+    PermanentError   the sender, recipients, permissions, size or TLS trust are wrong: fix first
+
+The SMTP password comes from the secret provider when it is needed; when the server rejects
+it, the provider's copy is dropped and the login is tried once more with a fresh read, which is
+how a password rotated in Key Vault is picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.utils
+import smtplib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import quote
+
+import httpx
+from azure.core.credentials import TokenCredential
+
+from .config import GraphSettings, IdentitySettings, MailSettings, Settings, SmtpSettings
+from .errors import ConfigError, PermanentError, TransientError
+from .identity import credential as make_credential
+from .identity import scope_for, tls_context
+from .log import get_logger
+from .secrets import SecretProvider
+
+log = get_logger(__name__)
+
+STEP = "mail"
+# Graph takes attachments inline up to a 4 MB request; larger ones need an upload session.
+GRAPH_REQUEST_LIMIT = 4 * 1024 * 1024
+
+
+class Attachment(NamedTuple):
+    """A file attached to a mail: its name, its bytes, its MIME type."""
+
+    filename: str
+    content: bytes
+    mime: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Mail:
+    """A rendered mail. ``to`` overrides ``MAIL_TO`` when given."""
+
+    subject: str
+    html: str
+    text: str
+    attachments: list[Attachment] = field(default_factory=list)
+    to: tuple[str, ...] = ()
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Header-safe text: no line breaks (they would start a new header), at most ``limit``."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def to_mime(message: Mail, *, sender: str, recipients: Sequence[str]) -> EmailMessage:
+    """The message as MIME: text and HTML as alternatives, then the attachments."""
+    mime = EmailMessage()
+    mime["Subject"] = one_line(message.subject)
+    mime["From"] = sender
+    mime["To"] = ", ".join(recipients)
+    mime["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
+    mime["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or None)
+    mime["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to a robot
+    mime.set_content(message.text)
+    mime.add_alternative(message.html, subtype="html")
+    for attachment in message.attachments:
+        maintype, _, subtype = attachment.mime.partition("/")
+        mime.add_attachment(
+            attachment.content,
+            maintype=maintype or "application",
+            subtype=subtype or "octet-stream",
+            filename=attachment.filename,
+        )
+    return mime
+
+
+def graph_message(message: Mail, recipients: Sequence[str]) -> dict[str, Any]:
+    """The JSON body of Graph's ``sendMail`` for ``message``."""
+    body: dict[str, Any] = {
+        "subject": one_line(message.subject, 255),
+        "body": {"contentType": "HTML", "content": message.html},
+        "toRecipients": [{"emailAddress": {"address": r}} for r in recipients],
+    }
+    if message.attachments:
+        body["attachments"] = [
+            {
+                "@odata.type": "#microsoft.graph.fileAttachment",
+                "name": a.filename,
+                "contentType": a.mime,
+                "contentBytes": base64.b64encode(a.content).decode("ascii"),
+            }
+            for a in message.attachments
+        ]
+    return {"message": body, "saveToSentItems": False}
+
+
+class Mailer:
+    """Sends ``Mail`` through Graph or SMTP, as ``MAIL_TRANSPORT`` says. One per process."""
+
+    def __init__(
+        self,
+        mail: MailSettings,
+        smtp: SmtpSettings,
+        graph: GraphSettings,
+        identity: IdentitySettings,
+        *,
+        secrets: SecretProvider,
+        ca_bundle: Path | None = None,
+        credential: TokenCredential | None = None,
+    ) -> None:
+        if mail.transport == "smtp":
+            if not smtp.host:
+                raise ConfigError("SMTP_HOST", "is needed when MAIL_TRANSPORT=smtp")
+            if smtp.user and not smtp.starttls and smtp.port != 465:
+                raise ConfigError(
+                    "SMTP_STARTTLS",
+                    "is false, which would send SMTP_PASSWORD in clear; set it to true, use "
+                    "port 465, or relay without SMTP_USER",
+                )
+        self._mail = mail
+        self._smtp = smtp
+        self._graph = graph
+        self._identity = identity
+        self._secrets = secrets
+        self._ca_bundle = ca_bundle
+        self._credential = credential
+
+    @classmethod
+    def from_settings(cls, settings: Settings, secrets: SecretProvider) -> Mailer:
+        """The mailer for the service's settings."""
+        return cls(
+            settings.mail,
+            settings.smtp,
+            settings.graph,
+            settings.identity,
+            secrets=secrets,
+            ca_bundle=settings.service.ca_bundle,
+        )
+
+    @property
+    def transport(self) -> str:
+        return self._mail.transport
+
+    def send(self, message: Mail) -> None:
+        """Deliver ``message`` to its recipients (``MAIL_TO`` unless it names its own).
+
+        Blocking; from async code use ``asend``.
+        """
+        recipients = message.to or self._mail.recipients
+        if self._mail.transport == "none":
+            log.info("mail_skipped", subject=one_line(message.subject), step=STEP)
+            return
+        if not recipients:
+            raise PermanentError(
+                f"'{one_line(message.subject)}' has no recipients",
+                step=STEP,
+                fix="set MAIL_TO",
+            )
+        if self._mail.transport == "graph":
+            self._send_graph(message, recipients)
+        else:
+            self._send_smtp(message, recipients)
+        log.info(
+            "mail_sent",
+            subject=one_line(message.subject),
+            recipients=len(recipients),
+            attachments=len(message.attachments),
+            transport=self._mail.transport,
+            step=STEP,
+        )
+
+    async def asend(self, message: Mail) -> None:
+        """``send`` in a worker thread: both transports are blocking clients."""
+        await asyncio.to_thread(self.send, message)
+
+    # -- SMTP --------------------------------------------------------------------------------
+    def _send_smtp(self, message: Mail, recipients: Sequence[str]) -> None:
+        mime = to_mime(message, sender=self._mail.sender, recipients=recipients)
+        what = f"sending '{one_line(message.subject)}' via SMTP {self._smtp.host}:{self._smtp.port}"
+        try:
+            try:
+                self._smtp_once(mime, recipients)
+            except smtplib.SMTPAuthenticationError:
+                if self._smtp.password is None:
+                    raise
+                # The password may have been rotated in Key Vault since we read it.
+                self._secrets.invalidate("SMTP_PASSWORD")
+                self._smtp_once(mime, recipients)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise PermanentError(
+                f"{what}: the server refused the credentials of {self._smtp.user} "
+                f"({exc.smtp_code})",
+                step=STEP,
+                fix="check SMTP_USER and the SMTP_PASSWORD secret, and that the account may "
+                "submit mail (SMTP AUTH enabled for it)",
+            ) from None
+        except smtplib.SMTPNotSupportedError:
+            raise PermanentError(
+                f"{what}: the server does not offer STARTTLS or AUTH",
+                step=STEP,
+                fix="point SMTP_HOST/SMTP_PORT at a submission port (587) that offers both",
+            ) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            raise PermanentError(
+                f"{what}: every recipient was refused ({', '.join(exc.recipients)})",
+                step=STEP,
+                fix="correct MAIL_TO, or allow SMTP_USER to send to these addresses",
+            ) from None
+        except smtplib.SMTPResponseException as exc:
+            reply = _smtp_reply(exc)
+            if 400 <= exc.smtp_code < 500:
+                raise TransientError(
+                    f"{what}: the server answered {reply}",
+                    step=STEP,
+                    fix="none needed if it passes; otherwise check the SMTP server's queue",
+                ) from None
+            raise PermanentError(
+                f"{what}: the server answered {reply}",
+                step=STEP,
+                fix="check MAIL_SENDER (SMTP_USER must be allowed to send as it) and the "
+                "message size limit",
+            ) from None
+        except ssl.SSLCertVerificationError:
+            raise PermanentError(
+                f"{what}: the server's TLS certificate is not trusted",
+                step=STEP,
+                fix="add the CA that issued it to CA_BUNDLE, or correct SMTP_HOST to the name "
+                "on the certificate",
+            ) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransientError(
+                f"{what}: {type(exc).__name__}",
+                step=STEP,
+                fix="check that the SMTP server is reachable from the app",
+            ) from None
+
+    def _smtp_once(self, mime: EmailMessage, recipients: Sequence[str]) -> None:
+        smtp = self._smtp
+        context = tls_context(self._ca_bundle)
+        client: smtplib.SMTP
+        if smtp.port == 465:
+            client = smtplib.SMTP_SSL(
+                smtp.host, smtp.port, timeout=smtp.timeout_seconds, context=context
+            )
+        else:
+            client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout_seconds)
+        with client:
+            client.ehlo()
+            if smtp.starttls and smtp.port != 465:
+                client.starttls(context=context)
+                client.ehlo()
+            if smtp.user:
+                password = self._secrets.resolve(smtp.password, setting="SMTP_PASSWORD")
+                client.login(smtp.user, password)
+            refused = client.send_message(
+                mime, from_addr=self._mail.sender, to_addrs=list(recipients)
+            )
+        if refused:
+            log.warning(
+                "mail_recipients_refused", refused=sorted(refused), step=STEP,
+                subject=str(mime["Subject"]),
+            )
+
+    # -- Graph -------------------------------------------------------------------------------
+    def _token(self) -> str:
+        if self._credential is None:
+            self._credential = make_credential(self._identity)
+        return self._credential.get_token(scope_for(self._graph.url)).token
+
+    def _send_graph(self, message: Mail, recipients: Sequence[str]) -> None:
+        sender = self._mail.sender
+        what = f"sending '{one_line(message.subject)}' via Graph as {sender}"
+        payload = graph_message(message, recipients)
+        content = httpx.Request("POST", "https://x", json=payload).content
+        if len(content) > GRAPH_REQUEST_LIMIT:
+            raise PermanentError(
+                f"{what}: the message is {len(content) // 1024} KB, over Graph's 4 MB request "
+                "limit for sendMail",
+                step=STEP,
+                fix="use MAIL_TRANSPORT=smtp for mails with large attachments, or shorten the log",
+            )
+        url = f"{self._graph.url.rstrip('/')}/users/{quote(sender, safe='@')}/sendMail"
+        try:
+            token = self._token()
+        except Exception as exc:  # azure-identity raises several types; all mean "no token"
+            raise TransientError(
+                f"{what}: no token for Graph ({type(exc).__name__})",
+                step=STEP,
+                fix="check AZURE_CREDENTIAL and that the app's identity is available",
+            ) from None
+        try:
+            with httpx.Client(
+                verify=tls_context(self._ca_bundle), timeout=self._graph.timeout_seconds
+            ) as client:
+                response = client.post(
+                    url,
+                    content=content,
+                    headers={
+                        "Authorization": f"Bearer {token}",
+                        "Content-Type": "application/json",
+                    },
+                )
+        except httpx.TransportError as exc:
+            if isinstance(exc.__context__, ssl.SSLCertVerificationError) or (
+                "CERTIFICATE_VERIFY_FAILED" in str(exc)
+            ):
+                raise PermanentError(
+                    f"{what}: Graph's TLS certificate is not trusted",
+                    step=STEP,
+                    fix="add the CA that issued it to CA_BUNDLE",
+                ) from None
+            raise TransientError(
+                f"{what}: Graph could not be reached ({type(exc).__name__})",
+                step=STEP,
+                fix="check the network path to GRAPH_URL",
+            ) from None
+        if response.status_code in (200, 202):
+            return
+        raise _graph_error(what, response)
+
+
+def _smtp_reply(exc: smtplib.SMTPResponseException) -> str:
+    text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else ""
+    return f"{exc.smtp_code} {one_line(text, 120)}".strip()
+
+
+def _graph_error(what: str, response: httpx.Response) -> TransientError | PermanentError:
+    status = response.status_code
+    code = ""
+    with contextlib.suppress(ValueError, AttributeError):
+        code = str(response.json().get("error", {}).get("code", ""))
+    answer = f"Graph answered {status}{f' {code}' if code else ''}"
+    if status == 429 or status >= 500:
+        retry_after = response.headers.get("Retry-After")
+        return TransientError(
+            f"{what}: {answer}",
+            step=STEP,
+            fix="none needed if it passes; Graph is throttling or unavailable",
+            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
+    fixes = {
+        400: "correct MAIL_TO (every recipient must be a valid address)"
+        if code == "ErrorInvalidRecipients"
+        else "report this as a bug: the service built a request Graph does not accept",
+        401: "check AZURE_CREDENTIAL: Graph did not accept the app's token",
+        403: "grant the app the Mail.Send application permission (with admin consent), and "
+        "include MAIL_SENDER in its application access policy if one is set",
+        404: "set MAIL_SENDER to a mailbox that exists in Exchange Online",
+        413: "use MAIL_TRANSPORT=smtp for mails with large attachments",
+    }
+    return PermanentError(
+        f"{what}: {answer}",
+        step=STEP,
+        fix=fixes.get(status, "check MAIL_SENDER, MAIL_TO and the app's Mail.Send permission"),
+    )
