@@ -658,6 +658,11 @@ class Handler(BaseHTTPRequestHandler):
             state = DONE if finished and not session.outbox.get(target) else RUNNING
             ET.SubElement(reply, _q("rsp", "CommandState"), CommandId=command or "",
                           State=state)
+            if state == DONE and pipeline is not None:
+                # Delivered: forget it, so a long-lived pool does not grow (pypsrp does not
+                # always send the terminate signal).
+                pipeline.close()
+                session.outbox.pop(target, None)
         return reply
 
     def _created(self, shell_id: str) -> ET.Element:
