@@ -1,0 +1,378 @@
+// O365 Provisioning Service: everything one environment needs, deployed by `azd up` (or
+// `az deployment sub create`). One resource group, one user-assigned identity used for every
+// Azure call, no passwords in parameters: the three service-account passwords are set in Key
+// Vault after deployment (docs/deployment.md) and reach the app as Key Vault references.
+
+targetScope = 'subscription'
+
+@description('azd environment name; names the resource group and tags every resource.')
+@minLength(1)
+@maxLength(40)
+param environmentName string
+
+@description('Azure region for every resource.')
+param location string
+
+@description('Object id of the operator running the deployment (azd sets AZURE_PRINCIPAL_ID); gets Key Vault Secrets Officer to set the passwords. Empty for none.')
+param principalId string = ''
+
+@description('Kind of principal principalId is.')
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param principalType string = 'User'
+
+// ---- hosting -----------------------------------------------------------------------------
+
+@description('App Service plan SKU. P0v3 (Dedicated, default) runs with storage shared keys off; EP1-EP3 (Elastic Premium) need an Azure Files content share, which needs a storage key.')
+@allowed([
+  'P0v3'
+  'P1v3'
+  'P2v3'
+  'P3v3'
+  'S1'
+  'S2'
+  'S3'
+  'B1'
+  'B2'
+  'B3'
+  'EP1'
+  'EP2'
+  'EP3'
+])
+param planSku string = 'P0v3'
+
+@description('How the app reaches Exchange and the domain controllers: hybridConnections (Azure Relay + Hybrid Connection Manager on premises) or vnet (regional VNet integration over a site-to-site VPN or ExpressRoute).')
+@allowed([
+  'hybridConnections'
+  'vnet'
+])
+param connectivity string = 'hybridConnections'
+
+@description('Subnet resource id for VNet integration (delegated to Microsoft.Web/serverFarms, with the Microsoft.Storage and Microsoft.KeyVault service endpoints). Required when connectivity is vnet.')
+param vnetSubnetId string = ''
+
+// ---- on-premises endpoints -----------------------------------------------------------------
+
+@description('Exchange server host name as the app resolves it; the certificate on the WinRM/PowerShell endpoint must carry this name.')
+param exchangeHost string
+
+@description('Exchange remote PowerShell port: 5986 for a WinRM HTTPS listener, 443 for the IIS /PowerShell virtual directory.')
+param exchangePort int = 5986
+
+@description('Path of the Exchange PowerShell endpoint.')
+param exchangePath string = '/PowerShell'
+
+@description('Comma-separated domain controller host names (LDAPS). One hybrid connection is made for each; AD_URL lists them in this order.')
+@minLength(1)
+param domainControllers string
+
+@description('LDAPS port on the domain controllers.')
+param ldapsPort int = 636
+
+// ---- service settings (see docs/configuration.md for every setting) ---------------------------
+
+@description('Base DN of the directory, e.g. DC=contoso,DC=com.')
+param adBaseDn string
+
+@description('AD service account (DOMAIN\\name, UPN or DN).')
+param adUser string
+
+@description('Exchange service account (DOMAIN\\name or UPN).')
+param exchangeUser string
+
+@description('Exchange authentication: negotiate, ntlm, kerberos or basic.')
+@allowed([
+  'negotiate'
+  'ntlm'
+  'kerberos'
+  'basic'
+])
+param exchangeAuth string = 'negotiate'
+
+@description('Remote routing domain, <tenant>.mail.onmicrosoft.com.')
+param routingDomain string
+
+@description('Group whose members are provisioned.')
+param provisionGroup string = 'O365_Provision'
+
+@description('Group holding users waiting for a licence.')
+param licenseGroup string = 'O365_License'
+
+@description('AD attribute naming the licence.')
+param licenseAttribute string = 'extensionAttribute1'
+
+@description('AD attribute holding the two-letter country (usageLocation).')
+param countryAttribute string = 'c'
+
+@description('Licence name in the AD attribute to SKU part number.')
+param licenseMap object = {
+  E3: 'ENTERPRISEPACK'
+  'Exchange 2': 'EXCHANGEENTERPRISE'
+}
+
+@description('How reports and alerts are sent.')
+@allowed([
+  'graph'
+  'smtp'
+  'none'
+])
+param mailTransport string = 'graph'
+
+@description('From address (a mailbox when mailTransport is graph).')
+param mailSender string = ''
+
+@description('Comma-separated recipients of reports and alerts.')
+param mailTo string = ''
+
+@description('SMTP relay host (mailTransport smtp).')
+param smtpHost string = ''
+
+@description('SMTP port (mailTransport smtp).')
+param smtpPort int = 587
+
+@description('SMTP user (mailTransport smtp); its password is the smtp-password secret.')
+param smtpUser string = ''
+
+@description('Turn on admin-role sync from AD groups.')
+param rolesEnabled bool = false
+
+@description('OU holding the role groups (rolesEnabled).')
+param rolesOu string = ''
+
+@description('AD group name to Entra role template id (rolesEnabled).')
+param rolesGroupMap object = {}
+
+@description('Comma-separated object ids or UPNs of break-glass accounts the role sync never touches.')
+param rolesBreakGlassIds string = ''
+
+@description('active: role assignments; eligible: PIM eligibility.')
+@allowed([
+  'active'
+  'eligible'
+])
+param rolesMode string = 'active'
+
+@description('Absolute path of a PEM bundle of extra CAs (the internal CA that issued the DC and Exchange certificates), shipped with the app package; empty for none.')
+param caBundlePath string = ''
+
+@description('Log level of the service.')
+@allowed([
+  'DEBUG'
+  'INFO'
+  'WARNING'
+  'ERROR'
+])
+param logLevel string = 'INFO'
+
+@description('NCRONTAB schedules (six fields, seconds first, UTC).')
+param pollSchedule string = '0 */5 * * * *'
+param reconcileSchedule string = '0 30 * * * *'
+param reportSchedule string = '0 0 7 * * *'
+param rolesSchedule string = '0 */15 * * * *'
+
+// ---- names -------------------------------------------------------------------------------------
+
+var token = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var useRelay = connectivity == 'hybridConnections'
+var elastic = startsWith(planSku, 'EP')
+
+var exchangeEndpoint = [
+  {
+    name: 'exchange'
+    host: exchangeHost
+    port: exchangePort
+  }
+]
+var dcHosts = [for dc in split(domainControllers, ','): trim(dc)]
+var dcEndpoints = [for (dc, i) in dcHosts: {
+  name: 'ldaps-${i + 1}'
+  host: dc
+  port: ldapsPort
+}]
+var endpoints = concat(exchangeEndpoint, dcEndpoints)
+var ldapUrls = [for dc in dcHosts: 'ldaps://${dc}:${ldapsPort}']
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-o365prov-${token}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-o365prov-${token}'
+    appInsightsName: 'appi-o365prov-${token}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+  }
+}
+
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-o365p-${take(token, 12)}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+    operatorPrincipalId: principalId
+    operatorPrincipalType: principalType
+    allowedSubnetId: useRelay ? '' : vnetSubnetId
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'sto365p${take(token, 16)}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+    contentShare: elastic
+    allowedSubnetId: useRelay ? '' : vnetSubnetId
+  }
+}
+
+module contentShare 'modules/contentshare.bicep' = if (elastic) {
+  name: 'contentshare'
+  scope: rg
+  params: {
+    storageName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+  }
+}
+
+module relay 'modules/relay.bicep' = if (useRelay) {
+  name: 'relay'
+  scope: rg
+  params: {
+    name: 'relay-o365prov-${token}'
+    location: location
+    tags: tags
+    endpoints: endpoints
+  }
+}
+
+// Secrets the operator sets after deployment (docs/deployment.md). Versionless URIs, so a new
+// password version is picked up without redeploying.
+var secretBase = '${keyVault.outputs.uri}secrets'
+
+// Every app setting of shared/config.py that production needs; the rest keep their defaults
+// and are listed as optional in docs/configuration.md.
+var appSettingsHost = {
+  FUNCTIONS_EXTENSION_VERSION: '~4'
+  FUNCTIONS_WORKER_RUNTIME: 'python'
+  SCM_DO_BUILD_DURING_DEPLOYMENT: 'true'
+  AzureWebJobsStorage__accountName: storage.outputs.name
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identity.outputs.clientId
+  AzureWebJobsStorage__blobServiceUri: storage.outputs.blobServiceUri
+  AzureWebJobsStorage__queueServiceUri: storage.outputs.queueServiceUri
+  AzureWebJobsStorage__tableServiceUri: storage.outputs.tableServiceUri
+  APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.outputs.clientId};Authorization=AAD'
+}
+
+// Elastic Premium only: the Azure Files content share, its connection string from Key Vault
+// (the reference cannot be validated at create time, hence SKIP_CONTENTSHARE_VALIDATION), and,
+// behind a storage firewall, routing the share over the integrated VNet.
+var appSettingsContentShare = elastic ? {
+  WEBSITE_CONTENTAZUREFILECONNECTIONSTRING: '@Microsoft.KeyVault(SecretUri=${contentShare.outputs.secretUri})'
+  WEBSITE_CONTENTSHARE: contentShare.outputs.shareName
+  WEBSITE_SKIP_CONTENTSHARE_VALIDATION: '1'
+  WEBSITE_CONTENTOVERVNET: useRelay ? '0' : '1'
+} : {}
+
+var appSettingsService = {
+  AZURE_CREDENTIAL: 'managed-identity'
+  AZURE_CLIENT_ID: identity.outputs.clientId
+  AZURE_TENANT_ID: tenant().tenantId
+  KEY_VAULT_URL: keyVault.outputs.uri
+  AD_URL: join(ldapUrls, ',')
+  AD_BASE_DN: adBaseDn
+  AD_USER: adUser
+  AD_PASSWORD: '@Microsoft.KeyVault(SecretUri=${secretBase}/ad-password)'
+  EXCHANGE_URL: 'https://${exchangeHost}:${exchangePort}${exchangePath}'
+  EXCHANGE_USER: exchangeUser
+  EXCHANGE_PASSWORD: '@Microsoft.KeyVault(SecretUri=${secretBase}/exchange-password)'
+  EXCHANGE_AUTH: exchangeAuth
+  ROUTING_DOMAIN: routingDomain
+  PROVISION_GROUP: provisionGroup
+  LICENSE_GROUP: licenseGroup
+  LICENSE_ATTRIBUTE: licenseAttribute
+  COUNTRY_ATTRIBUTE: countryAttribute
+  LICENSE_MAP: string(licenseMap)
+  MAIL_TRANSPORT: mailTransport
+  MAIL_SENDER: mailSender
+  MAIL_TO: mailTo
+  ROLES_ENABLED: rolesEnabled ? 'true' : 'false'
+  ROLES_OU: rolesOu
+  ROLES_GROUP_MAP: string(rolesGroupMap)
+  ROLES_BREAK_GLASS_IDS: rolesBreakGlassIds
+  ROLES_MODE: rolesMode
+  POLL_SCHEDULE: pollSchedule
+  RECONCILE_SCHEDULE: reconcileSchedule
+  REPORT_SCHEDULE: reportSchedule
+  ROLES_SCHEDULE: rolesSchedule
+  LOG_LEVEL: logLevel
+}
+
+var appSettingsSmtp = mailTransport == 'smtp' ? {
+  SMTP_HOST: smtpHost
+  SMTP_PORT: string(smtpPort)
+  SMTP_USER: smtpUser
+  SMTP_PASSWORD: '@Microsoft.KeyVault(SecretUri=${secretBase}/smtp-password)'
+} : {}
+
+var appSettingsCaBundle = empty(caBundlePath) ? {} : {
+  CA_BUNDLE: caBundlePath
+}
+
+module app 'modules/functionapp.bicep' = {
+  name: 'functionapp'
+  scope: rg
+  params: {
+    name: 'func-o365prov-${token}'
+    planName: 'plan-o365prov-${token}'
+    location: location
+    tags: tags
+    planSku: planSku
+    identityId: identity.outputs.id
+    appSettings: union(appSettingsHost, appSettingsContentShare, appSettingsService, appSettingsSmtp, appSettingsCaBundle)
+    vnetSubnetId: useRelay ? '' : vnetSubnetId
+    relayNamespaceName: useRelay ? relay.outputs.name : ''
+    endpoints: useRelay ? endpoints : []
+  }
+}
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = app.outputs.name
+output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_KEY_VAULT_URL string = keyVault.outputs.uri
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_RELAY_NAMESPACE string = useRelay ? relay.outputs.name : ''
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
