@@ -292,6 +292,7 @@ class VaultHandler(BaseHTTPRequestHandler):
             ("GET", 2): self._get,
             ("GET", 3): self._get,
             ("PUT", 2): self._put,
+            ("PATCH", 2): self._patch,  # no version: the latest, as Key Vault does
             ("PATCH", 3): self._patch,
         }
         handler = handlers.get((method, len(parts)))
@@ -385,11 +386,13 @@ class VaultHandler(BaseHTTPRequestHandler):
             changes["contentType"] = body["contentType"]
         if "tags" in body:
             changes["tags"] = body["tags"] or {}
-        item = self.server.store.update(parts[1], parts[2], changes)
+        latest = self.server.store.get(parts[1])
+        version = parts[2] if len(parts) == 3 else (latest or {}).get("version", "")
+        item = self.server.store.update(parts[1], version, changes) if version else None
         if item is None:
             self._error(
                 404, "SecretNotFound",
-                f"A secret with (name/id) {parts[1]}/{parts[2]} was not found in this key vault.",
+                f"A secret with (name/id) {'/'.join(parts[1:])} was not found in this key vault.",
             )
             return
         self._send(200, self._bundle(parts[1], item, value=False))

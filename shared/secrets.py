@@ -179,7 +179,8 @@ class SecretProvider:
         self._ca_bundle = ca_bundle
         self._credential = credential
         self._clients: dict[str, SecretClient] = {}
-        self._cache: dict[str, _Cached] = {}
+        # Keyed by setting and reference, so a value is never served for another reference.
+        self._cache: dict[tuple[str, SecretReference], _Cached] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -202,7 +203,7 @@ class SecretProvider:
             return raw
         reference = parse_reference(raw, setting=setting, default_vault_url=self._key_vault.url)
         with self._lock:
-            cached = self._cache.get(setting)
+            cached = self._cache.get((setting, reference))
             fresh = cached and time.monotonic() - cached.fetched < self._key_vault.cache_seconds
             if cached and fresh:
                 return cached.value
@@ -219,7 +220,7 @@ class SecretProvider:
                 )
                 return cached.value
             register_secret(secret)
-            self._cache[setting] = _Cached(secret, time.monotonic())
+            self._cache[(setting, reference)] = _Cached(secret, time.monotonic())
         log.info(
             "secret_resolved", setting=setting, vault=reference.vault, secret=reference.name,
             version=reference.version or "latest", step=STEP,
@@ -236,7 +237,8 @@ class SecretProvider:
         Call it when a peer rejected the password: it may have been rotated.
         """
         with self._lock:
-            self._cache.pop(setting, None)
+            for key in [k for k in self._cache if k[0] == setting]:
+                del self._cache[key]
         log.info("secret_invalidated", setting=setting, step=STEP)
 
     def close(self) -> None:
