@@ -29,6 +29,7 @@ Guards, as identity engineers expect them:
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -151,6 +152,16 @@ class RoleChange:
     @property
     def key(self) -> str:
         return f"{self.action.value}:{self.role_id.lower()}:{self.principal_id.lower()}"
+
+    @property
+    def principal(self) -> uuid.UUID:
+        """The principal as a queue message names it (``WorkItem.user``)."""
+        return uuid.UUID(self.principal_id)
+
+    @property
+    def role(self) -> str:
+        """The role definition id, as a queue message carries it (``WorkItem.role``)."""
+        return self.role_id
 
     def describe(self) -> str:
         verb = "grant" if self.action is Action.GRANT else "revoke"
