@@ -138,6 +138,9 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
     outbox: dict[uuid.UUID | None, list[bytes]] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
+    # Recent Receive answers by request MessageID: a client that timed out re-sends the same
+    # message (pypsrp does) and must get the same data, which the first answer lost.
+    replies: dict[str, bytes] = field(default_factory=dict)
 
 
 class Endpoint:
@@ -548,11 +551,11 @@ class Handler(BaseHTTPRequestHandler):
             fault = self.endpoint.take_fault(action, "before")
             if fault and self._inject(fault):
                 return
-            reply = self._dispatch(action, header, request.find("s:Body", NS))
+            payload = self._dispatch(action, header, request.find("s:Body", NS), message_id)
             fault = self.endpoint.take_fault(action, "after")
             if fault and self._inject(fault):
                 return
-            self.respond(200, envelope(RESPONSE_ACTION[action], message_id, reply), ctype, extra)
+            self.respond(200, payload, ctype, extra)
         except WSManFault as fault_exc:
             self.respond(500, fault_envelope(fault_exc, message_id, self.endpoint.machine),
                          ctype, extra)
@@ -573,7 +576,27 @@ class Handler(BaseHTTPRequestHandler):
             return True
         return False
 
-    def _dispatch(self, action: str, header: ET.Element, body: ET.Element | None) -> (
+    def _dispatch(self, action: str, header: ET.Element, body: ET.Element | None,
+                  message_id: str) -> bytes:
+        """Carry out one WS-Management request; the answer's envelope."""
+        if action != "Receive":
+            return envelope(RESPONSE_ACTION[action], message_id,
+                            self._carry_out(action, header, body))
+        endpoint = self.endpoint
+        selector = header.find("wsman:SelectorSet/wsman:Selector[@Name='ShellId']", NS)
+        session = endpoint.session(selector.text if selector is not None else None,
+                                   self.user or "")
+        with session.lock:
+            cached = session.replies.get(message_id)
+            if cached is None:
+                cached = envelope(RESPONSE_ACTION[action], message_id,
+                                  self._receive(session, body))
+                session.replies[message_id] = cached
+                while len(session.replies) > 8:
+                    session.replies.pop(next(iter(session.replies)))
+            return cached
+
+    def _carry_out(self, action: str, header: ET.Element, body: ET.Element | None) -> (
             ET.Element | None):
         assert self.user is not None
         endpoint = self.endpoint
@@ -629,7 +652,7 @@ class Handler(BaseHTTPRequestHandler):
                         pipeline.close()
                     session.outbox.pop(uuid.UUID(command), None)
                 return ET.Element(_q("rsp", "SignalResponse"))
-            return self._receive(session, body)
+            raise AssertionError(action)
 
     def _receive(self, session: Session, body: ET.Element | None) -> ET.Element:
         desired = body.find("rsp:Receive/rsp:DesiredStream", NS) if body is not None else None
@@ -637,7 +660,14 @@ class Handler(BaseHTTPRequestHandler):
         target = uuid.UUID(command) if command else None
         if target is not None:
             pipeline = session.pool.pipeline_table.get(target)
-            if pipeline is not None and pipeline.state == PSInvocationState.NotStarted:
+            if pipeline is None:
+                raise WSManFault(
+                    SHELL_NOT_FOUND,
+                    f"The request for the Windows Remote Shell with ShellId {session.shell_id} "
+                    f"failed because the command with CommandId {command} was not found on "
+                    "the server.",
+                )
+            if pipeline.state == PSInvocationState.NotStarted:
                 run_pipeline(self.endpoint, session, pipeline)
                 _drain(session)
         data = _take(session, target)

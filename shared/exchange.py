@@ -38,7 +38,7 @@ from pypsrp.exceptions import (
     WSManFaultError,
 )
 from pypsrp.powershell import PowerShell, RunspacePool
-from pypsrp.wsman import WSMan
+from pypsrp.wsman import NAMESPACES, WSMan
 
 from .config import ExchangeSettings
 from .errors import PermanentError, ProvisioningError, TransientError
@@ -129,6 +129,20 @@ def strip_smtp(address: str | None) -> str | None:
     return address[5:] if address.lower().startswith("smtp:") else address
 
 
+class _WSMan(WSMan):
+    """pypsrp re-sends a Receive that timed out five times with growing pauses (minutes in
+    all); once is enough here: a message that waits longer is retried from the queue."""
+
+    def receive(self, resource_uri: str, resource: Any, option_set: Any = None,
+                selector_set: Any = None, timeout: int | None = None) -> Any:
+        response = self.invoke(
+            "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Receive",
+            resource_uri, resource, option_set, selector_set, timeout,
+            retries_on_read_timeout=1,
+        )
+        return response.find("s:Body", namespaces=NAMESPACES)
+
+
 @dataclass(frozen=True)
 class _Result:
     output: list[Any]
@@ -210,8 +224,8 @@ class ExchangeClient:
 
     # -- pool ---------------------------------------------------------------------------
     def _connect(self) -> RunspacePool:
-        timeout = int(self._settings.timeout_seconds)
-        wsman = WSMan(
+        timeout = self._settings.timeout_seconds
+        wsman = _WSMan(
             self._host,
             port=self._port,
             path=self._path,
@@ -221,11 +235,12 @@ class ExchangeClient:
             auth=self._settings.auth,
             # pypsrp hands this to requests as `verify`, which takes a CA bundle path too.
             cert_validation=str(self._ca_bundle) if self._ca_bundle else True,  # type: ignore[arg-type]
-            connection_timeout=min(10, timeout),
-            read_timeout=timeout,
-            # pypsrp needs the WS-Management operation timeout below the HTTP read timeout.
-            operation_timeout=max(1, timeout - 5),
+            connection_timeout=min(10.0, timeout),  # type: ignore[arg-type]
+            read_timeout=timeout,  # type: ignore[arg-type]  # requests takes float seconds
+            # The WS-Management operation timeout must end before the HTTP read timeout.
+            operation_timeout=max(1, int(timeout) - 5),
             reconnection_retries=0,
+            reconnection_backoff=0.5,
         )
         pool = RunspacePool(wsman, configuration_name=self._settings.configuration_name)
         try:
@@ -270,13 +285,11 @@ class ExchangeClient:
                 for name, value in parameters:
                     shell.add_parameter(name, value)
                 output = shell.invoke()
-            except (WSManFaultError, WinRMTransportError) as exc:
-                # The server answered: the connection works, the shell may not.
-                self._discard(polite=False)
-                raise _transport_error(exc, cmdlet, self._settings) from None
             except (AuthenticationError, requests.exceptions.RequestException, WinRMError,
                     OSError) as exc:
-                self._discard(polite=False)
+                # Delete the shell on the server unless it stopped answering: an abandoned
+                # shell counts against Exchange's per-user session limit until it idles out.
+                self._discard(polite=not isinstance(exc, requests.exceptions.Timeout))
                 raise _transport_error(exc, cmdlet, self._settings) from None
             except Exception as exc:
                 # pypsrp state errors on a reused pool mean the pool is unusable.

@@ -1,0 +1,281 @@
+"""The lab's Exchange endpoint and the service's PSRP client, against each other and the lab AD.
+
+Every test talks to the real endpoint over HTTPS with NTLM (or Basic), and reads the result
+back from Samba over LDAPS as the domain admin.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from ldap3 import BASE, Connection
+from ldap3.utils.dn import escape_rdn
+from pypsrp.powershell import PowerShell, RunspacePool
+from pypsrp.wsman import WSMan
+
+from lab import exchange as lab_exchange
+from lab.ad import admin_connection
+from lab.core import Lab
+from shared.config import Settings
+from shared.errors import PermanentError, TransientError
+from shared.exchange import ExchangeClient
+
+pytestmark = pytest.mark.lab
+
+INJECTIONS = ('x"; Remove-Mailbox -Identity *; "', "$(Get-Process)", "*", "'; Get-Process; '")
+
+
+@pytest.fixture(scope="module")
+def ad(lab: Lab) -> Iterator[Connection]:
+    """An LDAPS connection as the lab's domain admin."""
+    conn = admin_connection(lab)
+    yield conn
+    conn.unbind()
+
+
+MakeUser = Callable[..., tuple[uuid.UUID, str, str]]
+
+
+@pytest.fixture
+def make_user(lab: Lab, ad: Connection) -> Iterator[MakeUser]:
+    """Create users in OU=Staff (deleted after the test); returns (guid, sam, dn)."""
+    made: list[str] = []
+
+    def make(cn: str | None = None, ou: str | None = None, **attrs: Any) -> tuple[uuid.UUID, str,
+                                                                                   str]:
+        sam = f"t{secrets.token_hex(5)}"
+        name = cn or f"Test {sam}"
+        dn = f"CN={escape_rdn(name)},{ou or lab.settings['LAB_AD_STAFF_OU']}"
+        values = {"sAMAccountName": sam, "userPrincipalName": f"{sam}@o365lab.example",
+                  "displayName": name, **attrs}
+        assert ad.add(dn, ["top", "person", "organizationalPerson", "user"], values), ad.result
+        made.append(dn)
+        ad.search(dn, "(objectClass=*)", BASE, attributes=["objectGUID"])
+        return uuid.UUID(ad.entries[0].objectGUID.value), sam, dn
+
+    yield make
+    for dn in made:
+        ad.delete(dn)
+
+
+def read(ad: Connection, dn: str) -> dict[str, Any]:
+    """The Exchange attributes of ``dn`` as AD holds them."""
+    attrs = ["mail", "mailNickname", "proxyAddresses", "targetAddress",
+             "msExchRemoteRecipientType", "msExchRecipientTypeDetails",
+             "msExchRecipientDisplayType"]
+    ad.search(dn, "(objectClass=*)", BASE, attributes=attrs)
+    entry = ad.entries[0]
+    return {name: entry[name].values for name in attrs}
+
+
+@pytest.fixture
+def knobs(lab: Lab) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Change the endpoint's knobs for one test; they are reset afterwards."""
+    lab_exchange.configure(lab, reset=True)
+    yield lambda **changes: lab_exchange.configure(lab, **changes)
+    lab_exchange.configure(lab, reset=True)
+
+
+@pytest.fixture
+def client(settings: Settings, lab: Lab) -> Iterator[ExchangeClient]:
+    """The service's client, as a worker builds it (password already resolved)."""
+    exchange = ExchangeClient(settings.exchange, password=lab.settings["LAB_EXCHANGE_PASSWORD"],
+                              ca_bundle=settings.service.ca_bundle)
+    yield exchange
+    exchange.close()
+
+
+def test_enable_writes_what_exchange_writes(client, make_user, ad, settings):
+    """Enable-RemoteMailbox sets alias, primary SMTP, both proxy addresses, targetAddress and
+    the three msExch* values Exchange writes for a remote user mailbox."""
+    guid, sam, dn = make_user()
+    routing = f"{sam}@{settings.provisioning.routing_domain}"
+
+    mailbox = client.enable_remote_mailbox(str(guid), routing)
+
+    expected = {
+        "mail": [f"{sam}@o365lab.example"],
+        "mailNickname": [sam],
+        "proxyAddresses": sorted([f"SMTP:{sam}@o365lab.example", f"smtp:{routing}"]),
+        "targetAddress": [f"SMTP:{routing}"],
+        "msExchRemoteRecipientType": [1],
+        "msExchRecipientTypeDetails": [2147483648],
+        "msExchRecipientDisplayType": [-2147483642],
+    }
+    actual = read(ad, dn)
+    actual["proxyAddresses"] = sorted(actual["proxyAddresses"])
+    actual = {k: [int(v) if k.startswith("msExch") else v for v in vals]
+              for k, vals in actual.items()}
+    assert expected == actual
+    assert (routing, "RemoteUserMailbox") == (mailbox.remote_routing_address,
+                                              mailbox.recipient_type_details)
+    found = client.get_remote_mailbox(str(guid))
+    assert found is not None
+    assert (routing, sam) == (found.remote_routing_address, found.alias)
+
+
+def test_get_unknown_is_none_and_pool_is_reused(client, lab):
+    """Get-RemoteMailbox for nobody answers None, and repeated calls share one runspace pool
+    (one open session on the server)."""
+    for _ in range(4):
+        assert client.get_remote_mailbox(str(uuid.uuid4())) is None
+    status = lab_exchange.status(lab)
+    assert 1 == client.pools_opened
+    assert 1 == status["sessions"].get(lab.settings["EXCHANGE_USER"].lower())
+
+
+@pytest.mark.parametrize("identity", INJECTIONS)
+def test_injection_looking_identity_is_a_literal_value(client, lab, identity):
+    """An identity that looks like PowerShell reaches the cmdlet as one literal value: Exchange
+    reports exactly that string as not found, and no other cmdlet runs."""
+    before = lab_exchange.status(lab)["stats"]["cmdlets_run"]
+
+    assert client.get_remote_mailbox(identity) is None
+    with pytest.raises(PermanentError) as caught:
+        client.enable_remote_mailbox(identity, "x@o365lab.mail.onmicrosoft.com")
+
+    assert f"object '{identity}' couldn't be found on 'dc1.o365lab.example'" in caught.value.reason
+    assert 2 == lab_exchange.status(lab)["stats"]["cmdlets_run"] - before
+
+
+def test_user_named_like_code_is_matched_by_name_only(client, make_user, ad, settings):
+    """A user whose name is ``$(Get-Process)`` is found by that exact name, and only that user
+    becomes a mailbox."""
+    guid, sam, dn = make_user(cn="$(Get-Process)")
+    _, _, other_dn = make_user()
+
+    mailbox = client.enable_remote_mailbox("$(Get-Process)",
+                                           f"{sam}@{settings.provisioning.routing_domain}")
+
+    assert str(guid) == mailbox.guid
+    assert [2147483648] == [int(v) for v in read(ad, dn)["msExchRecipientTypeDetails"]]
+    assert [] == read(ad, other_dn)["msExchRecipientTypeDetails"]
+
+
+def _pool(lab: Lab, **kw: Any) -> RunspacePool:
+    url = urlparse(lab.settings["EXCHANGE_URL"])
+    wsman = WSMan(url.hostname, port=url.port, path="PowerShell", ssl=True,
+                  username=lab.settings["EXCHANGE_USER"],
+                  password=kw.pop("password", lab.settings["LAB_EXCHANGE_PASSWORD"]),
+                  auth=kw.pop("auth", "ntlm"), cert_validation=lab.settings["CA_BUNDLE"])
+    return RunspacePool(wsman, configuration_name="Microsoft.Exchange")
+
+
+def test_scripts_and_unknown_cmdlets_are_refused(lab):
+    """Like Exchange's restricted endpoint: a script fails with the no-language error, a cmdlet
+    the endpoint does not have fails with CommandNotFoundException; both end the pipeline
+    Failed."""
+    with _pool(lab) as pool:
+        script = PowerShell(pool)
+        script.add_script("Get-RemoteMailbox | Remove-Mailbox")
+        script.invoke()
+        unknown = PowerShell(pool)
+        unknown.add_cmdlet("Remove-Mailbox").add_parameter("Identity", "*")
+        unknown.invoke()
+
+    assert (True, "ScriptsNotAllowed") == (script.had_errors, script.streams.error[0].fq_error)
+    assert (True, "CommandNotFoundException") == (unknown.had_errors,
+                                                  unknown.streams.error[0].reason)
+
+
+def test_ambiguous_and_already_enabled_are_permanent(client, make_user, lab, settings):
+    """An identity matching two users, and a user that already is mail-enabled, are permanent
+    errors with Exchange's wording."""
+    name = f"Twin {secrets.token_hex(3)}"
+    make_user(cn=name)
+    make_user(cn=name, ou=lab.settings["LAB_AD_GROUPS_OU"])
+    with pytest.raises(PermanentError) as twin:
+        client.enable_remote_mailbox(name, "twin@o365lab.mail.onmicrosoft.com")
+    guid, sam, _ = make_user()
+    routing = f"{sam}@{settings.provisioning.routing_domain}"
+    client.enable_remote_mailbox(str(guid), routing)
+    with pytest.raises(PermanentError) as again:
+        client.enable_remote_mailbox(str(guid), routing)
+
+    assert f"'{name}' matches multiple entries" in twin.value.reason
+    assert "is already mail-enabled" in again.value.reason
+
+
+@pytest.mark.parametrize("auth", ["ntlm", "basic"])
+def test_wrong_password_is_permanent_and_never_shown(settings, lab, auth):
+    """A wrong password yields a PermanentError naming the account, without the password."""
+    wrong = f"Wrong-{secrets.token_hex(8)}"
+    exchange_settings = settings.exchange.model_copy(update={"auth": auth})
+    before = lab_exchange.status(lab)["stats"]["auth_failures"]
+    with ExchangeClient(exchange_settings, password=wrong,
+                        ca_bundle=settings.service.ca_bundle) as bad, \
+            pytest.raises(PermanentError) as caught:
+        bad.get_remote_mailbox("anyone")
+
+    error = caught.value
+    assert "refused the credentials of" in error.reason
+    assert all(wrong not in text for text in (str(error), error.reason, error.fix, repr(error)))
+    assert lab_exchange.status(lab)["stats"]["auth_failures"] > before
+
+
+@pytest.mark.parametrize(("kind", "action"), [("http500", "Command"), ("drop", "Receive"),
+                                              ("http500", "Create")])
+def test_fault_is_transient_and_next_call_succeeds(client, knobs, kind, action):
+    """An HTTP 500 or a dropped connection is a TransientError; the next call opens a new pool
+    and succeeds."""
+    assert client.get_remote_mailbox("warm-up") is None
+    if action == "Create":
+        client.close()
+    knobs(faults=[{"kind": kind, "action": action, "count": 1}])
+
+    with pytest.raises(TransientError):
+        client.get_remote_mailbox("anyone")
+    assert client.get_remote_mailbox("anyone") is None
+    assert client.pools_opened >= 2
+
+
+def test_session_limit_is_transient_with_delay(settings, lab, knobs, client):
+    """Past Exchange's per-user session limit a new pool is refused; that is transient and
+    says when to retry."""
+    knobs(max_sessions_per_user=1, close_sessions=True)
+    assert client.get_remote_mailbox("first") is None
+    with ExchangeClient(settings.exchange, password=lab.settings["LAB_EXCHANGE_PASSWORD"],
+                        ca_bundle=settings.service.ca_bundle) as second:
+        with pytest.raises(TransientError) as caught:
+            second.get_remote_mailbox("second")
+        client.close()
+        assert second.get_remote_mailbox("second") is None
+
+    assert "maximum number of connections allowed : 1" in caught.value.reason
+    assert 60.0 == caught.value.retry_after
+
+
+def _quick_client(settings: Settings, lab: Lab, timeout: float) -> ExchangeClient:
+    quick = settings.exchange.model_copy(update={"timeout_seconds": timeout})
+    return ExchangeClient(quick, password=lab.settings["LAB_EXCHANGE_PASSWORD"],
+                          ca_bundle=settings.service.ca_bundle)
+
+
+def test_one_slow_receive_is_absorbed_by_the_resend(settings, lab, knobs):
+    """A Receive that times out once is sent again with the same MessageID and gets the
+    same answer, so the call still succeeds on the same pool."""
+    with _quick_client(settings, lab, 1.0) as exchange:
+        assert exchange.get_remote_mailbox("warm-up") is None
+        knobs(faults=[{"kind": "slow", "action": "Receive", "seconds": 1.3, "count": 1}])
+        assert exchange.get_remote_mailbox("slow once") is None
+        assert 1 == exchange.pools_opened
+
+
+@pytest.mark.slow
+def test_slow_receive_times_out_as_transient(settings, lab, knobs):
+    """A Receive slower than EXCHANGE_TIMEOUT_SECONDS, twice, is a TransientError; the next
+    call opens a new pool and succeeds."""
+    with _quick_client(settings, lab, 1.0) as exchange:
+        assert exchange.get_remote_mailbox("warm-up") is None
+        knobs(faults=[{"kind": "slow", "action": "Receive", "seconds": 2.5, "count": 2}])
+        with pytest.raises(TransientError) as caught:
+            exchange.get_remote_mailbox("slow")
+        assert exchange.get_remote_mailbox("after") is None
+
+    assert "did not answer Get-RemoteMailbox within 1 s" in caught.value.reason
+    assert 2 == exchange.pools_opened
