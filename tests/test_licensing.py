@@ -1,0 +1,161 @@
+"""The licence planner, in memory: no peer, no network."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.config import ProvisioningSettings
+from shared.errors import PermanentError
+from shared.graph import immutable_id
+from shared.licensing import (
+    AssignLicense,
+    RemoveFromGroup,
+    ReportShortage,
+    SetUsageLocation,
+    SkuFacts,
+    WaitForRouting,
+    deadline_passed,
+    plan,
+    retry_delay,
+    valid_country,
+)
+
+E3 = uuid.UUID("6fd2c87f-b296-42f0-b197-1e91e994b900")
+EXO2 = uuid.UUID("19ec0d23-8335-4cbd-94ac-6050e30712fa")
+OTHER = uuid.UUID("18181a46-0d4e-45cd-891e-60aabd171b4e")
+PROV = ProvisioningSettings(routing_domain="contoso.mail.onmicrosoft.com")
+ROUTED = ("SMTP:ann@contoso.com", "smtp:ann@contoso.mail.onmicrosoft.com")
+
+
+def skus(e3_free: int = 5, exo_free: int = 5) -> dict[str, SkuFacts]:
+    return {
+        "ENTERPRISEPACK": SkuFacts(E3, "ENTERPRISEPACK", e3_free, True),
+        "EXCHANGEENTERPRISE": SkuFacts(EXO2, "EXCHANGEENTERPRISE", exo_free, True),
+    }
+
+
+def run(**overrides):
+    facts = dict(user="ann@contoso.com", sam="ann", license_name="E3", country="DE",
+                 current_skus=frozenset(), usage_location=None, proxy_addresses=ROUTED,
+                 skus=skus(), provisioning=PROV)
+    facts.update(overrides)
+    return plan(**facts)
+
+
+def test_new_user_gets_location_licence_and_leaves_group():
+    """An unlicensed user: usageLocation from c, one assign, then out of O365_License."""
+    expected = [SetUsageLocation(None, "DE"), AssignLicense((E3,), ()),
+                RemoveFromGroup("O365_License")]
+    assert expected == run()
+
+
+def test_existing_licence_is_replaced_in_one_call():
+    """Whatever the user had is removed in the same assignLicense that adds the new SKU."""
+    actions = run(current_skus=frozenset({EXO2, OTHER}), usage_location="DE")
+    assert [AssignLicense((E3,), tuple(sorted({EXO2, OTHER}))),
+            RemoveFromGroup("O365_License")] == actions
+
+
+def test_correct_usage_location_is_not_patched():
+    """A usageLocation that already matches c is left alone."""
+    assert not any(isinstance(a, SetUsageLocation) for a in run(usage_location="DE"))
+
+
+def test_already_licensed_user_needs_no_write():
+    """The second run: same SKU, same location → only the group removal (idempotent)."""
+    assert [RemoveFromGroup("O365_License")] == run(current_skus=frozenset({E3}),
+                                                     usage_location="DE")
+
+
+def test_missing_routing_address_waits_without_writing():
+    """Safe ordering: Exchange Online only once proxyAddresses show <sam>@routing domain."""
+    actions = run(proxy_addresses=("SMTP:ann@contoso.com",))
+    assert [WaitForRouting("ann@contoso.mail.onmicrosoft.com")] == actions
+
+
+def test_routing_address_match_ignores_prefix_case():
+    """SMTP:/smtp: and letter case do not matter when looking for the routing address."""
+    actions = run(proxy_addresses=("SMTP:Ann@Contoso.Mail.OnMicrosoft.com",))
+    assert isinstance(actions[-1], RemoveFromGroup)
+
+
+def test_sku_without_exchange_does_not_wait_for_routing():
+    """A licence without Exchange Online has nothing to order against."""
+    no_exo = {"ENTERPRISEPACK": SkuFacts(E3, "ENTERPRISEPACK", 5, False)}
+    actions = run(skus=no_exo, proxy_addresses=())
+    assert AssignLicense((E3,), ()) in actions
+
+
+def test_zero_free_units_reports_shortage_and_writes_nothing():
+    """No free unit → no assign, no patch, no group change: one shortage action."""
+    assert [ReportShortage("ENTERPRISEPACK", E3)] == run(skus=skus(e3_free=0))
+
+
+def test_zero_free_units_do_not_matter_to_a_user_who_has_the_sku():
+    """A user who already holds the SKU needs no free unit."""
+    actions = run(skus=skus(e3_free=0), current_skus=frozenset({E3}), usage_location="DE")
+    assert [RemoveFromGroup("O365_License")] == actions
+
+
+@pytest.mark.parametrize("name", ["", None, "E5", "e3 "])
+def test_unknown_licence_name_is_permanent_and_names_user_attribute_value(name):
+    """The error names the user, extensionAttribute1 and the bad value."""
+    if name == "e3 ":  # map keys are case-sensitive, as the scripts' were
+        name = "e3"
+    with pytest.raises(PermanentError) as caught:
+        run(license_name=name)
+    text = str(caught.value)
+    assert "ann@contoso.com" in text
+    assert "extensionAttribute1" in text
+    assert f"'{name or ''}'" in text
+
+
+@pytest.mark.parametrize("country", ["XX", "Germany", "", None, "D"])
+def test_invalid_country_is_permanent_and_names_user_attribute_value(country):
+    """c must be an ISO 3166-1 alpha-2 code; the message names user, c and the value."""
+    with pytest.raises(PermanentError) as caught:
+        run(country=country)
+    text = str(caught.value)
+    assert "ann@contoso.com" in text
+    assert "c is '" in text
+    assert f"'{country or ''}'" in text
+
+
+def test_country_is_normalised_to_upper_case():
+    """'de' in AD is Germany: usageLocation becomes 'DE'."""
+    assert "DE" == valid_country(" de ")
+    assert SetUsageLocation(None, "DE") == run(country="de")[0]
+
+
+def test_sku_missing_from_tenant_is_permanent():
+    """A mapped licence the tenant does not subscribe to cannot be assigned."""
+    with pytest.raises(PermanentError, match="no subscription for ENTERPRISEPACK"):
+        run(skus={})
+
+
+def test_retry_delay_doubles_from_min_to_max():
+    """Waiting as long as already waited doubles the delay: min, min, 2min, 4min … max."""
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    delays = []
+    now = first
+    for _ in range(10):
+        delay = retry_delay(first, now, PROV)
+        delays.append(delay)
+        now += timedelta(seconds=delay)
+    assert [60, 60, 120, 240, 480, 960, 1920, 3600, 3600, 3600] == delays
+
+
+def test_deadline_after_sync_deadline_hours():
+    """After SYNC_DEADLINE_HOURS (24 h) a wait becomes a permanent 'not synced'."""
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    assert not deadline_passed(first, first + timedelta(hours=23, minutes=59), PROV)
+    assert deadline_passed(first, first + timedelta(hours=24), PROV)
+
+
+def test_immutable_id_is_base64_of_little_endian_guid_bytes():
+    """Entra Connect's sourceAnchor: objectGUID bytes as AD stores them, base64."""
+    guid = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
+    assert "MyIRAFVEd2aImaq7zN3u/w==" == immutable_id(guid)
