@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import httpx
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
@@ -79,7 +80,7 @@ class DirectoryReader(Protocol):
 
     def groups_in(self, ou_dn: str) -> list[tuple[str, str]]: ...
 
-    def group_members(self, group: str, nested: bool = True) -> list[uuid.UUID]: ...
+    def group_members(self, group: str, *, nested: bool = False) -> list[uuid.UUID]: ...
 
 
 class RoleService(Protocol):
@@ -108,14 +109,27 @@ def _sdk(graph: Any) -> Any:
     raise TypeError("role sync needs a Graph client with role_management")
 
 
-def _odata(exc: BaseException) -> tuple[int, str, str]:
+class GraphAnswer(PermanentError):
+    """Graph refused a role call; ``status`` and ``code`` let the caller decide whether the
+    answer means "already done"."""
+
+    def __init__(self, reason: str, *, status: int, code: str, user: str = "") -> None:
+        super().__init__(reason, user=user, step=STEP, fix=(
+            "check the Graph permissions RoleManagement.ReadWrite.Directory (or, for PIM, "
+            "RoleEligibilitySchedule.ReadWrite.Directory) and the request Graph names"))
+        self.status = status
+        self.code = code
+
+
+def _classify(exc: Exception, action: str, user: str) -> ProvisioningError:
     status = int(getattr(exc, "response_status_code", 0) or 0)
     error = getattr(exc, "error", None)
-    return status, str(getattr(error, "code", "") or ""), str(getattr(error, "message", "") or "")
-
-
-def _is_odata(exc: BaseException) -> bool:
-    return type(exc).__name__ == "ODataError" or hasattr(exc, "response_status_code")
+    code = str(getattr(error, "code", "") or "unknown")
+    message = str(getattr(error, "message", "") or "").rstrip(".")
+    reason = f"Graph answered {status} {code} to {action}: {message}"
+    if status == 429 or status >= 500:
+        return TransientError(reason, user=user, step=STEP, fix="none needed; retried later")
+    return GraphAnswer(reason, status=status, code=code, user=user)
 
 
 class RoleGraph:
@@ -146,20 +160,17 @@ class RoleGraph:
             page = await self._call(builder.with_url(link).get())
         return items
 
-    async def _call(self, awaitable: Any) -> Any:
+    async def _call(self, awaitable: Any, action: str = "a role call", user: str = "") -> Any:
+        from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
         try:
             return await awaitable
-        except ProvisioningError:
-            raise
-        except Exception as exc:
-            if not _is_odata(exc):
-                raise TransientError(f"Graph could not be reached ({type(exc).__name__})",
-                                     step=STEP, fix="the next attempt retries") from None
-            status, code, _ = _odata(exc)
-            if status == 429 or status >= 500:
-                raise TransientError(f"Graph answered {status} {code}", step=STEP,
-                                     fix="the next attempt retries") from None
-            raise
+        except ODataError as exc:
+            raise _classify(exc, action, user) from None
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise TransientError(f"Graph did not answer {action} ({type(exc).__name__})",
+                                 user=user, step=STEP, fix="none needed; retried later",
+                                 retry_after=30) from None
 
     async def definitions(self) -> list[RoleDefinition]:
         builder = self._directory.role_definitions
@@ -172,8 +183,8 @@ class RoleGraph:
         try:
             found = await self._call(
                 self._directory.role_definitions.by_unified_role_definition_id(role_id).get())
-        except Exception as exc:
-            if _odata(exc)[0] == 404:
+        except GraphAnswer as exc:
+            if exc.status == 404:
                 return None
             raise
         return RoleDefinition(str(found.id), str(found.display_name),
@@ -213,8 +224,8 @@ class RoleGraph:
         try:
             found = await self._call(
                 builder.get(request_configuration=RequestConfiguration(query_parameters=query)))
-        except Exception as exc:
-            if _odata(exc)[0] == 404:
+        except GraphAnswer as exc:
+            if exc.status == 404:
                 return None
             raise
         return _cloud_user(found)
@@ -227,10 +238,9 @@ class RoleGraph:
                                      directory_scope_id="/")
         try:
             await self._call(self._directory.role_assignments.post(body))
-        except Exception as exc:
-            status = _odata(exc)[0]
+        except GraphAnswer as exc:
             # Graph answers a duplicate with a generic 400; confirm by reading, not by text.
-            if status in (400, 409) and await self._active(role_id, principal_id):
+            if exc.status in (400, 409) and await self._active(role_id, principal_id):
                 return False
             raise
         return True
@@ -243,8 +253,8 @@ class RoleGraph:
         try:
             await self._call(
                 self._directory.role_assignments.by_unified_role_assignment_id(found.id).delete())
-        except Exception as exc:
-            if _odata(exc)[0] == 404:
+        except GraphAnswer as exc:
+            if exc.status == 404:
                 return False
             raise
         return True
@@ -285,9 +295,9 @@ class RoleGraph:
             body.schedule_info = RequestSchedule(start_date_time=start, expiration=expiration)
         try:
             await self._call(self._directory.role_eligibility_schedule_requests.post(body))
-        except Exception as exc:
-            status, code, _ = _odata(exc)
-            if status == 400 and code in ("RoleAssignmentExists", "RoleAssignmentDoesNotExist"):
+        except GraphAnswer as exc:
+            already = ("RoleAssignmentExists", "RoleAssignmentDoesNotExist")
+            if exc.status == 400 and exc.code in already:
                 return False
             raise
         return True
@@ -338,7 +348,7 @@ def read_directory(directory: DirectoryReader, ou: str) -> tuple[list[AdGroup], 
     members: dict[str, GroupMembers] = {}
     for group in groups:
         try:
-            guids = directory.group_members(group.dn, nested=True)
+            guids = directory.group_members(group.name, nested=True)
         except Exception as exc:
             members[group.name] = GroupMembers(frozenset(), complete=False, problem=_why(exc))
             continue
@@ -696,69 +706,77 @@ async def _finish(svc: RoleService, store: PlanStore, result: CycleResult, *,
 
 
 async def notify(svc: RoleService, result: CycleResult) -> bool:
-    """Mail the cycle's notification with its log attached; True when it went out."""
-    settings = svc.settings
-    if settings.mail.transport == "none":
+    """Mail the cycle's notification with its log attached as ``rolesync-<time>.log``, as the
+    PowerShell script did; True when it went out (a mail failure is logged, not raised, so
+    that a mail outage never stops the role sync itself)."""
+    from .mail import Attachment
+    from .reports import render_alert
+
+    if svc.settings.mail.transport == "none":
         return False
+    title, summary, fix = _summary(result)
+    rows = [(c.action.value, c.role_name, c.user, c.group) for c in _done(result)]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    mail = render_alert(
+        title,
+        summary,
+        columns=("action", "role", "user", "AD group") if rows else (),
+        rows=rows,
+        fix=fix,
+        severity="error" if (result.stopped or result.held or _blocked_any(result))
+        else "info",
+        attachments=[Attachment(f"rolesync-{stamp}.log", result.log_text.encode("utf-8"),
+                                "text/plain")],
+    )
     try:
-        from .reports import render_alert
-    except ImportError:  # the mail pieces have not landed in this checkout
-        return False
-    subject, summary = _summary(result)
-    try:
-        mail = render_alert(**_alert_args(render_alert, subject, summary, result))
-        await _send(svc.mailer(), mail)
+        await svc.mailer().asend(mail)
     except ProvisioningError as exc:
         log.error("role_notification_failed", reason=str(exc),
                   correlation_id=result.correlation_id)
         return False
-    log.info("role_notification_sent", subject=subject, correlation_id=result.correlation_id)
+    log.info("role_notification_sent", title=title, correlation_id=result.correlation_id)
     return True
 
 
-def _summary(result: CycleResult) -> tuple[str, list[str]]:
-    role_plan = result.plan
-    lines: list[str] = []
-    if result.stopped is not None:
-        return "Role sync stopped: nothing was changed", [str(result.stopped)]
-    assert role_plan is not None
-    done = [r for r in result.applied if r.outcome in ("applied", "already")]
+def _done(result: CycleResult) -> list[RoleChange]:
     if result.applied:
-        lines += [f"{r.outcome}: {r.change.describe()}" for r in result.applied]
-    elif result.to_enqueue:
-        lines += [f"queued: {c.describe()}" for c in result.to_enqueue]
-    lines += [f"blocked: {b.reason}. Fix: {b.fix}" for b in role_plan.blocked]
+        return [r.change for r in result.applied if r.outcome == "applied"]
+    return list(result.to_enqueue)
+
+
+def _blocked_any(result: CycleResult) -> bool:
+    return bool(result.plan and result.plan.blocked)
+
+
+def _summary(result: CycleResult) -> tuple[str, list[str], str]:
+    """Title, summary paragraphs and the fix of the cycle's notification."""
+    if result.stopped is not None:
+        return ("Role sync stopped: nothing was changed", [result.stopped.reason],
+                result.stopped.fix)
+    role_plan = result.plan
+    assert role_plan is not None
+    lines: list[str] = []
+    fixes: list[str] = []
+    done = _done(result)
+    if done:
+        verb = "made" if result.applied else "queued"
+        lines.append(f"{len(done)} role change(s) {verb}; the log is attached.")
+    failed = [r for r in result.applied if r.outcome == "failed"]
+    lines += [f"failed: {r.detail}" for r in failed]
+    for blocked in role_plan.blocked:
+        lines.append(f"blocked: {blocked.reason}.")
+        fixes.append(blocked.fix)
     if result.held is not None and role_plan.held is not None:
-        lines.append(f"held: {role_plan.held.reason}. Fix: {role_plan.held.fix}")
-    lines += [f"ignored: AD group '{n}' matches no Entra role" for n in role_plan.unknown_groups]
+        lines.append(f"held: {role_plan.held.reason}.")
+        fixes.append(role_plan.held.fix)
+    lines += [f"ignored: AD group '{n}' matches no Entra role." for n in role_plan.unknown_groups]
     if result.held is not None:
-        subject = f"Role sync held plan {result.held.plan_id}: approval needed"
+        title = f"Role sync held plan {result.held.plan_id}: approval needed"
     elif role_plan.blocked:
-        subject = "Role sync blocked changes"
+        title = "Role sync blocked changes"
     else:
-        subject = f"Role sync: {len(done) or len(result.to_enqueue)} change(s)"
-    return subject, lines
-
-
-def _alert_args(render: Any, subject: str, lines: list[str], result: CycleResult
-                ) -> dict[str, Any]:
-    """Arguments for the mail helper's ``render_alert``, by the names it declares."""
-    import inspect
-
-    names = set(inspect.signature(render).parameters)
-    attachment = ("rolesync.log", result.log_text.encode("utf-8"), "text/plain")
-    offered: dict[str, Any] = {
-        "subject": subject, "title": subject, "lines": lines, "details": lines,
-        "body": "\n".join(lines), "summary": "\n".join(lines), "log": result.log_text,
-        "attachments": [attachment], "correlation_id": result.correlation_id,
-    }
-    return {k: v for k, v in offered.items() if k in names}
-
-
-async def _send(mailer: Any, mail: Any) -> None:
-    sent = mailer.send(mail)
-    if asyncio.iscoroutine(sent):
-        await sent
+        title = f"Role sync: {len(done)} change(s)"
+    return title, lines, "; ".join(fixes)
 
 
 # -- one change ------------------------------------------------------------------------------
