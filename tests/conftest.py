@@ -4,10 +4,15 @@ case it is left running afterwards) and every process it started is stopped at t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from ldap3 import Connection
+from ldap3.utils.dn import escape_rdn
 
 from lab.__main__ import up
 from lab.core import REPO, Lab
@@ -30,3 +35,74 @@ def lab() -> Iterator[Lab]:
 def settings(lab: Lab) -> Settings:
     """The service's settings as the lab writes them."""
     return load_settings(lab.settings_file)
+
+
+# -- Active Directory -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabUser:
+    """A user a test created: its DN, objectGUID and sAMAccountName."""
+
+    dn: str
+    guid: uuid.UUID
+    sam: str
+
+
+@pytest.fixture(scope="session")
+def ad_admin(lab: Lab) -> Iterator[Connection]:
+    """An LDAPS connection to the lab's DC bound as the domain administrator (ldap3)."""
+    from lab import ad
+
+    conn = ad.admin_connection(lab, timeout=60)
+    yield conn
+    conn.unbind()
+
+
+@pytest.fixture
+def ad_ou(lab: Lab, ad_admin: Connection) -> Iterator[str]:
+    """A fresh OU for this test's users and groups, deleted with its content afterwards."""
+    dn = f"OU=test-{uuid.uuid4().hex[:10]},{lab.settings['LAB_AD_BASE_DN']}"
+    assert ad_admin.add(dn, "organizationalUnit"), ad_admin.result
+    yield dn
+    # Tree delete (1.2.840.113556.1.4.805): the OU and everything under it, in one request.
+    ad_admin.delete(dn, controls=[("1.2.840.113556.1.4.805", True, None)])
+
+
+def _guid(conn: Connection, dn: str) -> uuid.UUID:
+    assert conn.search(dn, "(objectClass=*)", "BASE", attributes=["objectGUID"]), conn.result
+    return uuid.UUID(bytes_le=conn.response[0]["raw_attributes"]["objectGUID"][0])
+
+
+@pytest.fixture
+def make_user(ad_admin: Connection, ad_ou: str) -> Callable[..., LabUser]:
+    """Factory: ``make_user(cn=None, sam=None, **attributes)`` creates an enabled user in the
+    test's OU (a unique name unless given; the cn is RFC 4514-escaped here)."""
+
+    def make(cn: str | None = None, sam: str | None = None, **attributes: Any) -> LabUser:
+        sam = sam or f"u{uuid.uuid4().hex[:12]}"
+        dn = f"CN={escape_rdn(cn or sam)},{ad_ou}"
+        values = {"sAMAccountName": sam, "userAccountControl": 544,
+                  "userPrincipalName": f"{sam}@o365lab.example", **attributes}
+        assert ad_admin.add(dn, ["top", "person", "organizationalPerson", "user"], values), \
+            ad_admin.result
+        return LabUser(dn, _guid(ad_admin, dn), sam)
+
+    return make
+
+
+@pytest.fixture
+def make_group(ad_admin: Connection, ad_ou: str) -> Callable[..., LabUser]:
+    """Factory: ``make_group(name=None, members=[dn, ...])`` creates a global security group
+    in the test's OU, named ``name`` (its cn) with a unique sAMAccountName (``.sam``)."""
+
+    def make(name: str | None = None, members: list[str] | None = None) -> LabUser:
+        sam = f"g{uuid.uuid4().hex[:12]}"
+        dn = f"CN={escape_rdn(name or sam)},{ad_ou}"
+        values: dict[str, Any] = {"sAMAccountName": sam}
+        if members:
+            values["member"] = members
+        assert ad_admin.add(dn, ["top", "group"], values), ad_admin.result
+        return LabUser(dn, _guid(ad_admin, dn), sam)
+
+    return make
