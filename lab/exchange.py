@@ -16,8 +16,9 @@ through ``configure(lab, ...)``, which POSTs to ``/lab/knobs`` with a lab-only t
                            runspace pools for one user are refused at Create
     idle_timeout_seconds   pools idle this long are dropped, as IIS/WinRM do
     faults                 [{"kind": "http500"|"drop"|"slow", "action": "Command"|...|"any",
-                             "count": 1, "seconds": 5, "when": "before"|"after"}]
-                           injected into the next matching WS-Management requests
+                             "count": 1, "skip": 0, "seconds": 5, "when": "before"|"after"}]
+                           injected into the next matching WS-Management requests, after
+                           ``skip`` of them; "after" lets the request take effect first
 
 Run as ``python -m lab.exchange <config.json>``; ``start(lab)`` does that.
 """
@@ -184,6 +185,9 @@ class Endpoint:
                 if fault.get("action", "any") not in ("any", action):
                     continue
                 if fault.get("when", "before") != when:
+                    continue
+                if fault.get("skip", 0) > 0:  # let the first N matching requests through
+                    fault["skip"] -= 1
                     continue
                 fault["count"] = fault.get("count", 1) - 1
                 return dict(fault)

@@ -14,12 +14,10 @@ from urllib.parse import urlparse
 
 import pytest
 from ldap3 import BASE, Connection
-from ldap3.utils.dn import escape_rdn
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
 from lab import exchange as lab_exchange
-from lab.ad import admin_connection
 from lab.core import Lab
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError
@@ -30,37 +28,10 @@ pytestmark = pytest.mark.lab
 INJECTIONS = ('x"; Remove-Mailbox -Identity *; "', "$(Get-Process)", "*", "'; Get-Process; '")
 
 
-@pytest.fixture(scope="module")
-def ad(lab: Lab) -> Iterator[Connection]:
-    """An LDAPS connection as the lab's domain admin."""
-    conn = admin_connection(lab)
-    yield conn
-    conn.unbind()
-
-
-MakeUser = Callable[..., tuple[uuid.UUID, str, str]]
-
-
 @pytest.fixture
-def make_user(lab: Lab, ad: Connection) -> Iterator[MakeUser]:
-    """Create users in OU=Staff (deleted after the test); returns (guid, sam, dn)."""
-    made: list[str] = []
-
-    def make(cn: str | None = None, ou: str | None = None, **attrs: Any) -> tuple[uuid.UUID, str,
-                                                                                   str]:
-        sam = f"t{secrets.token_hex(5)}"
-        name = cn or f"Test {sam}"
-        dn = f"CN={escape_rdn(name)},{ou or lab.settings['LAB_AD_STAFF_OU']}"
-        values = {"sAMAccountName": sam, "userPrincipalName": f"{sam}@o365lab.example",
-                  "displayName": name, **attrs}
-        assert ad.add(dn, ["top", "person", "organizationalPerson", "user"], values), ad.result
-        made.append(dn)
-        ad.search(dn, "(objectClass=*)", BASE, attributes=["objectGUID"])
-        return uuid.UUID(ad.entries[0].objectGUID.value), sam, dn
-
-    yield make
-    for dn in made:
-        ad.delete(dn)
+def ad(ad_admin: Connection) -> Connection:
+    """The lab's domain admin connection (conftest's ``ad_admin``)."""
+    return ad_admin
 
 
 def read(ad: Connection, dn: str) -> dict[str, Any]:
@@ -93,7 +64,8 @@ def client(settings: Settings, lab: Lab) -> Iterator[ExchangeClient]:
 def test_enable_writes_what_exchange_writes(client, make_user, ad, settings):
     """Enable-RemoteMailbox sets alias, primary SMTP, both proxy addresses, targetAddress and
     the three msExch* values Exchange writes for a remote user mailbox."""
-    guid, sam, dn = make_user()
+    user = make_user()
+    guid, sam, dn = user.guid, user.sam, user.dn
     routing = f"{sam}@{settings.provisioning.routing_domain}"
 
     mailbox = client.enable_remote_mailbox(str(guid), routing)
@@ -146,8 +118,9 @@ def test_injection_looking_identity_is_a_literal_value(client, lab, identity):
 def test_user_named_like_code_is_matched_by_name_only(client, make_user, ad, settings):
     """A user whose name is ``$(Get-Process)`` is found by that exact name, and only that user
     becomes a mailbox."""
-    guid, sam, dn = make_user(cn="$(Get-Process)")
-    _, _, other_dn = make_user()
+    named = make_user(cn="$(Get-Process)")
+    guid, sam, dn = named.guid, named.sam, named.dn
+    other_dn = make_user().dn
 
     mailbox = client.enable_remote_mailbox("$(Get-Process)",
                                            f"{sam}@{settings.provisioning.routing_domain}")
@@ -184,14 +157,15 @@ def test_scripts_and_unknown_cmdlets_are_refused(lab):
 
 
 def test_ambiguous_and_already_enabled_are_permanent(client, make_user, lab, settings):
-    """An identity matching two users, and a user that already is mail-enabled, are permanent
-    errors with Exchange's wording."""
-    name = f"Twin {secrets.token_hex(3)}"
-    make_user(cn=name)
-    make_user(cn=name, ou=lab.settings["LAB_AD_GROUPS_OU"])
+    """An identity matching two users (name of one, sAMAccountName of another), and a user
+    that already is mail-enabled, are permanent errors with Exchange's wording."""
+    name = f"twin{secrets.token_hex(3)}"
+    make_user(cn=name)  # one user has it as its name ...
+    make_user(cn=f"Other {name}", sam=name)  # ... another as its sAMAccountName
     with pytest.raises(PermanentError) as twin:
         client.enable_remote_mailbox(name, "twin@o365lab.mail.onmicrosoft.com")
-    guid, sam, _ = make_user()
+    other = make_user()
+    guid, sam = other.guid, other.sam
     routing = f"{sam}@{settings.provisioning.routing_domain}"
     client.enable_remote_mailbox(str(guid), routing)
     with pytest.raises(PermanentError) as again:

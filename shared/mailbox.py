@@ -1,0 +1,161 @@
+"""The mailbox step: a new user in ``O365_Provision`` becomes a remote mailbox on the
+on-premises Exchange server, as ``Enable-RemoteMailbox <sam> -RemoteRoutingAddress
+<sam>@<ROUTING_DOMAIN>`` makes it, then moves from ``O365_Provision`` to ``O365_License``.
+
+The order of things, each safe to repeat:
+
+1. read the user again from AD (the queue message only names its objectGUID);
+2. validate: licence attribute present and in ``LICENSE_MAP``, country present; otherwise a
+   PermanentError with the wording the old script mailed, and the user stays where it is;
+3. ``Get-RemoteMailbox``: a remote mailbox with the expected routing address is done already,
+   one with another routing address is a PermanentError; none means ``Enable-RemoteMailbox``;
+4. add the user to ``O365_License``, then remove it from ``O365_Provision`` -- in that order,
+   so a crash between the two leaves the user in a group the reconcile timer reads.
+
+Failures are the Exchange client's and the directory's ``TransientError`` /
+``PermanentError``, with ``user`` (sAMAccountName) and ``step="mailbox"`` filled in.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from .config import ProvisioningSettings, Settings
+from .directory import Directory, DirectoryUser
+from .errors import PermanentError, ProvisioningError
+from .exchange import ExchangeClient, strip_smtp
+from .log import get_logger
+
+log = get_logger(__name__)
+
+STEP = "mailbox"
+# What the old script's error mail asked of the helpdesk, kept so they recognise it.
+LICENCE_COUNTRY_FIX = (
+    "check that the required license type has been entered and that the Country/region "
+    "has been set"
+)
+_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One thing the step changed, for the audit log."""
+
+    what: str
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True)
+class MailboxOutcome:
+    """What ``MailboxStep.run`` did for one user."""
+
+    guid: uuid.UUID
+    user: str
+    outcome: Literal["done", "already-done"]
+    routing_address: str
+    changes: tuple[Change, ...]
+
+
+def validate(user: DirectoryUser, provisioning: ProvisioningSettings) -> str | None:
+    """Why ``user`` cannot be provisioned yet, or None. Pure: no peer is asked."""
+    problems = []
+    licence = (user.license_name or "").strip()
+    known = {name.lower() for name in provisioning.license_map}
+    if not licence:
+        problems.append(f"the licence attribute {provisioning.license_attribute} is empty")
+    elif licence.lower() not in known:
+        problems.append(
+            f"the licence '{licence}' in {provisioning.license_attribute} is not one of "
+            f"{', '.join(sorted(provisioning.license_map))}"
+        )
+    country = (user.country or "").strip()
+    if not country:
+        problems.append(f"the country ({provisioning.country_attribute}) is not set")
+    elif not _COUNTRY.match(country):
+        problems.append(f"the country '{country}' is not a two-letter country code")
+    return "; ".join(problems) or None
+
+
+def routing_address(user: DirectoryUser, provisioning: ProvisioningSettings) -> str:
+    """``<sam>@<ROUTING_DOMAIN>``, the remote routing address the old script used."""
+    return f"{user.sam}@{provisioning.routing_domain}"
+
+
+def _diff(before: DirectoryUser, after: DirectoryUser) -> list[Change]:
+    fields = (
+        ("mailNickname", before.mail_nickname, after.mail_nickname),
+        ("mail", before.mail, after.mail),
+        ("targetAddress", before.target_address, after.target_address),
+        ("proxyAddresses", "; ".join(sorted(before.proxy_addresses)) or None,
+         "; ".join(sorted(after.proxy_addresses)) or None),
+        ("msExchRemoteRecipientType",
+         None if before.remote_recipient_type is None else str(before.remote_recipient_type),
+         None if after.remote_recipient_type is None else str(after.remote_recipient_type)),
+    )
+    return [Change(what, old, new) for what, old, new in fields if old != new]
+
+
+class MailboxStep:
+    """Makes one user a remote mailbox and moves it on; see the module docstring."""
+
+    def __init__(self, settings: Settings, directory: Directory, exchange: ExchangeClient) -> None:
+        self._provisioning = settings.provisioning
+        self._directory = directory
+        self._exchange = exchange
+
+    def run(self, guid: uuid.UUID, *, correlation_id: str) -> MailboxOutcome:
+        """Provision the user with this objectGUID. Raises TransientError (retry later) or
+        PermanentError (report; the user stays in the provisioning group)."""
+        user = self._directory.user(guid)
+        fields = {"user": user.sam, "step": STEP, "correlation_id": correlation_id}
+        problem = validate(user, self._provisioning)
+        if problem:
+            log.warning("mailbox_user_invalid", reason=problem, **fields)
+            raise PermanentError(problem, user=user.sam, step=STEP, fix=LICENCE_COUNTRY_FIX)
+        routing = routing_address(user, self._provisioning)
+        try:
+            changes = self._ensure_mailbox(user, routing)
+        except ProvisioningError as exc:
+            exc.at(user=user.sam, step=STEP)
+            log.warning("mailbox_failed", reason=exc.reason,
+                        kind=type(exc).__name__, **fields)
+            raise
+        changes += self._move_groups(user)
+        outcome: Literal["done", "already-done"] = "done" if changes else "already-done"
+        log.info("mailbox_" + outcome.replace("-", "_"), routing_address=routing,
+                 changes=len(changes), **fields)
+        return MailboxOutcome(guid, user.sam, outcome, routing, tuple(changes))
+
+    def _ensure_mailbox(self, user: DirectoryUser, routing: str) -> list[Change]:
+        identity = str(user.guid)  # the objectGUID: unambiguous, and never code
+        existing = self._exchange.get_remote_mailbox(identity)
+        if existing is not None:
+            current = strip_smtp(existing.remote_routing_address) or ""
+            if current.lower() != routing.lower():
+                raise PermanentError(
+                    f"the user already is a remote mailbox, routed to '{current}' instead of "
+                    f"'{routing}'",
+                    user=user.sam, step=STEP,
+                    fix=f"set the routing address with Set-RemoteMailbox -RemoteRoutingAddress "
+                        f"{routing} if it is wrong, or take the user out of "
+                        f"{self._provisioning.provision_group}",
+                )
+            return []
+        self._exchange.enable_remote_mailbox(identity, routing)
+        after = self._directory.user(user.guid)
+        return [Change("remote mailbox", None, routing), *_diff(user, after)]
+
+    def _move_groups(self, user: DirectoryUser) -> list[Change]:
+        # Add first, then remove: a crash in between leaves the user in a group we read.
+        changes = []
+        license_group = self._provisioning.license_group
+        provision_group = self._provisioning.provision_group
+        if self._directory.add_member(license_group, user):
+            changes.append(Change(f"member of {license_group}", "no", "yes"))
+        if self._directory.remove_member(provision_group, user):
+            changes.append(Change(f"member of {provision_group}", "yes", "no"))
+        return changes

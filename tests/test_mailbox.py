@@ -1,0 +1,225 @@
+"""The mailbox step end to end: lab AD (Samba), the lab Exchange endpoint, and the service's
+directory adapter and Exchange client, with passwords resolved from the lab Key Vault."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from ldap3 import BASE, MODIFY_ADD, Connection
+from structlog.testing import capture_logs
+
+from lab import exchange as lab_exchange
+from lab.core import Lab
+from shared.config import Settings
+from shared.directory import Directory
+from shared.errors import PermanentError, TransientError
+from shared.exchange import ExchangeClient
+from shared.mailbox import LICENCE_COUNTRY_FIX, Change, MailboxStep
+from shared.secrets import SecretProvider
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def provider(settings: Settings) -> Iterator[SecretProvider]:
+    """The service's secret provider, reading the lab Key Vault."""
+    secrets_ = SecretProvider.from_settings(settings)
+    yield secrets_
+    secrets_.close()
+
+
+@pytest.fixture(scope="module")
+def directory(settings: Settings, provider: SecretProvider) -> Iterator[Directory]:
+    """The service's directory adapter, as the service account."""
+    ad = Directory(settings.ad, settings.provisioning,
+                   password=provider.resolve(settings.ad.password, setting="AD_PASSWORD"),
+                   ca_bundle=settings.service.ca_bundle)
+    yield ad
+    ad.close()
+
+
+def _client(settings: Settings, password: str) -> ExchangeClient:
+    return ExchangeClient(settings.exchange, password=password,
+                          ca_bundle=settings.service.ca_bundle)
+
+
+@pytest.fixture(scope="module")
+def exchange(settings: Settings, provider: SecretProvider) -> Iterator[ExchangeClient]:
+    """The worker's Exchange client: one pool for the whole module."""
+    client = _client(settings, provider.resolve(settings.exchange.password,
+                                                setting="EXCHANGE_PASSWORD"))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def step(settings: Settings, directory: Directory, exchange: ExchangeClient) -> MailboxStep:
+    return MailboxStep(settings, directory, exchange)
+
+
+@pytest.fixture
+def knobs(lab: Lab) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Change the Exchange endpoint's knobs for one test; reset afterwards."""
+    lab_exchange.configure(lab, reset=True)
+    yield lambda **changes: lab_exchange.configure(lab, **changes)
+    lab_exchange.configure(lab, reset=True)
+
+
+@pytest.fixture
+def new_user(make_user, ad_admin: Connection, lab: Lab) -> Callable[..., Any]:
+    """A user as the helpdesk creates it: licence E3, country NZ, in O365_Provision."""
+
+    def make(**attributes: Any) -> Any:
+        values = {"extensionAttribute1": "E3", "c": "NZ", "displayName": "Zoë O'Brien",
+                  **attributes}
+        user = make_user(**{k: v for k, v in values.items() if v is not None})
+        group = f"CN=O365_Provision,{lab.settings['LAB_AD_GROUPS_OU']}"
+        assert ad_admin.modify(group, {"member": [(MODIFY_ADD, [user.dn])]}), ad_admin.result
+        return user
+
+    return make
+
+
+def _state(ad: Connection, dn: str) -> dict[str, Any]:
+    attrs = ["mail", "mailNickname", "proxyAddresses", "targetAddress", "memberOf",
+             "msExchRemoteRecipientType", "msExchRecipientTypeDetails",
+             "msExchRecipientDisplayType", "uSNChanged"]
+    assert ad.search(dn, "(objectClass=*)", BASE, attributes=attrs), ad.result
+    entry = ad.entries[0]
+    return {name: sorted(str(v) for v in entry[name].values) for name in attrs}
+
+
+def _groups(state: dict[str, Any]) -> list[str]:
+    return sorted(dn.split(",")[0][3:] for dn in state["memberOf"])
+
+
+def test_user_becomes_remote_mailbox_and_moves_groups(step, new_user, ad_admin, settings):
+    """A valid user gets every attribute Exchange writes for a remote mailbox, and moves from
+    O365_Provision to O365_License; the outcome lists the changes for the audit log."""
+    user = new_user()
+    routing = f"{user.sam}@{settings.provisioning.routing_domain}"
+
+    with capture_logs() as events:
+        outcome = step.run(user.guid, correlation_id="c-1")
+
+    state = _state(ad_admin, user.dn)
+    expected = {
+        "mail": [f"{user.sam}@o365lab.example"],
+        "mailNickname": [user.sam],
+        "proxyAddresses": sorted([f"SMTP:{user.sam}@o365lab.example", f"smtp:{routing}"]),
+        "targetAddress": [f"SMTP:{routing}"],
+        "msExchRemoteRecipientType": ["1"],
+        "msExchRecipientTypeDetails": ["2147483648"],
+        "msExchRecipientDisplayType": ["-2147483642"],
+        "groups": ["O365_License"],
+    }
+    actual = {k: v for k, v in state.items() if k not in ("memberOf", "uSNChanged")}
+    actual["groups"] = _groups(state)
+    assert expected == actual
+    assert ("done", routing) == (outcome.outcome, outcome.routing_address)
+    assert Change("remote mailbox", None, routing) == outcome.changes[0]
+    assert [Change("member of O365_License", "no", "yes"),
+            Change("member of O365_Provision", "yes", "no")] == list(outcome.changes[-2:])
+    done = [e for e in events if e["event"] == "mailbox_done"]
+    assert [(user.sam, "mailbox", "c-1")] == [(e["user"], e["step"], e["correlation_id"])
+                                             for e in done]
+
+
+def test_second_run_changes_nothing(step, new_user, ad_admin):
+    """Running the step again for a provisioned user is 'already-done' and writes nothing
+    (the user's uSNChanged stays the same)."""
+    user = new_user()
+    step.run(user.guid, correlation_id="c-1")
+    before = _state(ad_admin, user.dn)
+
+    outcome = step.run(user.guid, correlation_id="c-2")
+
+    assert ("already-done", ()) == (outcome.outcome, outcome.changes)
+    assert before == _state(ad_admin, user.dn)
+
+
+@pytest.mark.parametrize(("attributes", "reason"), [
+    ({"extensionAttribute1": None}, "the licence attribute extensionAttribute1 is empty"),
+    ({"c": None}, "the country (c) is not set"),
+    ({"extensionAttribute1": "E9"}, "the licence 'E9' in extensionAttribute1 is not one of"),
+])
+def test_invalid_user_is_reported_and_left_in_place(step, new_user, ad_admin, lab, attributes,
+                                                    reason):
+    """A user without a mapped licence or without a country gets the old script's advice as
+    a PermanentError, stays in O365_Provision, and Exchange is never asked."""
+    user = new_user(**attributes)
+    cmdlets = lab_exchange.status(lab)["stats"]["cmdlets_run"]
+
+    with pytest.raises(PermanentError) as caught:
+        step.run(user.guid, correlation_id="c-1")
+
+    error = caught.value
+    assert (user.sam, "mailbox", LICENCE_COUNTRY_FIX) == (error.user, error.step, error.fix)
+    assert reason in error.reason
+    state = _state(ad_admin, user.dn)
+    assert (["O365_Provision"], []) == (_groups(state), state["msExchRecipientTypeDetails"])
+    assert cmdlets == lab_exchange.status(lab)["stats"]["cmdlets_run"]
+
+
+@pytest.mark.parametrize(("fault", "enabled_by_retry"), [
+    ({"kind": "http500", "action": "Command", "skip": 1}, True),  # Enable-RemoteMailbox's
+    ({"kind": "drop", "action": "Command", "skip": 1}, True),
+    # Enable-RemoteMailbox runs, then its answer is lost: the retry must find it done.
+    ({"kind": "drop", "action": "Receive", "skip": 1, "when": "after"}, False),
+])
+def test_fault_is_transient_and_next_attempt_succeeds(step, new_user, ad_admin, knobs, fault,
+                                                      enabled_by_retry):
+    """A 500 or a dropped connection is a TransientError for this user, who stays in
+    O365_Provision; the next attempt finishes the job."""
+    user = new_user()
+    knobs(faults=[{**fault, "count": 1}])
+
+    with pytest.raises(TransientError) as caught:
+        step.run(user.guid, correlation_id="c-1")
+    in_between = _groups(_state(ad_admin, user.dn))
+    outcome = step.run(user.guid, correlation_id="c-2")
+
+    assert (user.sam, "mailbox") == (caught.value.user, caught.value.step)
+    assert ["O365_Provision"] == in_between
+    assert "done" == outcome.outcome
+    assert enabled_by_retry == any(c.what == "remote mailbox" for c in outcome.changes)
+    assert ["O365_License"] == _groups(_state(ad_admin, user.dn))
+
+
+def test_wrong_password_is_permanent_without_password(settings, directory, new_user, ad_admin):
+    """A wrong Exchange password is a PermanentError naming the account, not the password;
+    the user stays in O365_Provision."""
+    user = new_user()
+    wrong = f"Wrong-{secrets.token_hex(8)}"
+    with _client(settings, wrong) as bad:
+        with pytest.raises(PermanentError) as caught:
+            MailboxStep(settings, directory, bad).run(user.guid, correlation_id="c-1")
+
+    error = caught.value
+    assert (user.sam, "mailbox") == (error.user, error.step)
+    assert "refused the credentials of O365LAB\\svc-exchange" in error.reason
+    assert all(wrong not in text for text in (str(error), error.fix, repr(error.args)))
+    assert ["O365_Provision"] == _groups(_state(ad_admin, user.dn))
+
+
+def test_remote_mailbox_with_other_routing_is_permanent(step, exchange, new_user, ad_admin):
+    """A user that already is a remote mailbox routed elsewhere is not touched: PermanentError,
+    and the user stays in O365_Provision."""
+    user = new_user()
+    exchange.enable_remote_mailbox(str(user.guid), f"{user.sam}@elsewhere.mail.onmicrosoft.com")
+
+    with pytest.raises(PermanentError) as caught:
+        step.run(user.guid, correlation_id="c-1")
+
+    assert "routed to" in caught.value.reason
+    assert ["O365_Provision"] == _groups(_state(ad_admin, user.dn))
+
+
+def test_deleted_user_is_permanent(step):
+    """A message for a user that no longer exists is a PermanentError, not a crash."""
+    with pytest.raises(PermanentError):
+        step.run(uuid.uuid4(), correlation_id="c-1")
