@@ -120,20 +120,40 @@ def graph_message(message: Mail, recipients: Sequence[str]) -> dict[str, Any]:
     return {"message": body, "saveToSentItems": False}
 
 
+@dataclass(frozen=True)
+class MailerSettings:
+    """The settings the mailer reads; ``MailerSettings.of(settings)`` picks them out."""
+
+    mail: MailSettings
+    smtp: SmtpSettings
+    graph: GraphSettings
+    identity: IdentitySettings
+    ca_bundle: Path | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> MailerSettings:
+        return cls(
+            settings.mail, settings.smtp, settings.graph, settings.identity,
+            settings.service.ca_bundle,
+        )
+
+
 class Mailer:
-    """Sends ``Mail`` through Graph or SMTP, as ``MAIL_TRANSPORT`` says. One per process."""
+    """Sends ``Mail`` through Graph or SMTP, as ``MAIL_TRANSPORT`` says. One per process.
+
+    ``Mailer(settings, secrets)`` with the service's ``Settings`` (or a ``MailerSettings``);
+    raises ``ConfigError`` when the SMTP settings would send the password in clear.
+    """
 
     def __init__(
         self,
-        mail: MailSettings,
-        smtp: SmtpSettings,
-        graph: GraphSettings,
-        identity: IdentitySettings,
-        *,
+        settings: Settings | MailerSettings,
         secrets: SecretProvider,
-        ca_bundle: Path | None = None,
+        *,
         credential: TokenCredential | None = None,
     ) -> None:
+        chosen = settings if isinstance(settings, MailerSettings) else MailerSettings.of(settings)
+        mail, smtp = chosen.mail, chosen.smtp
         if mail.transport == "smtp":
             if not smtp.host:
                 raise ConfigError("SMTP_HOST", "is needed when MAIL_TRANSPORT=smtp")
@@ -145,23 +165,11 @@ class Mailer:
                 )
         self._mail = mail
         self._smtp = smtp
-        self._graph = graph
-        self._identity = identity
+        self._graph = chosen.graph
+        self._identity = chosen.identity
         self._secrets = secrets
-        self._ca_bundle = ca_bundle
+        self._ca_bundle = chosen.ca_bundle
         self._credential = credential
-
-    @classmethod
-    def from_settings(cls, settings: Settings, secrets: SecretProvider) -> Mailer:
-        """The mailer for the service's settings."""
-        return cls(
-            settings.mail,
-            settings.smtp,
-            settings.graph,
-            settings.identity,
-            secrets=secrets,
-            ca_bundle=settings.service.ca_bundle,
-        )
 
     @property
     def transport(self) -> str:

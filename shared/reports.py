@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
@@ -58,7 +58,7 @@ Severity = Literal["info", "warning", "error"]
 class ProvisionedRow:
     """One provisioned user in the digest."""
 
-    user: str
+    username: str
     email: str
     licence: str
     display_name: str = ""
@@ -82,12 +82,28 @@ class SkuSummary:
     def label(self) -> str:
         return self.name or SKU_NAMES.get(self.sku, self.sku)
 
+    @classmethod
+    def from_subscribed(cls, sku: SubscribedSkuLike) -> SkuSummary:
+        """From Graph's subscribed SKU (``shared.graph.SubscribedSku``)."""
+        return cls(sku.part_number, sku.consumed, sku.prepaid)
+
+
+class SubscribedSkuLike(Protocol):
+    """What ``render_digest`` needs of a SKU that is not a ``SkuSummary``."""
+
+    @property
+    def part_number(self) -> str: ...
+    @property
+    def prepaid(self) -> int: ...
+    @property
+    def consumed(self) -> int: ...
+
 
 @dataclass(frozen=True)
 class FailureReport:
     """What the error mail says about one user's failure."""
 
-    user: str
+    username: str
     error: str
     fix: str = ""
     email: str = ""
@@ -118,7 +134,7 @@ class FailureReport:
         elif isinstance(error, SafetyStop):
             kind = "safety-stop"
         return cls(
-            user=error.user,
+            username=error.user,
             error=error.reason,
             fix=error.fix,
             email=email,
@@ -175,9 +191,16 @@ def _render(
     )
 
 
-def _when(moment: dt.datetime | None) -> str:
-    if moment is None:
+def _when(moment: dt.datetime | str | None) -> str:
+    if moment is None or moment == "":
         return ""
+    if isinstance(moment, str):
+        try:
+            parsed = dt.datetime.fromisoformat(moment)
+        except ValueError:
+            return moment
+        # The ledger's timestamps are UTC even when they do not say so.
+        moment = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
     if moment.tzinfo is not None:
         moment = moment.astimezone(dt.UTC)
     return moment.strftime("%Y-%m-%d %H:%M UTC")
@@ -206,22 +229,23 @@ def text_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def render_digest(
     rows: Sequence[ProvisionedRow],
-    skus: Sequence[SkuSummary],
+    skus: Sequence[SkuSummary | SubscribedSkuLike],
     *,
-    since: dt.datetime,
+    since: dt.datetime | str | None,
     until: dt.datetime,
 ) -> Mail:
-    """The report of users provisioned between ``since`` and ``until``, with the licence
-    summary per SKU."""
+    """The report of users provisioned between ``since`` (None: the first report) and
+    ``until``, with the licence summary per SKU."""
     table = text_table(
         ("Username", "Display Name", "Email Address", "License Assigned"),
-        [(r.user, r.display_name, r.email, r.licence) for r in rows],
+        [(r.username, r.display_name, r.email, r.licence) for r in rows],
     )
+    summaries = [s if isinstance(s, SkuSummary) else SkuSummary.from_subscribed(s) for s in skus]
     return _render(
         "digest",
         f"{PRODUCT} Report",
         rows=rows,
-        skus=skus,
+        skus=summaries,
         since=_when(since),
         until=_when(until),
         generated=_when(until),
@@ -233,7 +257,7 @@ def render_error(failure: FailureReport) -> Mail:
     """The error mail for one user: what failed, the diagnostic fields, and the fix."""
     # The old mail always listed these four, so they stay even when empty.
     diagnostics = [
-        ("Username", failure.user),
+        ("Username", failure.username),
         ("Email Address", failure.email),
         ("License Assigned", failure.licence),
         ("Usage Location", failure.usage_location),
@@ -255,7 +279,7 @@ def render_error(failure: FailureReport) -> Mail:
     }[failure.kind]
     return _render(
         "error",
-        f"{PRODUCT} Error: {failure.user or 'unknown user'}",
+        f"{PRODUCT} Error: {failure.username or 'unknown user'}",
         failure=failure,
         action=_ACTIONS.get(failure.step, "provision users in Office 365"),
         diagnostics=diagnostics,

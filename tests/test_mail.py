@@ -24,7 +24,7 @@ from shared.config import (
 )
 from shared.errors import ConfigError, PermanentError, TransientError
 from shared.identity import ca_file, credential
-from shared.mail import Attachment, Mail, Mailer, graph_message, to_mime
+from shared.mail import Attachment, Mail, Mailer, MailerSettings, graph_message, to_mime
 from shared.reports import ProvisionedRow, SkuSummary, render_digest
 from shared.secrets import SecretProvider
 
@@ -38,14 +38,14 @@ def _mailer(lab: Lab, transport: str, *, ca: bool = True, smtp: dict | None = No
     identity = IdentitySettings(_env_file=env)
     service = ServiceSettings(_env_file=env)
     secrets = SecretProvider(identity, KeyVaultSettings(_env_file=env), ca_bundle=service.ca_bundle)
-    return Mailer(
+    chosen = MailerSettings(
         MailSettings(_env_file=env).model_copy(update={"transport": transport, **(mail or {})}),
         SmtpSettings(_env_file=env).model_copy(update=smtp or {}),
         GraphSettings(_env_file=env),
         identity,
-        secrets=secrets,
-        ca_bundle=service.ca_bundle if ca else None,
+        service.ca_bundle if ca else None,
     )
+    return Mailer(chosen, secrets)
 
 
 def _digest(to: str) -> Mail:
@@ -115,11 +115,13 @@ def test_smtp_auth_without_tls_is_refused_at_start() -> None:
     """A mailer that would send SMTP_PASSWORD in clear refuses to be built, naming the setting."""
     with pytest.raises(ConfigError) as caught:
         Mailer(
-            MailSettings(transport="smtp", sender="a@b.example", to="c@d.example"),
-            SmtpSettings(host="smtp.example", port=587, starttls=False, user="svc"),
-            GraphSettings(),
-            IdentitySettings(),
-            secrets=SecretProvider(IdentitySettings(), KeyVaultSettings()),
+            MailerSettings(
+                MailSettings(transport="smtp", sender="a@b.example", to="c@d.example"),
+                SmtpSettings(host="smtp.example", port=587, starttls=False, user="svc"),
+                GraphSettings(),
+                IdentitySettings(),
+            ),
+            SecretProvider(IdentitySettings(), KeyVaultSettings()),
         )
     assert "SMTP_STARTTLS" == caught.value.setting
 

@@ -30,7 +30,7 @@ from shared.config import (
     SmtpSettings,
 )
 from shared.errors import PermanentError
-from shared.mail import Mail, Mailer
+from shared.mail import Mail, Mailer, MailerSettings
 from shared.reports import FailureReport, ProvisionedRow, SkuSummary, render_digest, render_error
 from shared.secrets import SecretProvider
 
@@ -91,12 +91,14 @@ def test_no_secret_leaks_into_logs_errors_or_mail(lab: Lab, caplog: pytest.LogCa
 
     def mailer(transport: str, **smtp: object) -> Mailer:
         return Mailer(
-            MailSettings(_env_file=env).model_copy(update={"transport": transport}),
-            SmtpSettings(_env_file=env).model_copy(update=smtp),
-            GraphSettings(_env_file=env),
-            identity,
-            secrets=provider,
-            ca_bundle=service.ca_bundle,
+            MailerSettings(
+                MailSettings(_env_file=env).model_copy(update={"transport": transport}),
+                SmtpSettings(_env_file=env).model_copy(update=smtp),
+                GraphSettings(_env_file=env),
+                identity,
+                service.ca_bundle,
+            ),
+            provider,
         )
 
     with structlog.testing.capture_logs() as events:

@@ -51,6 +51,7 @@ def test_digest_keeps_the_wording_users_know() -> None:
     """Subject and opening sentence are those of the report the old script sent."""
     mail = _digest()
     assert "Office 365 Provisioning Report" == mail.subject
+    assert "between 2026-03-01 07:00 UTC and 2026-03-02 07:00 UTC" in mail.text
     for part in (mail.html, mail.text):
         assert "This is an automated report from the Office 365 Provisioning Service." in part
         assert "have been successfully provisioned in Office 365" in part
@@ -136,7 +137,7 @@ def test_error_mail_marks_missing_fields_and_safety_stops() -> None:
 
 def test_subject_cannot_carry_a_header_break() -> None:
     """A user name with a line break cannot start a new mail header through the subject."""
-    mail = render_error(FailureReport(user="eve\r\nBcc: attacker@evil.example", error="x"))
+    mail = render_error(FailureReport(username="eve\r\nBcc: attacker@evil.example", error="x"))
     assert "\n" not in mail.subject and "\r" not in mail.subject
     assert "Office 365 Provisioning Error: eve Bcc: attacker@evil.example" == mail.subject
 
@@ -188,4 +189,24 @@ def test_text_table_aligns_columns() -> None:
     table = text_table(("A", "Long header"), [("wide cell", "x")])
     assert ["A          Long header", "---------  -----------", "wide cell  x"] == (
         table.splitlines()
+    )
+
+
+def test_first_digest_and_ledger_timestamps() -> None:
+    """A first report (no earlier one) reads "up to"; ISO strings from the ledger are UTC."""
+    first = render_digest([], [], since=None, until=UNTIL)
+    later = render_digest([], [], since="2026-03-01T07:00:00", until=UNTIL)
+    assert "provisioned in Office 365 up to 2026-03-02 07:00 UTC." in first.text
+    assert "between 2026-03-01 07:00 UTC and 2026-03-02 07:00 UTC" in later.text
+
+
+def test_digest_takes_graph_subscribed_skus() -> None:
+    """SKUs as the Graph client returns them (part_number, prepaid, consumed) render too."""
+
+    class Subscribed:
+        part_number, prepaid, consumed = "EXCHANGEENTERPRISE", 25, 7
+
+    mail = render_digest([], [Subscribed()], since=None, until=UNTIL)
+    assert "consumed 7 Exchange Online (Plan 2) licenses and have 18 remaining (of 25)" in (
+        mail.text
     )
