@@ -14,6 +14,7 @@ Kiota token provider awaits ``get_token`` only when it returns an awaitable.
 
 from __future__ import annotations
 
+import atexit
 import ssl
 import tempfile
 import time
@@ -125,9 +126,10 @@ def ca_file(ca_bundle: Path | None) -> str | bool:
     if ca_bundle is None:
         return True
     joined = Path(certifi.where()).read_bytes() + b"\n" + ca_bundle.read_bytes()
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept for the process's life
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - removed at exit
         prefix="o365-ca-", suffix=".pem", delete=False
     )
     with handle:
         handle.write(joined)
+    atexit.register(Path(handle.name).unlink, missing_ok=True)
     return handle.name
