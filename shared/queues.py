@@ -6,6 +6,7 @@ Messages are base64-encoded UTF-8 text, which is what the Functions host expects
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
@@ -47,10 +48,8 @@ class Queues:
                 message_encode_policy=BinaryBase64EncodePolicy(),
                 message_decode_policy=BinaryBase64DecodePolicy(),
             )
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 client.create_queue()
-            except ResourceExistsError:
-                pass
             self._clients[name] = client
         return self._clients[name]
 
