@@ -75,7 +75,9 @@ def start(lab: Lab) -> None:
     """Start the Graph process on a free loopback port and publish its settings."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    tenant = lab.settings.get("LAB_TENANT", "contosolab")
+    # One tenant name for every peer: the one another peer already published, if any.
+    published = lab.settings.get("LAB_TENANT_DOMAIN", "").split(".")[0]
+    tenant = lab.settings.get("LAB_TENANT") or published or "o365lab"
     settings = lab.settings
     settings["LAB_TENANT"] = tenant
     settings["LAB_GRAPH_TENANT_ID"] = str(uuid.uuid5(uuid.NAMESPACE_DNS, tenant))

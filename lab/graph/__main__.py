@@ -69,9 +69,10 @@ async def main(settings: dict[str, str], port: int) -> None:
     knobs = knobs_from(settings)
     tenant = seed_tenant(
         settings["LAB_GRAPH_TENANT_ID"],
-        settings.get("LAB_TENANT", "contosolab"),
+        settings.get("LAB_TENANT", "o365lab"),
         {"ENTERPRISEPACK": int(settings.get("LAB_GRAPH_E3_UNITS") or 25),
          "EXCHANGEENTERPRISE": int(settings.get("LAB_GRAPH_EXO2_UNITS") or 25)},
+        settings.get("ROUTING_DOMAIN", ""),
     )
     graph = Graph(tenant, knobs, settings["AZURE_STATIC_TOKEN"])
     graph.budgets.tenant_id = tenant.tenant_id

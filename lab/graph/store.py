@@ -178,11 +178,12 @@ class Tenant:
         return next((s for s in self.skus.values() if s.part_number == part_number), None)
 
 
-def seed_tenant(tenant_id: str, name: str, units: dict[str, int]) -> Tenant:
+def seed_tenant(tenant_id: str, name: str, units: dict[str, int],
+                routing_domain: str = "") -> Tenant:
     """The tenant the lab starts with: the two SKUs and two cloud-only accounts."""
     domain = f"{name}.onmicrosoft.com"
     tenant = Tenant(tenant_id=tenant_id, domain=domain,
-                    routing_domain=f"{name}.mail.onmicrosoft.com")
+                    routing_domain=routing_domain or f"{name}.mail.onmicrosoft.com")
     for part, (sku_id, plans) in SKUS.items():
         tenant.skus[sku_id] = Sku(part, sku_id, plans, prepaid=units.get(part, 0))
     tenant.add({"userPrincipalName": f"breakglass@{domain}", "displayName": "Break Glass",

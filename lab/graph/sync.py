@@ -1,6 +1,6 @@
 """The lab's Entra Connect: mirrors in-scope AD users into cloud users after a delay.
 
-**Scope**: every AD user (``objectCategory=person``, ``objectClass=user``) under
+**Scope**: every AD user (``objectClass=user``, not a computer) under
 ``LAB_GRAPH_SYNC_SCOPE`` (default: the whole domain, ``LAB_AD_BASE_DN``) that is not a
 critical system object (Administrator, Guest, krbtgt) and is not deleted. A user that leaves
 the scope (deleted in AD, or moved outside the scope DN) is soft-deleted in the cloud.
@@ -112,7 +112,9 @@ class SyncEngine:
             if parts.scheme == "ldap":
                 conn.start_tls()
             conn.bind()
-            search = f"(&(objectCategory=person)(objectClass=user)(uSNChanged>={self.next_usn}))"
+            # Tombstones keep objectClass but lose objectCategory: filter on the class.
+            search = (f"(&(objectClass=user)(!(objectClass=computer))"
+                      f"(uSNChanged>={self.next_usn}))")
             results = conn.extend.standard.paged_search(
                 source.base_dn, search, attributes=ATTRIBUTES, paged_size=1000,
                 controls=[(SHOW_DELETED, True, None)], generator=True,
@@ -167,7 +169,7 @@ class SyncEngine:
             "onPremisesSamAccountName": sam,
             "onPremisesDistinguishedName": record["dn"],
             "onPremisesDomainName": domain,
-            "onPremisesSecurityIdentifier": _first(attrs.get("objectSid")),
+            "onPremisesSecurityIdentifier": _sid((raw.get("objectSid") or [b""])[0]),
             "onPremisesExtensionAttributes": {
                 f"extensionAttribute{i}": _first(attrs.get(f"extensionAttribute{i}"))
                 for i in range(1, 16)
@@ -223,6 +225,12 @@ def _first(value: Any) -> Any:
     if isinstance(value, list):
         return value[0] if value else None
     return value if value not in ("", b"") else None
+
+
+def _sid(raw: bytes) -> str | None:
+    from ldap3.protocol.formatters.formatters import format_sid
+
+    return str(format_sid(raw)) if raw else None
 
 
 def _first_int(value: Any) -> int:
