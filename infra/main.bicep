@@ -337,7 +337,7 @@ var appSettingsService = {
   LOG_LEVEL: logLevel
 }
 
-var appSettingsSmtp = mailTransport == 'smtp' ? {
+var appSettingsSmtp = (mailTransport == 'smtp') ? {
   SMTP_HOST: smtpHost
   SMTP_PORT: string(smtpPort)
   SMTP_USER: smtpUser
