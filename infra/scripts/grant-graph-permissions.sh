@@ -22,6 +22,11 @@
 # creating an appRoleAssignment on the identity's service principal. Bicep cannot do this.
 set -euo pipefail
 
+if ((BASH_VERSINFO[0] < 4)); then
+  echo "this script needs bash 4 or later (Azure Cloud Shell has it)" >&2
+  exit 2
+fi
+
 GRAPH_APP_ID=00000003-0000-0000-c000-000000000000
 GRAPH=https://graph.microsoft.com/v1.0
 
