@@ -119,21 +119,6 @@ def seed(lab: Lab, n: int, *, invalid: int = 0) -> list[str]:
             conn.unbind()
         return [user.sam for user in users]
 
-    template = ad.build_template(lab)
     users = plan_users(n, invalid, "s", random.Random(n * 7919 + invalid))
-    key = template.archive.stem.removeprefix("ad-template-")
-    archive = lab.path("cache", f"ad-seed-{n}-{invalid}-{key}.tar.gz")
-    if archive.exists():
-        ad.restart(lab, archive)
-        return [user.sam for user in users]
-    ad.restart(lab, template.archive)
-    conn = ad.admin_connection(lab, timeout=60)
-    try:
-        add_users(conn, users, group_dn)
-    finally:
-        conn.unbind()
-    lab.stop("ad")
-    ad.snapshot(lab.root / "ad", archive)
-    ad.run(lab)
-    lab.save()
+    ad.cached_state(lab, f"seed-{n}-{invalid}", lambda conn: add_users(conn, users, group_dn))
     return [user.sam for user in users]

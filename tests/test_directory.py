@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from ldap3 import MODIFY_ADD, MODIFY_DELETE, Connection
 
+from lab import ad
 from lab.core import REPO, Lab
 from shared.config import AdSettings, ProvisioningSettings, ServiceSettings, StorageSettings
 from shared.cursors import CursorStore
@@ -300,40 +301,47 @@ BIG_GROUP = "Range5000"
 BIG = 5000
 
 
-@pytest.fixture(scope="session")
-def big_group(lab: Lab, ad_admin: Connection) -> tuple[str, set[uuid.UUID]]:
-    """A group of 5,000 contacts, built once per lab (kept in OU=Fixtures for later sessions):
-    adds on one connection, members 500 per modify."""
-    ou = f"{FIXTURE_OU},{lab.settings['LAB_AD_BASE_DN']}"
+def _build_big_group(conn: Connection) -> None:
+    ou = f"{FIXTURE_OU},{ad.BASE_DN}"
     group_dn = f"CN={BIG_GROUP},{ou}"
-    ad_admin.add(ou, "organizationalUnit")
-    ad_admin.add(group_dn, ["top", "group"], {"sAMAccountName": BIG_GROUP})
-    existing = {e["dn"] for e in ad_admin.extend.standard.paged_search(
-        ou, "(objectClass=contact)", attributes=["cn"], paged_size=1000, generator=True)}
-    wanted = [f"CN=contact{i:05d},{ou}" for i in range(BIG)]
-    for dn in wanted:
-        if dn not in existing:
-            ad_admin.add(dn, ["top", "person", "organizationalPerson", "contact"],
-                         {"displayName": dn[3:15]})
-    members = _members(ad_admin, group_dn) if len(existing) >= BIG else set()
-    missing = [dn for dn in wanted if dn.lower() not in members]
-    for start in range(0, len(missing), 500):
-        batch = missing[start:start + 500]
-        assert ad_admin.modify(group_dn, {"member": [(MODIFY_ADD, batch)]}), ad_admin.result
-    guids = {e["raw_attributes"]["objectGUID"][0] for e in ad_admin.extend.standard.paged_search(
-        ou, "(objectClass=contact)", attributes=["objectGUID"], paged_size=1000, generator=True)}
-    return BIG_GROUP, {uuid.UUID(bytes_le=g) for g in guids}
+    assert conn.add(ou, "organizationalUnit"), conn.result
+    assert conn.add(group_dn, ["top", "group"], {"sAMAccountName": BIG_GROUP}), conn.result
+    contacts = [f"CN=contact{i:05d},{ou}" for i in range(BIG)]
+    for dn in contacts:
+        assert conn.add(dn, ["top", "person", "organizationalPerson", "contact"]), conn.result
+    for start in range(0, BIG, 500):
+        batch = contacts[start:start + 500]
+        assert conn.modify(group_dn, {"member": [(MODIFY_ADD, batch)]}), conn.result
+
+
+@pytest.fixture(scope="session")
+def big_group(lab: Lab) -> Iterator[tuple[Lab, set[uuid.UUID]]]:
+    """A DC beside the session's, holding a group of 5,000 contacts: built once (adds on one
+    connection, 500 members per modify), then restored from its snapshot in seconds."""
+    side = ad.side_lab(lab, "range5000")
+    try:
+        ad.cached_state(side, "range5000", _build_big_group)
+        conn = ad.admin_connection(side)
+        entries = conn.extend.standard.paged_search(
+            f"{FIXTURE_OU},{ad.BASE_DN}", "(objectClass=contact)", attributes=["objectGUID"],
+            paged_size=1000, generator=False)
+        conn.unbind()
+        yield side, {uuid.UUID(bytes_le=e["raw_attributes"]["objectGUID"][0]) for e in entries}
+    finally:
+        side.stop_all()
 
 
 @pytest.mark.slow
 def test_a_group_of_5000_enumerates_completely_in_ranges_of_1500(
-    directory: Directory, big_group: tuple[str, set[uuid.UUID]]
+    big_group: tuple[Lab, set[uuid.UUID]],
 ) -> None:
     """group_members reads member;range=0-1499, 1500-2999, 3000-4499, 4500-* and returns every
     member once (Windows AD forces ranges; Samba answers them when asked)."""
-    name, expected = big_group
-    directory.group_dn(name)
+    side, expected = big_group
+    directory = _directory(side)
+    directory.group_dn(BIG_GROUP)
     before = directory.connection.usage.search_operations
-    members = directory.group_members(name)
+    members = directory.group_members(BIG_GROUP)
     searches = directory.connection.usage.search_operations - before
+    directory.close()
     assert (BIG, expected, 4) == (len(members), set(members), searches)

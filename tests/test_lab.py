@@ -1,0 +1,58 @@
+"""``python -m lab up|status|down`` on a lab of its own: the peers run, and nothing is left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.core import REPO, Lab, pid_alive
+
+pytestmark = pytest.mark.lab
+
+
+def _lab(args: list[str], lab_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LAB_DIR": str(lab_dir), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300, check=False)
+
+
+def _processes_under(root: Path) -> list[int]:
+    """Processes whose command line names a file of this lab (samba -s <lab>/ad/smb.conf...)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root) in cmdline and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_up_status_down_leaves_no_process(lab: Lab, tmp_path: Path) -> None:
+    """``up`` starts every peer, ``status`` shows them running (exit 0), ``down`` stops them
+    all: no pid of theirs, and no process naming the lab folder, survives."""
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
+    # The session lab's cache holds the provisioned directory: this lab starts warm.
+    (lab_dir / "cache").symlink_to(lab.root / "cache", target_is_directory=True)
+    up = _lab(["up"], lab_dir)
+    started = Lab.open(lab_dir)
+    pids = [pid for peer in started.peers.values() for pid in peer.pids]
+    try:
+        status = _lab(["status"], lab_dir)
+    finally:
+        down = _lab(["down"], lab_dir)
+    assert 0 == up.returncode, up.stdout + up.stderr
+    assert (0, True) == (status.returncode, "running" in status.stdout)
+    assert {"ad"} <= set(started.peers)
+    assert 0 == down.returncode
+    assert [] == [pid for pid in pids if pid_alive(pid)]
+    assert [] == _processes_under(lab_dir)
