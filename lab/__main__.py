@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -90,6 +91,24 @@ def status_command(lab_dir: LabDir = REPO / ".lab") -> None:
     _print_status(lab)
     if lab.peers and not all(lab.alive(name) for name in lab.peers):
         raise typer.Exit(1)
+
+
+@app.command("local-settings")
+def local_settings_command(
+    out: Annotated[Path, typer.Option(help="where to write")] = REPO / "local.settings.json",
+    lab_dir: LabDir = REPO / ".lab",
+) -> None:
+    """Write local.settings.json for `func start`: the example, with this lab's values."""
+    lab = Lab.open(lab_dir)
+    if not lab.settings:
+        console.print("[red]the lab is not up; run: python -m lab up[/red]")
+        raise typer.Exit(1)
+    example = json.loads((REPO / "local.settings.example.json").read_text())
+    values = example["Values"]
+    values.update({k: v for k, v in lab.settings.items() if k in values})
+    out.write_text(json.dumps(example, indent=2) + "\n")
+    out.chmod(0o600)
+    console.print(f"wrote {out} from {lab.settings_file}")
 
 
 @app.command("seed")
