@@ -383,7 +383,9 @@ def plan(
 
         if allowed:
             changes.extend(role_changes)
-        else:
+        elif role_changes:
+            # Nothing to refuse when the role already matches its group: no alert then, but
+            # ``mapped`` still shows the group as not allowed (``cli roles plan``).
             blocked.append(_not_allowed(role, entries, role_changes))
 
     ordered = tuple(sorted(changes))

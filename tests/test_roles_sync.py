@@ -1,0 +1,375 @@
+"""Admin-role sync against the lab: AD groups in OU=Admin Roles, the lab Graph's role
+endpoints, Azurite for held plans, and the lab mail folder for the notification."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email
+import email.policy
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from ldap3 import MODIFY_ADD, MODIFY_DELETE, Connection
+
+from lab.core import Lab
+from shared.config import RolesSettings, Settings
+from shared.directory import Directory
+from shared.graph import GraphClient
+from shared.ledger import Audit
+from shared.mail import Mailer
+from shared.rolesync import (
+    PLANS_TABLE,
+    CycleResult,
+    RoleGraph,
+    apply_change,
+    approve_plan,
+    immutable_id,
+    run_cycle,
+)
+from shared.roles import Action, RoleChange
+from shared.secrets import SecretProvider
+from shared.storage import table_service
+
+pytestmark = pytest.mark.lab
+
+HELPDESK = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
+GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"
+
+
+@dataclasses.dataclass
+class Service:
+    """The real clients a role cycle uses, composed as the function app composes them."""
+
+    settings: Settings
+    secrets: SecretProvider
+    audit: Audit | None = None
+    ad_url: str | None = None
+
+    def directory(self) -> Directory:
+        ad = self.settings.ad
+        if self.ad_url:
+            ad = ad.model_copy(update={"url": self.ad_url, "timeout_seconds": 2.0})
+        return Directory(ad, self.settings.provisioning,
+                         password=self.secrets.resolve(ad.password, setting="AD_PASSWORD"),
+                         ca_bundle=self.settings.service.ca_bundle)
+
+    def graph(self) -> GraphClient:
+        from shared.graph import graph_client
+
+        return graph_client(self.settings)
+
+    def mailer(self) -> Mailer:
+        return Mailer(self.settings, self.secrets)
+
+
+def with_roles(settings: Settings, **overrides: Any) -> Settings:
+    values = {"ou": settings.roles.ou, "enabled": True, **overrides}
+    roles = RolesSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return dataclasses.replace(settings, roles=roles)
+
+
+def cycle(service: Service, **kwargs: Any) -> CycleResult:
+    return asyncio.run(run_cycle(service, apply=True, **kwargs))
+
+
+def control(lab: Lab, path: str) -> None:
+    token = lab.settings["AZURE_STATIC_TOKEN"]
+    response = httpx.post(f"{lab.settings['LAB_GRAPH_CONTROL_URL']}/{path}",
+                          headers={"Authorization": f"Bearer {token}"}, json={})
+    response.raise_for_status()
+
+
+def holders(settings: Settings, role: str, *, eligible: bool = False) -> set[str]:
+    async def read() -> set[str]:
+        client = GraphClient(settings.graph, settings.identity, settings.service.ca_bundle)
+        try:
+            found = await RoleGraph(client).holders(role, eligible=eligible)
+        finally:
+            await client.close()
+        return {a.principal_id for a in found}
+
+    return asyncio.run(read())
+
+
+def grant_directly(settings: Settings, role: str, principal: str) -> None:
+    """What an administrator does in the portal: assign a role in the cloud."""
+
+    async def go() -> None:
+        client = GraphClient(settings.graph, settings.identity, settings.service.ca_bundle)
+        try:
+            assert await RoleGraph(client).assign(role, principal)
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+
+
+def cloud_id(settings: Settings, key: str, timeout: float = 30.0) -> str:
+    """The cloud id of a user (by UPN, or by objectGUID once the lab's sync mirrored it)."""
+
+    async def find() -> str | None:
+        client = GraphClient(settings.graph, settings.identity, settings.service.ca_bundle)
+        try:
+            api = RoleGraph(client)
+            user = (await api.user(key) if "@" in key
+                    else await api.user_by_immutable_id(key))
+        finally:
+            await client.close()
+        return user.id if user else None
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = asyncio.run(find())
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{key} did not reach the lab Graph within {timeout} s")
+
+
+@pytest.fixture
+def roles_env(lab: Lab, settings: Settings, ad_admin: Connection) -> Iterator[dict[str, str]]:
+    """Empty role groups, the seeded role state, no held plans; the groups' DNs by name."""
+    ou = settings.roles.ou
+    assert ad_admin.search(ou, "(objectClass=group)", attributes=["cn", "member"])
+    groups = {str(e["attributes"]["cn"]): e["dn"] for e in ad_admin.response
+              if e.get("type") == "searchResEntry"}
+
+    def empty() -> None:
+        for dn in groups.values():
+            assert ad_admin.search(dn, "(objectClass=group)", "BASE", attributes=["member"])
+            members = list(ad_admin.response[0]["attributes"].get("member") or [])
+            if members:
+                assert ad_admin.modify(dn, {"member": [(MODIFY_DELETE, members)]}), \
+                    ad_admin.result
+
+    empty()
+    control(lab, "roles/reset")
+    table = table_service(settings.storage).create_table_if_not_exists(PLANS_TABLE)
+    for row in list(table.list_entities()):
+        table.delete_entity(row["PartitionKey"], row["RowKey"])
+    yield groups
+    empty()
+
+
+@pytest.fixture
+def synced_user(
+    settings: Settings, make_user: Callable[..., Any]
+) -> Callable[[], tuple[str, str]]:
+    """Factory: an AD user mirrored to the cloud; returns (DN, cloud id)."""
+
+    def make() -> tuple[str, str]:
+        user = make_user()
+        return user.dn, cloud_id(settings, immutable_id(user.guid))
+
+    return make
+
+
+def add(ad: Connection, group: str, *members: str) -> None:
+    assert ad.modify(group, {"member": [(MODIFY_ADD, list(members))]}), ad.result
+
+
+def remove(ad: Connection, group: str, *members: str) -> None:
+    assert ad.modify(group, {"member": [(MODIFY_DELETE, list(members))]}), ad.result
+
+
+def service(settings: Settings, **kwargs: Any) -> Service:
+    return Service(settings, SecretProvider.from_settings(settings), **kwargs)
+
+
+def test_group_member_gets_role_removal_revokes_cloud_only_stays_second_run_idle(
+    lab: Lab, settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """Adding a user to 'Helpdesk Administrator' grants the role, a second run changes
+    nothing, removing them revokes it, and a cloud-only holder of the role stays."""
+    s = with_roles(settings, max_revocation_share=1.0)
+    svc = service(s)
+    dn, uid = synced_user()
+    cloud_only = cloud_id(s, f"cloudadmin@{lab.settings['LAB_TENANT']}.onmicrosoft.com")
+    grant_directly(s, HELPDESK, cloud_only)
+    add(ad_admin, roles_env["Helpdesk Administrator"], dn)
+
+    first = cycle(svc)
+    assert [(Action.GRANT, uid, "applied")] == [
+        (r.change.action, r.change.principal_id, r.outcome) for r in first.applied]
+    assert {uid, cloud_only} == holders(s, HELPDESK)
+
+    second = cycle(svc)
+    assert ((), []) == (second.plan.changes if second.plan else None, second.applied)
+
+    remove(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    third = cycle(svc)
+    assert [(Action.REVOKE, uid)] == [(r.change.action, r.change.principal_id)
+                                      for r in third.applied]
+    assert {cloud_only} == holders(s, HELPDESK)
+
+
+def test_break_glass_in_group_gets_nothing_and_is_never_revoked(
+    settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """A break-glass account in the AD group is not granted; holding the role directly while
+    absent from the group, it is not revoked."""
+    dn, uid = synced_user()
+    s = with_roles(settings, break_glass_ids=uid, max_revocation_share=1.0)
+    svc = service(s)
+    add(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    result = cycle(svc)
+    assert ([], ["break-glass"]) == (
+        result.applied, [b.guard.value for b in result.plan.blocked] if result.plan else [])
+    assert uid not in holders(s, HELPDESK)
+
+    grant_directly(s, HELPDESK, uid)
+    remove(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    assert [] == cycle(svc).applied
+    assert uid in holders(s, HELPDESK)
+
+
+def test_global_admin_group_without_opt_in_changes_nothing_and_alerts(
+    lab: Lab, settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """A member of AD group 'Global Administrator' is not granted it without the opt-in; the
+    cycle mails an alert with the log attached, and does not alert again for the same block."""
+    s = with_roles(settings)
+    dn, uid = synced_user()
+    add(ad_admin, roles_env["Global Administrator"], dn)
+    before = set(Path(lab.settings["LAB_MAIL_DIR"]).glob("*.eml"))
+    result = cycle(service(s))
+    assert ([], ["role-not-allowed"], True) == (
+        result.applied, [b.guard.value for b in result.plan.blocked] if result.plan else [],
+        result.notified)
+    assert uid not in holders(s, GLOBAL_ADMIN)
+    mail = _new_mail(lab, before)
+    assert "Role sync blocked changes" in str(mail["Subject"])
+    logs = [p for p in mail.iter_attachments() if str(p.get_filename()).startswith("rolesync")]
+    assert 1 == len(logs)
+    assert "Global Administrator" in logs[0].get_content()
+    assert not cycle(service(s)).notified
+
+
+@pytest.mark.slow
+def test_emptying_a_group_of_ten_is_held_until_that_plan_is_approved(
+    settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """With ROLES_MAX_REVOCATIONS=5, emptying a group of 10 holds the plan and revokes
+    nothing; approving that plan id lets the next cycle revoke all 10."""
+    s = with_roles(settings, max_revocations=5)
+    svc = service(s)
+    users = [synced_user() for _ in range(10)]
+    group = roles_env["Helpdesk Administrator"]
+    add(ad_admin, group, *(dn for dn, _ in users))
+    assert 10 == len(cycle(svc).applied)
+
+    remove(ad_admin, group, *(dn for dn, _ in users))
+    held = cycle(svc)
+    assert held.held is not None
+    assert ([], 10) == (held.applied, len(holders(s, HELPDESK) & {u for _, u in users}))
+
+    approve_plan(s, held.held.plan_id)
+    released = cycle(svc)
+    assert 10 == sum(1 for r in released.applied if r.outcome == "applied")
+    assert set() == holders(s, HELPDESK) & {u for _, u in users}
+
+
+def test_ldap_failure_during_the_read_revokes_nothing(
+    settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """When the domain controller cannot be read the cycle stops: the role stays granted."""
+    s = with_roles(settings, max_revocation_share=1.0)
+    dn, uid = synced_user()
+    add(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    cycle(service(s))
+    broken = cycle(service(s, ad_url="ldaps://127.0.0.1:9"))
+    assert broken.stopped is not None
+    assert ([], None) == (broken.applied, broken.plan)
+    assert uid in holders(s, HELPDESK)
+
+
+def test_pim_mode_creates_eligibility_requests_not_assignments(
+    settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """ROLES_MODE=eligible makes the member eligible (PIM), with no active assignment, and
+    a second run changes nothing."""
+    s = with_roles(settings, mode="eligible", pim_duration_days=30)
+    svc = service(s)
+    dn, uid = synced_user()
+    add(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    result = cycle(svc)
+    assert ["applied"] == [r.outcome for r in result.applied]
+    assert uid in holders(s, HELPDESK, eligible=True)
+    assert uid not in holders(s, HELPDESK)
+    assert [] == cycle(svc).applied
+
+
+def test_apply_change_is_idempotent_and_rechecks_the_guards(
+    settings: Settings, roles_env: dict[str, str], synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """Granting twice is 'already' the second time, revoking a missing assignment is
+    'already', and a queued grant of a role off the allow-list is refused."""
+    from shared.errors import SafetyStop
+
+    s = with_roles(settings)
+    _, uid = synced_user()
+
+    async def go() -> list[str]:
+        client = GraphClient(s.graph, s.identity, s.service.ca_bundle)
+        try:
+            grant = RoleChange(Action.GRANT, HELPDESK, uid)
+            revoke = RoleChange(Action.REVOKE, HELPDESK, uid)
+            outcomes = [(await apply_change(s, client, grant)).outcome,
+                        (await apply_change(s, client, grant)).outcome,
+                        (await apply_change(s, client, revoke)).outcome,
+                        (await apply_change(s, client, revoke)).outcome]
+            with pytest.raises(SafetyStop):
+                await apply_change(s, client, RoleChange(Action.GRANT, GLOBAL_ADMIN, uid))
+            return outcomes
+        finally:
+            await client.close()
+
+    assert ["applied", "already", "applied", "already"] == asyncio.run(go())
+
+
+def test_lab_graph_answers_role_errors_as_graph_does(lab: Lab, settings: Settings,
+                                                    roles_env: dict[str, str]) -> None:
+    """The lab Graph requires a $filter to list assignments, answers a duplicate with 400 and
+    a missing assignment with 404, and seeds break-glass as Global Administrator."""
+    base = settings.graph.url
+    headers = {"Authorization": f"Bearer {lab.settings['AZURE_STATIC_TOKEN']}"}
+    with httpx.Client(base_url=base, headers=headers) as http:
+        assert 400 == http.get("roleManagement/directory/roleAssignments").status_code
+        seeded = http.get("roleManagement/directory/roleAssignments",
+                          params={"$filter": f"roleDefinitionId eq '{GLOBAL_ADMIN}'"}).json()
+        assert 1 == len(seeded["value"])
+        body = {"roleDefinitionId": GLOBAL_ADMIN, "directoryScopeId": "/",
+                "principalId": seeded["value"][0]["principalId"]}
+        again = http.post("roleManagement/directory/roleAssignments", json=body)
+        assert (400, "Request_BadRequest") == (again.status_code, again.json()["error"]["code"])
+        gone = http.delete(f"roleManagement/directory/roleAssignments/{uuid.uuid4().hex}")
+        assert (404, "Request_ResourceNotFound") == (gone.status_code,
+                                                      gone.json()["error"]["code"])
+        definitions = http.get("roleManagement/directory/roleDefinitions",
+                               params={"$filter": "displayName eq 'Helpdesk Administrator'"})
+        assert [HELPDESK] == [d["templateId"] for d in definitions.json()["value"]]
+
+
+def _new_mail(lab: Lab, before: set[Path], timeout: float = 20.0) -> email.message.EmailMessage:
+    folder = Path(lab.settings["LAB_MAIL_DIR"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = sorted(set(folder.glob("*.eml")) - before)
+        if new:
+            message = email.message_from_bytes(new[-1].read_bytes(), policy=email.policy.default)
+            assert isinstance(message, email.message.EmailMessage)
+            return message
+        time.sleep(0.2)
+    raise AssertionError("no notification mail arrived")
