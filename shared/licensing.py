@@ -31,11 +31,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import iso3166
 
 from .config import ProvisioningSettings
+from .directory import Directory, DirectoryUser
 from .errors import PermanentError, TransientError
 from .graph import GraphClient, SubscribedSku
 from .graph import immutable_id as to_immutable_id
@@ -238,26 +239,6 @@ class TableShortageLedger:
 
 
 # -- the step ----------------------------------------------------------------------------------
-class DirectoryUserLike(Protocol):
-    @property
-    def guid(self) -> uuid.UUID: ...
-    @property
-    def sam(self) -> str: ...
-    @property
-    def upn(self) -> str | None: ...
-    @property
-    def mail(self) -> str | None: ...
-    @property
-    def country(self) -> str | None: ...
-    @property
-    def license_name(self) -> str | None: ...
-
-
-class DirectoryLike(Protocol):
-    def user(self, guid: uuid.UUID) -> DirectoryUserLike: ...
-    def remove_member(self, group: str, user: DirectoryUserLike) -> bool: ...
-
-
 @dataclass(frozen=True)
 class Change:
     """One attribute the step changed, for the audit log."""
@@ -288,7 +269,7 @@ class LicenseStep:
     def __init__(
         self,
         provisioning: ProvisioningSettings,
-        directory: DirectoryLike,
+        directory: Directory,
         graph: GraphClient,
         ledger: ShortageLedger,
     ) -> None:
@@ -296,6 +277,12 @@ class LicenseStep:
         self.directory = directory
         self.graph = graph
         self.ledger = ledger
+        # Directory is one blocking LDAP connection: one thread at a time may use it.
+        self._directory_lock = asyncio.Lock()
+
+    async def _directory(self, call: Any, *args: Any) -> Any:
+        async with self._directory_lock:
+            return await asyncio.to_thread(call, *args)
 
     async def run(
         self,
@@ -307,7 +294,7 @@ class LicenseStep:
     ) -> LicenseOutcome:
         """License the AD user ``guid``; raises ``TransientError`` to be retried later."""
         now = now or datetime.now(UTC)
-        ad = await asyncio.to_thread(self.directory.user, guid)
+        ad: DirectoryUser = await self._directory(self.directory.user, guid)
         who = ad.upn or ad.sam
         cloud = await self.graph.find_user(to_immutable_id(guid), ad.upn)
         if cloud is None:
@@ -353,7 +340,7 @@ class LicenseStep:
                          removed=[by_id.get(s, str(s)) for s in action.remove],
                          correlation_id=correlation_id)
             elif isinstance(action, RemoveFromGroup):
-                await asyncio.to_thread(self.directory.remove_member, action.group, ad)
+                await self._directory(self.directory.remove_member, action.group, ad)
         status = "licensed" if any(c.attribute == "licenses" for c in changes) \
             else "already-licensed"
         return LicenseOutcome(who, ad.mail, ad.license_name, part, status, tuple(changes),
@@ -367,7 +354,7 @@ class LicenseStep:
         raise TransientError(reason, user=who, step=STEP, fix="none needed; retried later",
                              retry_after=retry_delay(first, now, self.provisioning))
 
-    async def _shortage(self, ad: DirectoryUserLike, who: str, action: ReportShortage,
+    async def _shortage(self, ad: DirectoryUser, who: str, action: ReportShortage,
                         sku: SubscribedSku, correlation_id: str) -> LicenseOutcome:
         today = datetime.now(UTC).date()
         notice = None

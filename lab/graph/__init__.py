@@ -85,7 +85,8 @@ def start(lab: Lab) -> None:
     settings["LAB_GRAPH_CONTROL_URL"] = f"{base}/_lab"
     settings["GRAPH_URL"] = f"{base}/v1.0"
     settings["AZURE_CREDENTIAL"] = "static"
-    settings["AZURE_STATIC_TOKEN"] = secrets.token_urlsafe(32)
+    # Kept across a restart of this peer: the vault peer accepts the same token.
+    settings.setdefault("AZURE_STATIC_TOKEN", secrets.token_urlsafe(32))
     settings.setdefault("ROUTING_DOMAIN", f"{tenant}.mail.onmicrosoft.com")
     for name, default in KNOB_SETTINGS.items():
         settings[name] = os.environ.get(name, default)
