@@ -652,6 +652,8 @@ async def run_cycle(svc: RoleService, *, apply: bool = False,
                 continue
             note("INFO", f"{outcome.outcome}: {change.describe()}")
             result.applied.append(outcome)
+            kind = "applied" if outcome.outcome == "applied" else "skipped"
+            result.audit.append(_event(kind, outcome.change, pid))
     elif release:
         note("INFO", f"{len(release)} change(s) queued on 'roles' (plan {pid})")
 
@@ -866,8 +868,13 @@ def describe_plan(svc: RoleService, console: Any) -> RolePlan | None:
     from rich.table import Table
 
     settings = svc.settings
+
+    async def read() -> RolePlan:
+        # The Graph client belongs to the loop it is made on: make it inside this one.
+        return await build_plan(settings, svc.directory(), svc.graph())
+
     try:
-        role_plan = asyncio.run(build_plan(settings, svc.directory(), svc.graph()))
+        role_plan = asyncio.run(read())
     except SafetyStop as stop:
         console.print(f"[red]{stop}[/red]")
         return None

@@ -23,6 +23,7 @@ from shared.directory import Directory
 from shared.graph import GraphClient
 from shared.ledger import Audit
 from shared.mail import Mailer
+from shared.roles import Action, RoleChange
 from shared.rolesync import (
     PLANS_TABLE,
     CycleResult,
@@ -32,7 +33,6 @@ from shared.rolesync import (
     immutable_id,
     run_cycle,
 )
-from shared.roles import Action, RoleChange
 from shared.secrets import SecretProvider
 from shared.storage import table_service
 
@@ -189,7 +189,7 @@ def test_group_member_gets_role_removal_revokes_cloud_only_stays_second_run_idle
     """Adding a user to 'Helpdesk Administrator' grants the role, a second run changes
     nothing, removing them revokes it, and a cloud-only holder of the role stays."""
     s = with_roles(settings, max_revocation_share=1.0)
-    svc = service(s)
+    svc = service(s, audit=Audit(table_service(s.storage)))
     dn, uid = synced_user()
     cloud_only = cloud_id(s, f"cloudadmin@{lab.settings['LAB_TENANT']}.onmicrosoft.com")
     grant_directly(s, HELPDESK, cloud_only)
@@ -199,6 +199,9 @@ def test_group_member_gets_role_removal_revokes_cloud_only_stays_second_run_idle
     assert [(Action.GRANT, uid, "applied")] == [
         (r.change.action, r.change.principal_id, r.outcome) for r in first.applied]
     assert {uid, cloud_only} == holders(s, HELPDESK)
+    audited = {r["action"] for r in Audit(table_service(s.storage)).entries()
+               if r["correlation_id"] == first.correlation_id}
+    assert {"role_change_planned", "role_change_applied"} <= audited
 
     second = cycle(svc)
     assert ((), []) == (second.plan.changes if second.plan else None, second.applied)
