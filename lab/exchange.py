@@ -12,6 +12,8 @@ Knobs (set at start from the environment / lab settings, changed at run time by 
 through ``configure(lab, ...)``, which POSTs to ``/lab/knobs`` with a lab-only token):
 
     latency_ms             {"*": 0, "Enable-RemoteMailbox": 200}: delay per cmdlet call
+    open_latency_ms        delay to open a runspace pool (Exchange loads the user's RBAC
+                           roles and builds the session; seconds on a real server)
     max_sessions_per_user  Exchange's PowerShellMaxConcurrency (default 18): more open
                            runspace pools for one user are refused at Create
     idle_timeout_seconds   pools idle this long are dropped, as IIS/WinRM do
@@ -110,6 +112,7 @@ QUOTA_EXCEEDED = 2150859174
 
 DEFAULT_KNOBS: dict[str, Any] = {
     "latency_ms": {"*": 0},
+    "open_latency_ms": 0,
     "max_sessions_per_user": 18,
     "idle_timeout_seconds": 900,
     "faults": [],
@@ -620,6 +623,9 @@ class Handler(BaseHTTPRequestHandler):
             shell_id = shell.get("ShellId") or str(uuid.uuid4()).upper()
             creation = shell.findtext("pwsh:creationXml", "", NS)
             session = endpoint.open_session(shell_id, self.user)
+            opening = float(endpoint.knobs["open_latency_ms"]) / 1000.0
+            if opening:
+                time.sleep(opening)
             with session.lock:
                 _feed(session, base64.b64decode(creation))
             return self._created(shell_id)
@@ -876,9 +882,10 @@ def configure(lab: Lab, **changes: Any) -> dict[str, Any]:
     restores the start values, ``close_sessions=True`` forgets every open pool.
     Returns the knobs, open sessions per user and counters."""
     url = lab.settings["LAB_EXCHANGE_URL"].rsplit("/", 1)[0] + "/lab/knobs"
+    ca = lab.settings.get("LAB_CA_CERT") or lab.settings.get("CA_BUNDLE")
     response = httpx.post(
         url, json=changes, headers={"X-Lab-Token": lab.settings["LAB_EXCHANGE_ADMIN_TOKEN"]},
-        verify=lab.settings.get("CA_BUNDLE") or True, timeout=10,
+        verify=ssl.create_default_context(cafile=ca) if ca else True, timeout=10,
     )
     response.raise_for_status()
     result: dict[str, Any] = response.json()

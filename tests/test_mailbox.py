@@ -195,7 +195,7 @@ def test_wrong_password_is_permanent_without_password(settings, directory, new_u
     the user stays in O365_Provision."""
     user = new_user()
     wrong = f"Wrong-{secrets.token_hex(8)}"
-    with _client(settings, wrong) as bad:
+    with _client(settings, wrong) as bad, capture_logs() as events:
         with pytest.raises(PermanentError) as caught:
             MailboxStep(settings, directory, bad).run(user.guid, correlation_id="c-1")
 
@@ -203,6 +203,8 @@ def test_wrong_password_is_permanent_without_password(settings, directory, new_u
     assert (user.sam, "mailbox") == (error.user, error.step)
     assert "refused the credentials of O365LAB\\svc-exchange" in error.reason
     assert all(wrong not in text for text in (str(error), error.fix, repr(error.args)))
+    assert [] == [e for e in events if wrong in repr(e)]
+    assert ["mailbox_failed"] == [e["event"] for e in events if e.get("user") == user.sam]
     assert ["O365_Provision"] == _groups(_state(ad_admin, user.dn))
 
 
