@@ -1,6 +1,7 @@
 """The ledger, the audit trail and the outcomes, in Azure Table storage.
 
-* ``ledger``: one row per user and step (PartitionKey = user, RowKey = step): state, attempts,
+* ``ledger``: one row per user and step (PartitionKey = user, RowKey = ``WorkItem.key``: the
+  step, plus the role for a role change): state, attempts,
   last error, timestamps, and a lease. Every write carries the row's ETag, so two workers that
   receive the same message cannot both act: the second one's write fails with 412 and it backs off.
 * ``audit``: append-only, one row for every change made in AD, Exchange or Graph
@@ -52,7 +53,7 @@ class Verdict(StrEnum):
 @dataclass
 class LedgerRow:
     user: uuid.UUID
-    step: Step
+    key: str
     state: State
     attempts: int
     first_attempt_at: dt.datetime | None
@@ -69,7 +70,7 @@ class LedgerRow:
         meta = getattr(entity, "metadata", {}) or {}
         return cls(
             user=uuid.UUID(entity["PartitionKey"]),
-            step=Step(entity["RowKey"]),
+            key=str(entity["RowKey"]),
             state=State(entity["state"]),
             attempts=int(entity.get("attempts", 0)),
             first_attempt_at=_time(entity.get("first_attempt_at")),
@@ -85,7 +86,7 @@ class LedgerRow:
     def to_entity(self) -> dict[str, Any]:
         return {
             "PartitionKey": str(self.user),
-            "RowKey": self.step.value,
+            "RowKey": self.key,
             "state": self.state.value,
             "attempts": self.attempts,
             "first_attempt_at": _iso(self.first_attempt_at),
@@ -96,6 +97,10 @@ class LedgerRow:
             "correlation_id": self.correlation_id,
             "fingerprint": self.fingerprint,
         }
+
+    @property
+    def step(self) -> Step:
+        return Step(self.key.split(":", 1)[0])
 
     def is_live(self, at: dt.datetime, grace: dt.timedelta) -> bool:
         """Whether a message or a worker is expected to move this row forward soon."""
@@ -124,9 +129,10 @@ class Ledger:
     def __init__(self, tables: TableServiceClient) -> None:
         self._table: TableClient = tables.create_table_if_not_exists(LEDGER)
 
-    def get(self, user: uuid.UUID, step: Step) -> LedgerRow | None:
+    def get(self, user: uuid.UUID, key: str) -> LedgerRow | None:
+        """The row for ``user`` and ``key`` (a ``Step`` value, or ``WorkItem.key``)."""
         try:
-            return LedgerRow.from_entity(self._table.get_entity(str(user), step.value))
+            return LedgerRow.from_entity(self._table.get_entity(str(user), str(key)))
         except ResourceNotFoundError:
             return None
 
@@ -138,10 +144,10 @@ class Ledger:
     def enqueued(self, item: WorkItem, *, visible_at: dt.datetime | None = None) -> None:
         """Record that ``item`` is now the live message for its user and step."""
         for _ in range(5):
-            row = self.get(item.user, item.step)
+            row = self.get(item.user, item.key)
             if row is None:
                 row = LedgerRow(
-                    item.user, item.step, State.QUEUED, 0, None, None, None, None, "", "", ""
+                    item.user, item.key, State.QUEUED, 0, None, None, None, None, "", "", ""
                 )
             if row.state is not State.WORKING:  # a worker mid-step keeps its lease
                 row.state = State.QUEUED
@@ -149,16 +155,16 @@ class Ledger:
             row.correlation_id = item.correlation_id
             if self._write(row):
                 return
-        raise RuntimeError(f"ledger row for {item.user}/{item.step} kept changing under us")
+        raise RuntimeError(f"ledger row for {item.user}/{item.key} kept changing under us")
 
     def claim(self, item: WorkItem, lease: dt.timedelta) -> tuple[Verdict, LedgerRow | None]:
         """Take the lease for ``item``'s user and step, or say why not."""
         for _ in range(5):
             at = now()
-            row = self.get(item.user, item.step)
+            row = self.get(item.user, item.key)
             if row is None:
                 row = LedgerRow(
-                    item.user, item.step, State.QUEUED, 0, None, item.enqueued_at, None, None,
+                    item.user, item.key, State.QUEUED, 0, None, item.enqueued_at, None, None,
                     "", item.correlation_id, "",
                 )
             elif row.state is State.WORKING and row.lease_until and at < row.lease_until:

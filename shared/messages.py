@@ -76,6 +76,12 @@ class WorkItem:
             body["action"] = self.action
         return json.dumps(body, separators=(",", ":"))
 
+    @property
+    def key(self) -> str:
+        """The ledger's row key: the step, and for a role change also the role, so two
+        changes of one person's roles are tracked apart."""
+        return f"{self.step.value}:{self.role}" if self.step is Step.ROLE else self.step.value
+
     def next(self, step: Step) -> WorkItem:
         """The follow-up work item for the same user, in the same correlation."""
         return WorkItem(user=self.user, step=step, correlation_id=self.correlation_id)
