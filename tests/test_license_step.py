@@ -30,10 +30,11 @@ def glab(lab: Lab) -> Iterator[GraphLab]:
     """The lab Graph with quick sync and fresh counters; knobs restored afterwards."""
     graph = GraphLab(lab)
     graph.config(sync_delay_seconds=0.3, sync_interval_seconds=0.5)
+    graph.free_units()
     graph.reset_stats()
     yield graph
     graph.restore()
-    graph.units(ENTERPRISEPACK=25, EXCHANGEENTERPRISE=25)
+    graph.free_units()
 
 
 @pytest.fixture
