@@ -15,7 +15,7 @@ from rich.table import Table
 from .core import REPO, Lab, LabError
 
 # Start order: each peer may read the settings of those before it.
-PEERS = ("tls", "ad", "storage", "mail", "exchange", "graph", "vault")
+PEERS = ("tls", "ad", "storage", "mail", "exchange", "graph", "vault", "service")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()

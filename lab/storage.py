@@ -1,4 +1,7 @@
-"""Storage peer: Azurite (npm package ``azurite``) for queues and tables, on loopback."""
+"""Storage peer: Azurite (npm package ``azurite``) for queues and tables, on loopback.
+
+In memory: the lab's directory starts afresh at every ``up``, so queues, ledger and cursors
+must too, or they would describe users that no longer exist."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def start(lab: Lab) -> None:
     proc = lab.spawn(
         "storage",
         [
-            azurite, "--silent", "--skipApiVersionCheck", "--loose",
+            azurite, "--silent", "--skipApiVersionCheck", "--loose", "--inMemoryPersistence",
             "--location", str(lab.path("azurite", ".keep").parent),
             "--blobHost", "127.0.0.1", "--blobPort", str(blob),
             "--queueHost", "127.0.0.1", "--queuePort", str(queue),

@@ -27,6 +27,7 @@ import contextlib
 import math
 import re
 import ssl
+import threading
 import uuid
 from base64 import b64encode
 from collections.abc import Callable, Iterator
@@ -131,6 +132,7 @@ class Directory:
         self._ca_bundle = ca_bundle
         self._collect_usage = collect_usage
         self._conn: Connection | None = None
+        self._lock = threading.RLock()
         self._groups: dict[str, tuple[str, uuid.UUID]] = {}
         self._naming_context: str | None = None
         self._user_attributes = sorted({
@@ -221,7 +223,14 @@ class Directory:
             self._conn = None
 
     def _call(self, what: str, operation: Callable[[Connection], T]) -> T:
-        """Run ``operation`` on the connection; re-open it once if it broke meanwhile."""
+        """Run ``operation`` on the connection; re-open it once if it broke meanwhile.
+
+        One ldap3 connection is not thread-safe, and the handlers call the directory from
+        several threads: one operation at a time holds the connection."""
+        with self._lock:
+            return self._call_locked(what, operation)
+
+    def _call_locked(self, what: str, operation: Callable[[Connection], T]) -> T:
         for attempt in (1, 2):
             conn = self.connection
             try:

@@ -238,6 +238,10 @@ class TableShortageLedger:
         return True
 
 
+# Graph's 400 message when a SKU has no unit left at the moment of assignLicense.
+NO_UNITS = "does not have any available licenses"
+
+
 # -- the step ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Change:
@@ -332,8 +336,16 @@ class LicenseStep:
                 log.info("usage_location_set", user=who, step=STEP, before=action.before,
                          after=action.after, correlation_id=correlation_id)
             elif isinstance(action, AssignLicense):
-                await self.graph.assign_license(cloud.id, add=action.add, remove=action.remove,
-                                                user=who)
+                try:
+                    await self.graph.assign_license(cloud.id, add=action.add,
+                                                    remove=action.remove, user=who)
+                except PermanentError as exc:
+                    # Another assigner took the last unit between our check and the call.
+                    if NO_UNITS not in exc.reason:
+                        raise
+                    sku = subscribed[part]
+                    return await self._shortage(ad, who, ReportShortage(part, sku.sku_id), sku,
+                                                correlation_id)
                 before = ",".join(sorted(by_id.get(s, str(s)) for s in cloud.sku_ids)) or None
                 changes.append(Change("licenses", before, part))
                 log.info("license_assigned", user=who, step=STEP, sku=part,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from azure.core.credentials import TokenCredential
 from azure.data.tables import TableServiceClient
+from azure.data.tables.aio import TableServiceClient as AioTableServiceClient
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from azure.identity.aio import DefaultAzureCredential as AioDefaultAzureCredential
+from azure.identity.aio import ManagedIdentityCredential as AioManagedIdentityCredential
 from azure.storage.queue import QueueServiceClient
 
 from .config import StorageSettings
@@ -31,3 +34,16 @@ def queue_service(storage: StorageSettings) -> QueueServiceClient:
         return QueueServiceClient.from_connection_string(storage.connection.get_secret_value())
     assert storage.queue_service_uri is not None
     return QueueServiceClient(storage.queue_service_uri, credential=_credential(storage))
+
+
+def aio_table_service(storage: StorageSettings) -> AioTableServiceClient:
+    """The async table client, for code on the event loop (the licence step's shortage rows)."""
+    if storage.connection is not None:
+        return AioTableServiceClient.from_connection_string(storage.connection.get_secret_value())
+    assert storage.table_service_uri is not None
+    credential = (
+        AioManagedIdentityCredential(client_id=storage.client_id)
+        if storage.client_id
+        else AioDefaultAzureCredential()
+    )
+    return AioTableServiceClient(storage.table_service_uri, credential=credential)

@@ -1,0 +1,338 @@
+"""``python -m shared.cli``: the service from a command line, with the same settings, queues
+and handlers as the function app. For the lab, and for servers that do not run Functions yet.
+
+    plan                  what the next cycle would do; changes nothing
+    run --once            one full cycle through the queues, until drained or --limit passes
+    status                users per stage, queue depths, poison counts, licence capacity
+    report --preview F    render the next report to a file; sends nothing
+    redrive QUEUE         move parked messages from QUEUE-poison back onto QUEUE
+    roles plan            the role plan, with what the guards hold
+    roles approve ID      approve a held role plan
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import flow
+from .config import Settings, load_settings
+from .errors import ConfigError, ProvisioningError
+from .ledger import now
+from .log import configure
+from .messages import QUEUES, poison_queue
+from .queues import Received
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+roles_app = typer.Typer(no_args_is_help=True, help="Admin-role sync: plan and approve.")
+app.add_typer(roles_app, name="roles")
+console = Console()
+
+MAX_DEQUEUE = 5  # as host.json's maxDequeueCount
+WORK_QUEUES = tuple(QUEUES.values())
+
+
+@dataclass
+class State:
+    env_file: Path | None = None
+    settings: Settings | None = None
+
+    def load(self) -> Settings:
+        if self.settings is None:
+            try:
+                self.settings = load_settings(self.env_file)
+            except ConfigError as exc:
+                console.print(f"[red]{exc}[/red]")
+                raise typer.Exit(2) from None
+        return self.settings
+
+
+state = State()
+
+
+@app.callback()
+def main(
+    env_file: Annotated[
+        Path | None, typer.Option(help="KEY=VALUE settings file, e.g. .lab/settings.env")
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="log every event to the terminal")] = False,
+) -> None:
+    state.env_file = env_file
+    configure("INFO" if verbose else "ERROR", json=False)
+
+
+def _service() -> flow.Service:
+    return flow.Service.build(state.load())
+
+
+# -- run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    enqueued: int = 0
+    report: flow.Report = field(default_factory=lambda: flow.Report(0))
+    drained: bool = False
+    seconds: float = 0.0
+
+
+async def run_once(
+    svc: flow.Service, *, limit: float, progress: Progress | None = None
+) -> Summary:
+    """Poll, reconcile and plan roles, then work the queues until drained or ``limit`` s."""
+    started = time.monotonic()
+    summary = Summary()
+    summary.enqueued += len(await flow.poll(svc))
+    summary.enqueued += len(await flow.reconcile(svc))
+    summary.enqueued += len(await flow.roles_cycle(svc))
+    task = progress.add_task("provisioning", total=None) if progress else None
+    lease = int(svc.settings.service.lease_seconds)
+    concurrency = asyncio.Semaphore(svc.settings.graph.concurrency)
+
+    async def poison(message: Received) -> None:
+        await flow.poisoned(svc, message.queue.removesuffix("-poison"), message.text,
+                            dequeue_count=message.dequeue_count)
+        svc.queues.delete(message)
+
+    async def one(message: Received) -> None:
+        async with concurrency:
+            try:
+                handled = await flow.handle(svc, message.queue, message.text)
+            except Exception:  # a bug: leave the message for a retry, then the poison queue
+                flow.log.exception("handler_crashed", queue=message.queue)
+                if message.dequeue_count >= MAX_DEQUEUE:
+                    svc.queues.to_poison(message.queue, message.text)
+                    svc.queues.delete(message)
+                summary.outcomes["crashed"] += 1
+                return
+            svc.queues.delete(message)
+            summary.outcomes[handled.outcome] += 1
+            if progress is not None and task is not None:
+                progress.update(task, advance=1, description=_describe(summary))
+
+    while time.monotonic() - started < limit:
+        batch = [
+            message
+            for queue in WORK_QUEUES
+            for message in svc.queues.receive(queue, limit=32, visibility=lease)
+        ]
+        parked = [
+            message
+            for queue in WORK_QUEUES
+            for message in svc.queues.receive(poison_queue(queue), limit=32, visibility=lease)
+        ]
+        for message in parked:  # what the *-poison functions do in Azure
+            await poison(message)
+        if batch:
+            await asyncio.gather(*(one(message) for message in batch))
+            continue
+        if parked:
+            continue
+        if all(svc.queues.depth(queue) == 0 for queue in WORK_QUEUES):
+            summary.drained = True
+            break
+        await asyncio.sleep(0.5)  # only delayed or in-flight messages are left
+    summary.report = await flow.report(svc)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _skus(svc: flow.Service) -> list[Any]:
+    """Subscribed SKUs as the reports show them (consumed, total, remaining)."""
+    from .reports import SkuSummary
+
+    async def read() -> list[Any]:
+        try:
+            return [SkuSummary.from_subscribed(s) for s in await svc.graph().subscribed_skus()]
+        finally:
+            await svc.graph().close()
+
+    return asyncio.run(read())
+
+
+def _describe(summary: Summary) -> str:
+    parts = [f"{name} {count}" for name, count in sorted(summary.outcomes.items())]
+    return "provisioning: " + ", ".join(parts)
+
+
+@app.command()
+def run(
+    once: Annotated[bool, typer.Option("--once", help="one cycle, then exit")] = False,
+    limit: Annotated[float, typer.Option(help="give up waiting after this many seconds")] = 300,
+    save_report: Annotated[
+        Path | None, typer.Option(help="also write the digest's HTML to this file")
+    ] = None,
+) -> None:
+    """Run the cycle: poll, reconcile, work the queues, report."""
+    if not once:
+        console.print("Only --once is supported here; Azure Functions runs the timers.")
+        raise typer.Exit(2)
+    svc = _service()
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        ) as progress:
+            summary = asyncio.run(run_once(svc, limit=limit, progress=progress))
+    finally:
+        svc.close()
+    table = Table(title="run --once")
+    table.add_column("outcome")
+    table.add_column("messages", justify="right")
+    for name, count in sorted(summary.outcomes.items()):
+        table.add_row(name, str(count))
+    console.print(table)
+    console.print(
+        f"enqueued {summary.enqueued}, reported {summary.report.users} users, "
+        f"{'drained' if summary.drained else 'NOT drained (limit reached)'} "
+        f"in {summary.seconds:.1f} s"
+    )
+    if save_report is not None and summary.report.html:
+        save_report.parent.mkdir(parents=True, exist_ok=True)
+        save_report.write_text(summary.report.html, encoding="utf-8")
+        console.print(f"digest written to {save_report}")
+    if not summary.drained:
+        raise typer.Exit(1)
+
+
+# -- plan, status, report ----------------------------------------------------------------
+
+
+@app.command()
+def plan() -> None:
+    """Show what the next cycle would do, changing nothing."""
+    svc = _service()
+    p = svc.settings.provisioning
+    directory = svc.directory()
+    table = Table(title="next cycle")
+    for column in ("group", "members", "with live work", "would be enqueued"):
+        table.add_column(column)
+    for group, step in ((p.provision_group, "mailbox"), (p.license_group, "license")):
+        members = directory.group_members(group)
+        rows = [svc.ledger.get(guid, flow.STEP_QUEUE[step]) for guid in members]
+        due = sum(
+            asyncio.run(flow.needs_work(svc, row, guid))
+            for row, guid in zip(rows, members, strict=True)
+        )
+        table.add_row(group, str(len(members)), str(len(members) - due), str(due))
+    console.print(table)
+    if svc.settings.roles.enabled:
+        _print_role_plan(svc)
+    svc.close()
+
+
+@app.command()
+def status() -> None:
+    """Users per stage, queue depths, poison counts, licence capacity."""
+    svc = _service()
+    p = svc.settings.provisioning
+    directory = svc.directory()
+    stages = Table(title="users per stage")
+    stages.add_column("stage")
+    stages.add_column("users", justify="right")
+    stages.add_row(f"waiting for a mailbox ({p.provision_group})",
+                   str(len(directory.group_members(p.provision_group))))
+    stages.add_row(f"waiting for a licence ({p.license_group})",
+                   str(len(directory.group_members(p.license_group))))
+    counts = Counter(row.state.value for row in svc.ledger.rows())
+    for name, count in sorted(counts.items()):
+        stages.add_row(f"ledger: {name}", str(count))
+    console.print(stages)
+    queues = Table(title="queues")
+    for column in ("queue", "depth", "poison"):
+        queues.add_column(column)
+    for queue in WORK_QUEUES:
+        queues.add_row(queue, str(svc.queues.depth(queue)),
+                       str(svc.queues.depth(poison_queue(queue))))
+    console.print(queues)
+    with contextlib.suppress(ProvisioningError):
+        skus = _skus(svc)
+        capacity = Table(title="licence capacity")
+        for column in ("SKU", "consumed", "total", "remaining"):
+            capacity.add_column(column)
+        for sku in skus:
+            capacity.add_row(sku.label, str(sku.consumed), str(sku.total), str(sku.remaining))
+        console.print(capacity)
+    svc.close()
+
+
+@app.command()
+def report(
+    preview: Annotated[Path, typer.Option(help="write the next report's HTML here")],
+) -> None:
+    """Render the next digest to a file without sending it or moving the report cursor."""
+    from .reports import ProvisionedRow, render_digest
+
+    svc = _service()
+    last = (svc.cursors.get("report-provisioned") or b"").decode()
+    rows = svc.outcomes.since("provisioned", last)
+    skus = _skus(svc)
+    mail = render_digest(
+        [ProvisionedRow(username=r.get("name", ""), email=r.get("mail", ""),
+                        licence=r.get("licence", "")) for r in rows],
+        skus, since=last[:19] or None, until=now(),
+    )
+    preview.parent.mkdir(parents=True, exist_ok=True)
+    preview.write_text(mail.html, encoding="utf-8")
+    console.print(f"{len(rows)} users in the next report; preview written to {preview}")
+    svc.close()
+
+
+@app.command()
+def redrive(queue: Annotated[str, typer.Argument(help="mailbox, license or roles")]) -> None:
+    """Re-enqueue the messages QUEUE's poison handler parked, as new work items."""
+    if queue not in WORK_QUEUES:
+        console.print(f"[red]unknown queue {queue!r}; use one of {', '.join(WORK_QUEUES)}[/red]")
+        raise typer.Exit(2)
+    svc = _service()
+    moved, skipped = flow.redrive(svc, queue)
+    console.print(f"re-drove {moved} messages to {queue}; skipped {skipped} that were not ours")
+    svc.close()
+
+
+# -- roles ------------------------------------------------------------------------------
+
+
+def _print_role_plan(svc: flow.Service) -> Any:
+    from .rolesync import describe_plan
+
+    return describe_plan(svc, console)
+
+
+@roles_app.command("plan")
+def roles_plan() -> None:
+    """Show the role plan and what the guards hold, changing nothing."""
+    svc = _service()
+    _print_role_plan(svc)
+    svc.close()
+
+
+@roles_app.command("approve")
+def roles_approve(
+    plan_id: Annotated[str, typer.Argument(help="the id the held plan showed")],
+) -> None:
+    """Approve a held role plan; the next cycle applies it if it computes the same plan."""
+    from .rolesync import approve_plan
+
+    settings = state.load()
+    try:
+        approve_plan(settings, plan_id)
+    except ProvisioningError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"plan {plan_id} approved; the next role cycle applies it")
+
+
+if __name__ == "__main__":
+    app()
