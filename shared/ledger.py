@@ -278,6 +278,12 @@ class Outcomes:
             }
         )
 
+    def update(self, row: dict[str, Any], **fields: Any) -> None:
+        self._table.update_entity(
+            {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], **fields},
+            mode=UpdateMode.MERGE,
+        )
+
     def since(self, kind: str, after: str) -> list[dict[str, Any]]:
         """Rows of ``kind`` recorded after the RowKey ``after`` ("" for all)."""
         query = "PartitionKey eq @kind and RowKey gt @after"
