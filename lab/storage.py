@@ -35,7 +35,6 @@ def start(lab: Lab) -> None:
         "storage",
         [
             azurite, "--silent", "--skipApiVersionCheck", "--loose", "--inMemoryPersistence",
-            "--location", str(lab.path("azurite", ".keep").parent),
             "--blobHost", "127.0.0.1", "--blobPort", str(blob),
             "--queueHost", "127.0.0.1", "--queuePort", str(queue),
             "--tableHost", "127.0.0.1", "--tablePort", str(table),
