@@ -23,10 +23,17 @@ from ldap3 import MODIFY_ADD, MODIFY_DELETE, Connection
 
 from lab import ad
 from lab.core import REPO, Lab
-from shared.config import AdSettings, ProvisioningSettings, ServiceSettings, StorageSettings
+from shared.config import (
+    AdSettings,
+    ProvisioningSettings,
+    ServiceSettings,
+    StorageSettings,
+    load_settings,
+)
 from shared.cursors import CursorStore
 from shared.directory import Directory
 from shared.errors import PermanentError, TransientError
+from shared.secrets import SecretProvider
 from tests.conftest import LabUser
 
 pytestmark = pytest.mark.lab
@@ -38,13 +45,21 @@ def _ad(lab: Lab, **overrides: str) -> AdSettings:
     return AdSettings(_env_file=lab.settings_file, **overrides)  # type: ignore[call-arg]
 
 
+def _password(lab: Lab, ad: AdSettings) -> str:
+    """The service account's password, resolved as the service does (a Key Vault reference
+    on the full lab, the value itself on a lab without a vault)."""
+    return SecretProvider.from_settings(load_settings(lab.settings_file)).resolve(
+        ad.password, setting="AD_PASSWORD"
+    )
+
+
 def _directory(lab: Lab, *, password: str | None = None, ca_bundle: Path | None = None,
                **overrides: str) -> Directory:
     ad = _ad(lab, **overrides)
     service = ServiceSettings(_env_file=lab.settings_file)  # type: ignore[call-arg]
     return Directory(
         ad, ProvisioningSettings(_env_file=lab.settings_file),  # type: ignore[call-arg]
-        password=password if password is not None else ad.password.get_secret_value(),
+        password=password if password is not None else _password(lab, ad),
         ca_bundle=ca_bundle or service.ca_bundle, collect_usage=True,
     )
 
@@ -129,9 +144,13 @@ import json, sys
 from shared.config import AdSettings, ProvisioningSettings, ServiceSettings, StorageSettings
 from shared.cursors import CursorStore
 from shared.directory import Directory
+from shared.config import load_settings
+from shared.secrets import SecretProvider
 env, group, cursor = sys.argv[1:4]
 ad = AdSettings(_env_file=env)
-d = Directory(ad, ProvisioningSettings(_env_file=env), password=ad.password.get_secret_value(),
+provider = SecretProvider.from_settings(load_settings(env))
+password = provider.resolve(ad.password, setting="AD_PASSWORD")
+d = Directory(ad, ProvisioningSettings(_env_file=env), password=password,
               ca_bundle=ServiceSettings(_env_file=env).ca_bundle)
 store = CursorStore(StorageSettings(_env_file=env))
 delta = d.poll(group, store.get(cursor))

@@ -1,0 +1,57 @@
+"""The function app as the Functions host loads it: every trigger, queue name and schedule
+setting agrees with host.json, the settings and the queues the service writes."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import pytest
+
+from lab.core import REPO
+from shared.cli import MAX_DEQUEUE
+from shared.config import setting_names
+from shared.messages import QUEUES, poison_queue
+
+HOST = json.loads((REPO / "host.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def triggers() -> dict[str, dict[str, Any]]:
+    module = importlib.import_module("function_app")
+    return {
+        fn.get_function_name(): fn.get_trigger().get_dict_repr()
+        for fn in module.app.get_functions()
+    }
+
+
+def test_every_queue_has_a_worker_and_a_poison_handler(
+    triggers: dict[str, dict[str, Any]],
+) -> None:
+    """One queue function per work queue and per poison queue, on the app's storage."""
+    queues = {t["queueName"]: t for t in triggers.values() if t["type"] == "queueTrigger"}
+    expected = set(QUEUES.values()) | {poison_queue(q) for q in QUEUES.values()}
+    assert set(queues) == expected
+    assert {t["connection"] for t in queues.values()} == {"AzureWebJobsStorage"}
+
+
+def test_timers_read_their_schedule_from_settings(triggers: dict[str, dict[str, Any]]) -> None:
+    """Schedules are %SETTING% references to settings the service validates, and no timer
+    fires at start-up outside development."""
+    timers = {name: t for name, t in triggers.items() if t["type"] == "timerTrigger"}
+    assert {t["schedule"] for t in timers.values()} == {
+        "%POLL_SCHEDULE%", "%RECONCILE_SCHEDULE%", "%REPORT_SCHEDULE%", "%ROLES_SCHEDULE%",
+    }
+    for timer in timers.values():
+        assert timer["schedule"].strip("%") in setting_names()
+        assert timer["runOnStartup"] is False
+
+
+def test_host_json_matches_how_the_service_enqueues() -> None:
+    """Base64 messages (what shared.queues writes), and the CLI gives up after as many
+    deliveries as the host does."""
+    queues = HOST["extensions"]["queues"]
+    assert queues["messageEncoding"] == "base64"
+    assert queues["maxDequeueCount"] == MAX_DEQUEUE
+    assert queues["batchSize"] >= 1 and "visibilityTimeout" in queues
