@@ -327,6 +327,7 @@ def run(lab: Lab) -> None:
     })
     lab.endpoint("ad", "ldaps", f"ldaps://{host}:636")
     lab.endpoint("ad", "ldap", f"ldap://{host}:389")
+    lab.save()  # a restart may move the DC: settings.env must say where it is now
     _wait_for_bind(lab, proc)
 
 

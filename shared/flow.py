@@ -30,7 +30,7 @@ from .cursors import CursorStore
 from .directory import Directory, DirectoryUser
 from .errors import PermanentError, ProvisioningError, SafetyStop, TransientError
 from .ledger import Audit, Ledger, LedgerRow, Outcomes, State, Verdict, now
-from .log import get_logger
+from .log import configure, get_logger
 from .messages import QUEUES, MalformedMessage, Step, WorkItem, decode
 from .queues import Queues
 from .secrets import SecretProvider
@@ -150,7 +150,9 @@ def service() -> Service:
     """The worker's service, built from the app settings on first use."""
     global _service  # one per worker process, by design
     if _service is None:
-        _service = Service.build(load_settings())
+        settings = load_settings()
+        configure(settings.service.log_level)
+        _service = Service.build(settings)
     return _service
 
 

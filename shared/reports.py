@@ -337,9 +337,9 @@ def render_poison(report: PoisonReport) -> Mail:
         "The message was moved to the poison queue without any change being made.",
         columns=("Field", "Value"),
         rows=rows,
-        fix="if it names a user, the reconcile timer enqueues that user again while they are "
-        "still in the group; look at the reason above and fix its cause. Remove the message "
-        f"from '{report.queue}-poison' once handled.",
+        fix="look at the reason above and fix its cause; then, if it names a user, re-drive it "
+        f"with `python -m shared.cli redrive {report.queue}`. A message that is not ours needs "
+        "nothing: it was recorded and dropped.",
         severity="error",
     )
 
