@@ -346,11 +346,8 @@ async def _role(svc: Service, item: WorkItem) -> None:
 
 def _audit(svc: Service, item: WorkItem, system: str, outcome: Any) -> None:
     for change in getattr(outcome, "changes", ()) or ():
-        if isinstance(change, tuple):
-            action, before, after = change
-        else:
-            action = getattr(change, "what", None) or getattr(change, "attribute", "")
-            before, after = change.before, change.after
+        action, before, after = change if isinstance(change, tuple) else (
+            change.what, change.before, change.after)
         svc.audit.record(user=str(item.user), system=system, action=str(action),
                          before=before, after=after, correlation_id=item.correlation_id)
 

@@ -227,6 +227,15 @@ class Ledger:
         return True
 
 
+@dataclass(frozen=True)
+class Change:
+    """One thing a step changed (an attribute, a membership, a licence), for the audit."""
+
+    what: str
+    before: str | None
+    after: str | None
+
+
 class Audit:
     """Append-only record of every change made in AD, Exchange or Graph."""
 

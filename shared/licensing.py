@@ -40,6 +40,7 @@ from .directory import Directory, DirectoryUser
 from .errors import PermanentError, TransientError
 from .graph import GraphClient, SubscribedSku
 from .graph import immutable_id as to_immutable_id
+from .ledger import Change
 from .log import get_logger
 
 log = get_logger(__name__)
@@ -244,15 +245,6 @@ NO_UNITS = "does not have any available licenses"
 
 # -- the step ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Change:
-    """One attribute the step changed, for the audit log."""
-
-    attribute: str
-    before: str | None
-    after: str | None
-
-
-@dataclass(frozen=True)
 class LicenseOutcome:
     """What the step did for one user."""
 
@@ -353,7 +345,7 @@ class LicenseStep:
                          correlation_id=correlation_id)
             elif isinstance(action, RemoveFromGroup):
                 await self._directory(self.directory.remove_member, action.group, ad)
-        status = "licensed" if any(c.attribute == "licenses" for c in changes) \
+        status = "licensed" if any(c.what == "licenses" for c in changes) \
             else "already-licensed"
         return LicenseOutcome(who, ad.mail, ad.license_name, part, status, tuple(changes),
                               cloud_id=cloud.id, correlation_id=correlation_id)

@@ -27,6 +27,7 @@ from .config import ProvisioningSettings, Settings
 from .directory import Directory, DirectoryUser
 from .errors import PermanentError, ProvisioningError
 from .exchange import ExchangeClient, strip_smtp
+from .ledger import Change
 from .log import get_logger
 
 log = get_logger(__name__)
@@ -38,15 +39,6 @@ LICENCE_COUNTRY_FIX = (
     "has been set"
 )
 _COUNTRY = re.compile(r"^[A-Za-z]{2}$")
-
-
-@dataclass(frozen=True)
-class Change:
-    """One thing the step changed, for the audit log."""
-
-    what: str
-    before: str | None
-    after: str | None
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def test_existing_licence_replaced_in_one_call_and_location_not_repatched(
     assert (1, 0) == (glab.count(ASSIGN, "requests"), glab.count(PATCH, "requests"))
     assert ["ENTERPRISEPACK"] == licences(glab, cloud["id"])
     assert [("licenses", "EXCHANGEENTERPRISE", "ENTERPRISEPACK")] == [
-        (c.attribute, c.before, c.after) for c in done.changes]
+        (c.what, c.before, c.after) for c in done.changes]
 
 
 def test_zero_free_units_no_assign_and_one_shortage_notice(
