@@ -334,7 +334,8 @@ def render_poison(report: PoisonReport) -> Mail:
         rows.append(("Message (excerpt)", excerpt))
     return render_alert(
         f"a message on queue '{report.queue}' could not be processed",
-        "The message was moved to the poison queue without any change being made.",
+        f"The message went to '{report.queue}-poison' and was recorded there; no change was "
+        "made for it.",
         columns=("Field", "Value"),
         rows=rows,
         fix="look at the reason above and fix its cause; then, if it names a user, re-drive it "
