@@ -334,8 +334,8 @@ def render_poison(report: PoisonReport) -> Mail:
         rows.append(("Message (excerpt)", excerpt))
     return render_alert(
         f"a message on queue '{report.queue}' could not be processed",
-        f"The message went to '{report.queue}-poison' and was recorded there; no change was "
-        "made for it.",
+        f"The message went to '{report.queue}-poison' and was recorded there, without any "
+        "change being made.",
         columns=("Field", "Value"),
         rows=rows,
         fix="look at the reason above and fix its cause; then, if it names a user, re-drive it "
