@@ -272,15 +272,14 @@ def report(
     preview: Annotated[Path, typer.Option(help="write the next report's HTML here")],
 ) -> None:
     """Render the next digest to a file without sending it or moving the report cursor."""
-    from .reports import ProvisionedRow, render_digest
+    from .reports import render_digest
 
     svc = _service()
     last = (svc.cursors.get("report-provisioned") or b"").decode()
     rows = svc.outcomes.since("provisioned", last)
     skus = _skus(svc)
     mail = render_digest(
-        [ProvisionedRow(username=r.get("name", ""), email=r.get("mail", ""),
-                        licence=r.get("licence", "")) for r in rows],
+        [flow.provisioned_row(r) for r in rows],
         skus, since=last[:19] or None, until=now(),
     )
     preview.parent.mkdir(parents=True, exist_ok=True)

@@ -310,7 +310,8 @@ async def _license(svc: Service, item: WorkItem, row: LedgerRow) -> None:
     svc.outcomes.record(
         "provisioned",
         user=str(item.user),
-        name=outcome.user,
+        name=outcome.sam or outcome.user,
+        display_name=outcome.display_name or "",
         mail=outcome.mail or "",
         licence=outcome.license_name or "",
         sku=outcome.sku,
@@ -483,6 +484,15 @@ def redrive(svc: Service, queue: str) -> tuple[int, int]:
 # -- report and roles -------------------------------------------------------------------
 
 
+def provisioned_row(outcome: dict[str, Any]) -> Any:
+    """A digest row from a ``provisioned`` outcome."""
+    from .reports import ProvisionedRow
+
+    return ProvisionedRow(username=outcome.get("name", ""), email=outcome.get("mail", ""),
+                          licence=outcome.get("licence", ""),
+                          display_name=outcome.get("display_name", ""))
+
+
 @dataclass(frozen=True)
 class Report:
     users: int
@@ -491,7 +501,7 @@ class Report:
 
 async def report(svc: Service) -> Report:
     """Mail the digest of users provisioned since the last report."""
-    from .reports import ProvisionedRow, render_digest
+    from .reports import render_digest
 
     cursor = "report-provisioned"
     last = (svc.cursors.get(cursor) or b"").decode()
@@ -500,8 +510,7 @@ async def report(svc: Service) -> Report:
         return Report(0)
     skus = await svc.graph().subscribed_skus()
     mail = render_digest(
-        [ProvisionedRow(username=r.get("name", ""), email=r.get("mail", ""),
-                        licence=r.get("licence", "")) for r in rows],
+        [provisioned_row(r) for r in rows],
         skus,
         since=last[:19] or None,
         until=now(),

@@ -257,6 +257,8 @@ class LicenseOutcome:
     shortage: ShortageNotice | None = None  # set only for the first shortage of the day
     cloud_id: str | None = None
     correlation_id: str = ""
+    sam: str = ""
+    display_name: str | None = None
 
 
 class LicenseStep:
@@ -348,7 +350,8 @@ class LicenseStep:
         status = "licensed" if any(c.what == "licenses" for c in changes) \
             else "already-licensed"
         return LicenseOutcome(who, ad.mail, ad.license_name, part, status, tuple(changes),
-                              cloud_id=cloud.id, correlation_id=correlation_id)
+                              cloud_id=cloud.id, correlation_id=correlation_id, sam=ad.sam,
+                              display_name=ad.display_name)
 
     def _wait_or_give_up(self, who: str, first: datetime, now: datetime, *, reason: str,
                          late: str, fix: str) -> None:
