@@ -162,6 +162,11 @@ class ExchangeSettings(_Section):
     auth: Literal["negotiate", "ntlm", "kerberos", "basic"] = "negotiate"
     configuration_name: str = "Microsoft.Exchange"
     timeout_seconds: float = Field(60.0, gt=0)
+    sessions: int = Field(
+        4, ge=1, le=18,
+        description="concurrent PowerShell sessions per worker; Exchange's default throttling "
+        "policy allows 18 per user",
+    )
 
     @field_validator("url")
     @classmethod

@@ -20,10 +20,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import queue
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .config import Settings, load_settings
 from .cursors import CursorStore
@@ -91,7 +93,9 @@ class Service:
             ),
         )
 
-    def mailbox_step(self) -> Any:
+    def mailbox_steps(self) -> Pool[Any]:
+        """Mailbox steps, each with its own Exchange session, ``EXCHANGE_SESSIONS`` at most:
+        one session runs one cmdlet at a time, so sessions are what parallelism costs."""
         from .exchange import ExchangeClient
         from .mailbox import MailboxStep
 
@@ -105,7 +109,7 @@ class Service:
             )
             return MailboxStep(s, self.directory(), exchange)
 
-        return self._client("mailbox", build)
+        return self._client("mailbox", lambda: Pool(s.exchange.sessions, build))
 
     def license_step(self) -> Any:
         """The licence step of the running event loop (its Graph client is per loop)."""
@@ -141,6 +145,45 @@ class Service:
                 if asyncio.iscoroutine(result):
                     result.close()
         self._clients.clear()
+
+
+class Pool(Generic[T]):
+    """Up to ``size`` clients, made on demand; each is used by one thread at a time."""
+
+    def __init__(self, size: int, factory: Callable[[], T]) -> None:
+        self._size = size
+        self._factory = factory
+        self._free: queue.LifoQueue[T] = queue.LifoQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[T]:
+        item = self._take()
+        try:
+            yield item
+        finally:
+            self._free.put(item)
+
+    def _take(self) -> T:
+        with self._lock:
+            make = self._free.empty() and self._made < self._size
+            if make:
+                self._made += 1
+        if not make:
+            return self._free.get()
+        try:
+            return self._factory()
+        except BaseException:
+            with self._lock:
+                self._made -= 1
+            raise
+
+    def close(self) -> None:
+        while not self._free.empty():
+            close = getattr(self._free.get_nowait(), "close", None)
+            if callable(close):
+                close()
 
 
 _service: Service | None = None
@@ -287,8 +330,11 @@ async def handle(svc: Service, queue: str, text: str) -> Handled:
 
 
 async def _mailbox(svc: Service, item: WorkItem) -> None:
-    step = svc.mailbox_step()
-    outcome = await asyncio.to_thread(step.run, item.user, correlation_id=item.correlation_id)
+    def run() -> Any:
+        with svc.mailbox_steps().use() as step:
+            return step.run(item.user, correlation_id=item.correlation_id)
+
+    outcome = await asyncio.to_thread(run)
     _audit(svc, item, "exchange", outcome)
 
 

@@ -99,6 +99,10 @@ class MailboxStep:
         self._directory = directory
         self._exchange = exchange
 
+    def close(self) -> None:
+        """Close the step's Exchange session (the directory is shared, and stays open)."""
+        self._exchange.close()
+
     def run(self, guid: uuid.UUID, *, correlation_id: str) -> MailboxOutcome:
         """Provision the user with this objectGUID. Raises TransientError (retry later) or
         PermanentError (report; the user stays in the provisioning group)."""
