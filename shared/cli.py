@@ -252,9 +252,13 @@ def status() -> None:
     queues = Table(title="queues")
     for column in ("queue", "depth", "poison"):
         queues.add_column(column)
+    parked = Counter(
+        str(row.get("queue")) for row in svc.outcomes.since("poison", "")
+        if not row.get("redriven")
+    )
     for queue in WORK_QUEUES:
-        queues.add_row(queue, str(svc.queues.depth(queue)),
-                       str(svc.queues.depth(poison_queue(queue))))
+        waiting = svc.queues.depth(poison_queue(queue)) + parked[queue]
+        queues.add_row(queue, str(svc.queues.depth(queue)), str(waiting))
     console.print(queues)
     with contextlib.suppress(ProvisioningError):
         skus = _skus(svc)

@@ -221,3 +221,28 @@ def test_a_killed_run_converges(lab: Lab, svc: flow.Service, settings: Settings)
                       headers={"Authorization": f"Bearer {lab.settings['AZURE_STATIC_TOKEN']}"},
                       timeout=30)
     assert stats.json()["cloudMailboxes"] == []  # no second, cloud mailbox for anyone
+
+
+def test_a_poisoned_message_is_recorded_and_can_be_redriven(
+    lab: Lab, svc: flow.Service, settings: Settings
+) -> None:
+    """A message the host parked on mailbox-poison is recorded with an alert and changes
+    nothing; `redrive mailbox` enqueues it again and the user is then provisioned."""
+    (sam,) = seed(lab, 1)
+    user = _users(svc, [sam])[0]
+    item = WorkItem(user=user.guid, step=Step.MAILBOX)
+    svc.ledger.enqueued(item)
+    svc.queues.to_poison("mailbox", item.encode())
+    _run(svc, limit=60)
+    assert _users(svc, [sam])[0].remote_recipient_type is None  # nothing was done
+    row = svc.ledger.get(user.guid, Step.MAILBOX)
+    assert row is not None and row.state is State.FAILED and "poisoned" in row.last_error
+
+    moved, skipped = flow.redrive(svc, "mailbox")
+    assert moved >= 1
+    _run(svc)
+    after = _users(svc, [sam])[0]
+    assert after.remote_recipient_type == 1
+    assert _groups(after) & {settings.provisioning.provision_group,
+                             settings.provisioning.license_group} == set()
+    assert flow.redrive(svc, "mailbox") == (0, 0)  # each record is re-driven once
