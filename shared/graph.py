@@ -273,6 +273,7 @@ class GraphClient:
         adapter.base_url = graph.url.rstrip("/")
         self.http = http
         self.sdk = GraphServiceClient(request_adapter=adapter)
+        self._skus: tuple[float, list[SubscribedSku]] | None = None
 
     @property
     def counters(self) -> Counters:
@@ -350,8 +351,19 @@ class GraphClient:
             page = await self.sdk.users.by_user_id(user_id).license_details.get()
         return [str(d.sku_part_number) for d in (page.value if page and page.value else [])]
 
-    async def subscribed_skus(self) -> list[SubscribedSku]:
-        """The tenant's SKUs with prepaid and consumed units."""
+    async def subscribed_skus(self, *, max_age: float = 0.0) -> list[SubscribedSku]:
+        """The tenant's SKUs with prepaid and consumed units; an answer younger than
+        ``max_age`` seconds is reused (the licence step's capacity check may be a few seconds
+        stale: Graph refuses an assignment past the last unit, which the step reads as a
+        shortage)."""
+        cached = self._skus
+        if cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        skus = await self._read_skus()
+        self._skus = (time.monotonic(), skus)
+        return skus
+
+    async def _read_skus(self) -> list[SubscribedSku]:
         async with self.errors("read subscribed SKUs"):
             page = await self.sdk.subscribed_skus.get()
         skus = []
