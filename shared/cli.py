@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,6 +98,11 @@ async def run_once(
     summary.enqueued += len(await flow.reconcile(svc))
     summary.enqueued += len(await flow.roles_cycle(svc))
     task = progress.add_task("provisioning", total=None) if progress else None
+    # Handlers wait on Exchange, LDAP and storage in threads: more threads than the default
+    # (cores + 4), or Exchange sessions would starve the storage calls.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=32, thread_name_prefix="worker")
+    )
     lease = int(svc.settings.service.lease_seconds)
     concurrency = asyncio.Semaphore(svc.settings.graph.concurrency)
 
@@ -116,7 +122,7 @@ async def run_once(
                     svc.queues.delete(message)
                 summary.outcomes["crashed"] += 1
                 return
-            svc.queues.delete(message)
+            await flow.io(svc.queues.delete, message)
             summary.outcomes[handled.outcome] += 1
             if progress is not None and task is not None:
                 progress.update(task, advance=1, description=_describe(summary))
@@ -145,6 +151,7 @@ async def run_once(
         await asyncio.sleep(0.5)  # only delayed or in-flight messages are left
     summary.report = await flow.report(svc)
     summary.seconds = time.monotonic() - started
+    await svc.aclose()
     return summary
 
 
@@ -156,7 +163,7 @@ def _skus(svc: flow.Service) -> list[Any]:
         try:
             return [SkuSummary.from_subscribed(s) for s in await svc.graph().subscribed_skus()]
         finally:
-            await svc.graph().close()
+            await svc.aclose()
 
     return asyncio.run(read())
 

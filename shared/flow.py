@@ -65,6 +65,7 @@ class Service:
     @classmethod
     def build(cls, settings: Settings) -> Service:
         tables = table_service(settings.storage)
+        tables.create_table_if_not_exists(SHORTAGES)  # written by the licence step's async client
         return cls(
             settings=settings,
             secrets=SecretProvider.from_settings(settings),
@@ -118,10 +119,11 @@ class Service:
         loop = asyncio.get_running_loop()
         step = self._clients.get("license")
         if step is None or self._clients.get("license-loop") is not loop:
-            table = aio_table_service(self.settings.storage).get_table_client(SHORTAGES)
+            tables = aio_table_service(self.settings.storage)
             step = LicenseStep(self.settings.provisioning, self.directory(), self.graph(),
-                               TableShortageLedger(table))
+                               TableShortageLedger(tables.get_table_client(SHORTAGES)))
             self._clients["license"], self._clients["license-loop"] = step, loop
+            self._clients["license-tables"] = tables
         return step
 
     def graph(self) -> Any:
@@ -135,9 +137,18 @@ class Service:
 
         return self._client("mailer", lambda: Mailer(self.settings, self.secrets))
 
+    async def aclose(self) -> None:
+        """Close what belongs to the running event loop (Graph, the async table client)."""
+        self._clients.pop("license", None)
+        self._clients.pop("license-loop", None)
+        tables = self._clients.pop("license-tables", None)
+        if tables is not None:
+            await tables.close()
+        await self.graph().close()
+
     def close(self) -> None:
         for name, client in self._clients.items():
-            if name.endswith("-loop"):
+            if name.startswith("license"):  # async, closed by aclose() on their loop
                 continue
             close = getattr(client, "close", None)
             if callable(close):
@@ -207,6 +218,12 @@ def enqueue(svc: Service, item: WorkItem, *, delay: float = 0.0) -> None:
     """Record the item as the live one for its user and step, then send it."""
     svc.ledger.enqueued(item)
     svc.queues.send_item(item, delay=delay)
+
+
+async def io(call: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """A blocking storage or directory call, off the event loop: the storage SDK is
+    synchronous, and a handler makes some twenty such calls per user."""
+    return await asyncio.to_thread(call, *args, **kwargs)
 
 
 # -- timers -----------------------------------------------------------------------------
@@ -294,11 +311,11 @@ async def handle(svc: Service, queue: str, text: str) -> Handled:
         return Handled("poison", detail=exc.reason)
 
     lease = dt.timedelta(seconds=svc.settings.service.lease_seconds)
-    verdict, row = svc.ledger.claim(item, lease)
+    verdict, row = await io(svc.ledger.claim, item, lease)
     if verdict is Verdict.BUSY:
         # Another worker holds this user; look again when its lease ends.
         wait = (row.lease_until - now()).total_seconds() if row and row.lease_until else 60.0
-        svc.queues.send(queue, text, delay=max(wait, 1.0))
+        await io(svc.queues.send, queue, text, delay=max(wait, 1.0))
         return Handled("skipped", str(item.user), "busy")
     if verdict is not Verdict.CLAIMED or row is None:
         log.info("message_dropped", user=str(item.user), step=item.step, why=verdict.value,
@@ -323,9 +340,9 @@ async def handle(svc: Service, queue: str, text: str) -> Handled:
     except PermanentError as exc:
         await _failed(svc, item, row, exc)
         return Handled("failed", str(item.user), str(exc))
-    svc.ledger.finish(row, State.DONE)
+    await io(svc.ledger.finish, row, State.DONE)
     if item.step is Step.MAILBOX:
-        enqueue(svc, item.next(Step.LICENSE))
+        await io(enqueue, svc, item.next(Step.LICENSE))
     return Handled("done", str(item.user))
 
 
@@ -335,14 +352,14 @@ async def _mailbox(svc: Service, item: WorkItem) -> None:
             return step.run(item.user, correlation_id=item.correlation_id)
 
     outcome = await asyncio.to_thread(run)
-    _audit(svc, item, "exchange", outcome)
+    await _audit(svc, item, "exchange", outcome)
 
 
 async def _license(svc: Service, item: WorkItem, row: LedgerRow) -> None:
     step = svc.license_step()
     first = row.first_attempt_at or now()
     outcome = await step.run(item.user, first_attempt_at=first, correlation_id=item.correlation_id)
-    _audit(svc, item, "graph", outcome)
+    await _audit(svc, item, "graph", outcome)
     if outcome.status == "shortage":
         if outcome.shortage is not None:
             await _shortage_alert(svc, outcome.shortage)
@@ -353,7 +370,8 @@ async def _license(svc: Service, item: WorkItem, row: LedgerRow) -> None:
             fix=f"buy or free {outcome.sku} licences; the user waits in the licence group",
             retry_after=svc.settings.provisioning.sync_retry_max_seconds,
         )
-    svc.outcomes.record(
+    await io(
+        svc.outcomes.record,
         "provisioned",
         user=str(item.user),
         name=outcome.sam or outcome.user,
@@ -388,10 +406,14 @@ async def _role(svc: Service, item: WorkItem) -> None:
 
     outcome = await apply_change(svc.settings, svc.graph(), item,
                                  correlation_id=item.correlation_id)
-    _audit(svc, item, "graph", outcome)
+    await _audit(svc, item, "graph", outcome)
 
 
-def _audit(svc: Service, item: WorkItem, system: str, outcome: Any) -> None:
+async def _audit(svc: Service, item: WorkItem, system: str, outcome: Any) -> None:
+    await io(_record_changes, svc, item, system, outcome)
+
+
+def _record_changes(svc: Service, item: WorkItem, system: str, outcome: Any) -> None:
     for change in getattr(outcome, "changes", ()) or ():
         action, before, after = change if isinstance(change, tuple) else (
             change.what, change.before, change.after)
@@ -403,8 +425,8 @@ async def _retry(svc: Service, item: WorkItem, row: LedgerRow, exc: TransientErr
     retry = WorkItem(user=item.user, step=item.step, correlation_id=item.correlation_id,
                      role=item.role, action=item.action)
     delay = exc.retry_after if exc.retry_after is not None else backoff(row.attempts)
-    svc.ledger.finish(row, State.WAITING, error=str(exc), retry_at=retry.enqueued_at)
-    svc.queues.send_item(retry, delay=delay)
+    await io(svc.ledger.finish, row, State.WAITING, error=str(exc), retry_at=retry.enqueued_at)
+    await io(svc.queues.send_item, retry, delay=delay)
     log.info("step_retry", user=str(item.user), step=item.step, reason=exc.reason,
              delay=round(delay, 1), attempts=row.attempts, correlation_id=item.correlation_id)
     if row.attempts == STUCK_AFTER:

@@ -29,12 +29,15 @@ var queueNames = [
 ]
 
 // ledger: completed steps per user; audit: every change; cursors: the DirSync cookie;
-// roleplans: role plans held by a guard until an operator approves them.
+// roleplans: role plans held by a guard until an operator approves them; outcomes: what the
+// report mails (provisioned, failed, poisoned); shortages: one row per SKU and day.
 var tableNames = [
   'ledger'
   'audit'
   'cursors'
   'roleplans'
+  'outcomes'
+  'shortages'
 ]
 
 // Built-in role definitions (ids are the same in every tenant).
