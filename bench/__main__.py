@@ -70,8 +70,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--driver", choices=("cli", "host"), default="cli",
                         help="cli: shared.cli.run_once (default); host: the queues consumed "
                              "as the Functions host does with host.json")
-    parser.add_argument("--exchange-sessions", type=int,
-                        help="EXCHANGE_SESSIONS for the worker (default: the service's own)")
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                        help="an app setting for the worker, e.g. EXCHANGE_SESSIONS=8 "
+                             "(repeatable; default: the lab's settings)")
     parser.add_argument("--limit", type=float, default=4 * 3600,
                         help="give up a run after this many seconds")
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab running")
@@ -92,11 +93,23 @@ def command(args: argparse.Namespace, lab: Lab) -> str:
         if getattr(args, key) != defaults[key]:
             parts += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     for key, default in (("exchange_ms", 200.0), ("graph_ms", 100.0), ("location_share", 0.5),
-                         ("driver", "cli"), ("exchange_sessions", None)):
+                         ("driver", "cli")):
         if getattr(args, key) != default:
             parts += [f"--{key.replace('_', '-')}", f"{getattr(args, key):g}"
                       if isinstance(getattr(args, key), float) else str(getattr(args, key))]
+    for setting in args.set:
+        parts += ["--set", setting]
     return " ".join(shlex.quote(part) for part in parts)
+
+
+def overrides(pairs: list[str]) -> dict[str, str]:
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes SETTING=VALUE, not {pair!r}")
+        found[key.strip().upper()] = value.strip()
+    return found
 
 
 def name_of(args: argparse.Namespace) -> str:
@@ -105,8 +118,9 @@ def name_of(args: argparse.Namespace) -> str:
     name = "e2e-quick" if args.quick else "e2e"
     if args.driver != "cli":
         name += f"-{args.driver}"
-    if args.exchange_sessions is not None:
-        name += f"-x{args.exchange_sessions}"
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        name += f"-{key.lower().replace('_', '-')}-{value}"
     return name
 
 
@@ -169,7 +183,7 @@ def main() -> None:
             load = os.getloadavg()[0]
             print(f"end to end: {size} users ...", flush=True)
             result = e2e.run(lab.root, size, conditions, limit=args.limit,
-                             exchange_sessions=args.exchange_sessions, driver=args.driver,
+                             overrides=overrides(args.set), driver=args.driver,
                              location_share=args.location_share)
             result["load_average_before"] = round(load, 2)
             result["load_average_after"] = round(os.getloadavg()[0], 2)
@@ -286,7 +300,9 @@ def render(report: dict[str, Any], users: int) -> str:
         f"({c['graph_write_budget']}) enforced by the lab; {c['usage_location_preset_share']:.0%}"
         " of the users have their usageLocation right already; one worker, driven by "
         f"`{c['driver']}`, with EXCHANGE_SESSIONS={c.get('exchange_sessions')} and "
-        f"GRAPH_CONCURRENCY={c.get('graph_concurrency')}.",
+        f"GRAPH_CONCURRENCY={c.get('graph_concurrency')}"
+        + "".join(f", {k}={v}" for k, v in (c.get("overrides") or {}).items()
+                  if k not in ("EXCHANGE_SESSIONS", "GRAPH_CONCURRENCY")) + ".",
         "",
     ]
     run = _run(report, users)

@@ -303,16 +303,24 @@ def prepare(root: Path, users: int, conditions: Conditions,
 
 
 def run(root: Path, users: int, conditions: Conditions, *, limit: float,
-        exchange_sessions: int | None = None, driver: str = "cli",
+        overrides: dict[str, str] | None = None, driver: str = "cli",
         location_share: float = 0.0) -> dict[str, Any]:
     """Provision ``users`` fresh users end to end; returns the figures of the run.
-    ``exchange_sessions`` overrides the service's ``EXCHANGE_SESSIONS`` in the worker."""
+    ``overrides`` are app settings for the worker on top of the lab's (``EXCHANGE_SESSIONS``,
+    ``GRAPH_CONCURRENCY``, ...)."""
     lab, setup = prepare(root, users, conditions, location_share)
-    env = dict(WORKER_ENV)
-    if exchange_sessions is not None:
-        env["EXCHANGE_SESSIONS"] = str(exchange_sessions)
-    settings = load_settings(lab.settings_file)
-    sessions = exchange_sessions or settings.exchange.sessions
+    env = {**WORKER_ENV, **(overrides or {})}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # the worker's settings, as it will read them
+    try:
+        settings = load_settings(lab.settings_file)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    sessions = settings.exchange.sessions
     exchange_before = lab_exchange.status(lab)["stats"]
     cpu_before = peer_cpu(lab)
     graph = LabGraph(lab)
@@ -400,7 +408,8 @@ def run(root: Path, users: int, conditions: Conditions, *, limit: float,
         "lab_cpu_seconds": {name: round(cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0), 1)
                             for name in cpu_after},
         "service_settings": {"exchange_sessions": sessions,
-                             "graph_concurrency": settings.graph.concurrency},
+                             "graph_concurrency": settings.graph.concurrency,
+                             "overrides": overrides or {}},
         "wall_seconds_with_process_start": round(wall, 1),
         **setup,
     }
@@ -444,8 +453,9 @@ async def host_cycle(svc: Any, *, limit: float) -> Any:
     host.json's settings: each queue on its own, a new batch of ``batchSize`` fetched as soon
     as no more than ``newBatchThreshold`` of its messages are in flight, empty queues polled
     with a doubling interval up to ``maxPollingInterval``; all handlers on one event loop, as
-    in one Python worker. What ``run_once`` does not do: there a batch of every queue is
-    awaited as a whole, so the licence step never overlaps the mailbox step."""
+    in one Python worker, whose default thread pool (cores + 4) is left as ``function_app.py``
+    leaves it. What ``run_once`` does differently: a batch of every queue is awaited as a
+    whole, handlers share ``GRAPH_CONCURRENCY`` slots, and the pool has 32 threads."""
     from shared import flow
     from shared.cli import MAX_DEQUEUE, WORK_QUEUES, Summary
     from shared.messages import poison_queue
