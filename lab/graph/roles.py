@@ -299,9 +299,9 @@ async def get_assignment(graph: Graph, request: Request) -> Reply:
     return Reply(200, _expanded(graph, found, request))
 
 
-@route("POST", "roleManagement/directory/roleAssignments")
-async def create_assignment(graph: Graph, request: Request) -> Reply:
-    body = _body(request)
+def _assignment_target(graph: Graph, body: dict[str, Any]) -> tuple[str, str, Any]:
+    """Role, principal and scope of an assignment or eligibility request, checked as Graph
+    checks them: required properties, a scope, a known role and an existing principal."""
     for name in ("roleDefinitionId", "principalId"):
         if not body.get(name):
             raise GraphError(400, "Request_BadRequest",
@@ -314,6 +314,13 @@ async def create_assignment(graph: Graph, request: Request) -> Reply:
     principal_id = _guid(body["principalId"], "principalId")
     _role_or_404(role_id)
     _principal(graph, principal_id)
+    return role_id, principal_id, scope
+
+
+@route("POST", "roleManagement/directory/roleAssignments")
+async def create_assignment(graph: Graph, request: Request) -> Reply:
+    body = _body(request)
+    role_id, principal_id, scope = _assignment_target(graph, body)
     roles = state(graph)
     _live(graph, roles.assignments)
     if scope != "/":
@@ -409,18 +416,7 @@ async def create_eligibility_request(graph: Graph, request: Request) -> Reply:
                          "Invalid value specified for property 'action'.")
     if action not in {"adminAssign", "adminRemove"}:
         raise GraphError(400, "Request_BadRequest", f"The lab does not implement '{action}'.")
-    for name in ("roleDefinitionId", "principalId"):
-        if not body.get(name):
-            raise GraphError(400, "Request_BadRequest",
-                             f"The request is missing the required property '{name}'.")
-    scope = body.get("directoryScopeId")
-    if not scope and not body.get("appScopeId"):
-        raise GraphError(400, "Request_BadRequest",
-                         "Either directoryScopeId or appScopeId must be specified.")
-    role_id = _guid(body["roleDefinitionId"], "roleDefinitionId")
-    principal_id = _guid(body["principalId"], "principalId")
-    _role_or_404(role_id)
-    _principal(graph, principal_id)
+    role_id, principal_id, scope = _assignment_target(graph, body)
     existing = _find_eligibility(graph, role_id, principal_id, str(scope))
     roles = state(graph)
     request_id = str(uuid.uuid4())
