@@ -175,12 +175,23 @@ class LdapDirectory:
                         base or self.base_dn, ldap_filter, ldap3.SUBTREE,
                         attributes=READ_ATTRIBUTES, size_limit=limit,
                     )
+                    result = dict(conn.result or {})
                     response = list(conn.response or [])
                 break
             except ldap3.core.exceptions.LDAPException:
                 # A dropped LDAP connection: reconnect once, as Exchange's DS access does.
                 if attempt == 2:
                     raise
+        # success, sizeLimitExceeded (the caller asked for a limit), noSuchObject: answers.
+        # Anything else (busy, timeout, unavailable) is no answer, never "not found".
+        if result.get("result") not in (0, 4, 32):
+            raise CmdletError(
+                f"Active Directory server {self.dc_name} is not available. "
+                f"{result.get('description')}: {result.get('message')}",
+                "Microsoft.Exchange.Data.Directory.ADTransientException",
+                "ResourceUnavailable",
+                "ADTransientException",
+            )
         entries = []
         for item in response:
             if item.get("type") != "searchResEntry":
