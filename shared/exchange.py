@@ -303,7 +303,19 @@ class ExchangeClient:
             self._last_used = time.monotonic()
             log.debug("exchange_cmdlet", step=STEP, cmdlet=cmdlet, reused_pool=reused,
                       had_errors=shell.had_errors)
-            return _Result(list(output), list(shell.streams.error), bool(shell.had_errors))
+            result = _Result(list(output), list(shell.streams.error), bool(shell.had_errors))
+            self._release(shell)
+            return result
+
+    def _release(self, shell: PowerShell) -> None:
+        """End the finished pipeline, as PowerShell's own client does: pypsrp keeps every
+        pipeline of a pool, with its output, until it is closed (and the server its command),
+        so a pool reused for thousands of users grew by some 15 KB per cmdlet."""
+        try:
+            shell.close()
+        except Exception as exc:  # the cmdlet's result is in hand either way
+            shell.runspace_pool.pipelines.pop(shell.id, None)
+            log.info("exchange_pipeline_close_failed", step=STEP, error=type(exc).__name__)
 
     # -- errors -------------------------------------------------------------------------
     def _error(self, cmdlet: str, identity: str, result: _Result) -> ProvisioningError:

@@ -101,6 +101,15 @@ def test_get_unknown_is_none_and_pool_is_reused(client, lab):
     assert 1 == status["sessions"].get(lab.settings["EXCHANGE_USER"].lower())
 
 
+def test_finished_pipelines_are_released(client):
+    """Each cmdlet's pipeline is closed once its output is read, so a pool reused for
+    thousands of users holds none of them (pypsrp keeps every pipeline until it is closed)."""
+    for _ in range(5):
+        client.get_remote_mailbox(str(uuid.uuid4()))
+    assert 0 == len(client._pool.pipelines)
+    assert 1 == client.pools_opened
+
+
 @pytest.mark.parametrize("identity", INJECTIONS)
 def test_injection_looking_identity_is_a_literal_value(client, lab, identity):
     """An identity that looks like PowerShell reaches the cmdlet as one literal value: Exchange
