@@ -12,9 +12,9 @@
 Writes ``bench/results/<name>.json`` and ``.md`` (``e2e`` for the default run) and prints the
 command that reproduces them.
 
-    LAB_DIR=/tmp/lab-bench python -m bench                      # ~30 min on 2 cores
-    LAB_DIR=/tmp/lab-bench python -m bench --quick              # ~5 min
-    LAB_DIR=/tmp/lab-bench python -m bench --sizes 500,2000,10000
+    LAB_DIR=/tmp/lab-bench python -m bench                      # ~15 min on 2 cores
+    LAB_DIR=/tmp/lab-bench python -m bench --quick              # ~3 min
+    LAB_DIR=/tmp/lab-bench python -m bench --sizes 500,2000,10000   # ~75 min
 """
 
 from __future__ import annotations
