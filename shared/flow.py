@@ -414,11 +414,13 @@ async def _audit(svc: Service, item: WorkItem, system: str, outcome: Any) -> Non
 
 
 def _record_changes(svc: Service, item: WorkItem, system: str, outcome: Any) -> None:
-    for change in getattr(outcome, "changes", ()) or ():
-        action, before, after = change if isinstance(change, tuple) else (
-            change.what, change.before, change.after)
-        svc.audit.record(user=str(item.user), system=system, action=str(action),
-                         before=before, after=after, correlation_id=item.correlation_id)
+    changes = [
+        (str(c[0]), c[1], c[2]) if isinstance(c, tuple) else (c.what, c.before, c.after)
+        for c in getattr(outcome, "changes", ()) or ()
+    ]
+    if changes:
+        svc.audit.record_all(user=str(item.user), system=system, changes=changes,
+                             correlation_id=item.correlation_id)
 
 
 async def _retry(svc: Service, item: WorkItem, row: LedgerRow, exc: TransientError) -> Handled:

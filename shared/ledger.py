@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -29,6 +30,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 from .messages import Step, WorkItem
 
 LEDGER, AUDIT, OUTCOMES = "ledger", "audit", "outcomes"
+TRANSACTION_ROWS = 100  # Table storage's limit for one entity-group transaction
 
 
 def now() -> dt.datetime:
@@ -141,8 +143,12 @@ class Ledger:
         entities = self._table.query_entities(query) if query else self._table.list_entities()
         return [LedgerRow.from_entity(e) for e in entities]
 
-    def enqueued(self, item: WorkItem, *, visible_at: dt.datetime | None = None) -> None:
+    def enqueued(self, item: WorkItem) -> None:
         """Record that ``item`` is now the live message for its user and step."""
+        fresh = LedgerRow(item.user, item.key, State.QUEUED, 0, None, item.enqueued_at, None,
+                          None, "", item.correlation_id, "")
+        if self._write(fresh):  # most items are a user's first at this step: no read needed
+            return
         for _ in range(5):
             row = self.get(item.user, item.key)
             if row is None:
@@ -252,11 +258,26 @@ class Audit:
         after: Any,
         correlation_id: str,
     ) -> None:
+        self.record_all(user=user, system=system, correlation_id=correlation_id,
+                        changes=[(action, before, after)])
+
+    def record_all(
+        self,
+        *,
+        user: str,
+        system: str,
+        correlation_id: str,
+        changes: Sequence[tuple[str, Any, Any]],
+    ) -> None:
+        """The changes one step made to ``user``, as (action, before, after), in as few
+        requests as Table storage allows: the rows share the day's partition, so they go in
+        one entity-group transaction (all or none) of up to 100 rows."""
         at = now()
-        self._table.create_entity(
+        stamp = at.isoformat()
+        rows = [
             {
                 "PartitionKey": at.strftime("%Y-%m-%d"),
-                "RowKey": f"{at.isoformat()}-{uuid.uuid4().hex[:8]}",
+                "RowKey": f"{stamp}-{index:03d}-{uuid.uuid4().hex[:8]}",
                 "user": user,
                 "system": system,
                 "action": action,
@@ -264,7 +285,15 @@ class Audit:
                 "after": json.dumps(after, default=str)[:8000],
                 "correlation_id": correlation_id,
             }
-        )
+            for index, (action, before, after) in enumerate(changes)
+        ]
+        if len(rows) == 1:
+            self._table.create_entity(rows[0])
+            return
+        for first in range(0, len(rows), TRANSACTION_ROWS):
+            self._table.submit_transaction(
+                [("create", row) for row in rows[first:first + TRANSACTION_ROWS]]
+            )
 
     def entries(self, *, user: str | None = None) -> list[dict[str, Any]]:
         rows = [dict(e) for e in self._table.list_entities()]
