@@ -31,7 +31,7 @@ from .config import Settings, load_settings
 from .errors import ConfigError, ProvisioningError
 from .ledger import now
 from .log import configure
-from .messages import QUEUES, poison_queue
+from .messages import QUEUES, Step, poison_queue
 from .queues import Received
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -41,6 +41,8 @@ console = Console()
 
 MAX_DEQUEUE = 5  # as host.json's maxDequeueCount
 WORK_QUEUES = tuple(QUEUES.values())
+IDLE_POLL = 0.5  # s before an empty queue is asked again
+POISON_POLL = 5.0  # s between looks at the poison queues while work runs
 
 
 @dataclass
@@ -91,7 +93,13 @@ class Summary:
 async def run_once(
     svc: flow.Service, *, limit: float, progress: Progress | None = None
 ) -> Summary:
-    """Poll, reconcile and plan roles, then work the queues until drained or ``limit`` s."""
+    """Poll, reconcile and plan roles, then work the queues until drained or ``limit`` s.
+
+    Each queue is a pipeline of its own: a message starts as soon as its queue has a free
+    slot, not when a whole batch is done, so one slow Exchange cmdlet holds up nobody. The
+    slots: twice ``EXCHANGE_SESSIONS`` for mailboxes (a handler waits for a session only while
+    another one's cmdlet runs, and does its storage writes without one), ``GRAPH_CONCURRENCY``
+    for licences and roles."""
     started = time.monotonic()
     summary = Summary()
     summary.enqueued += len(await flow.poll(svc))
@@ -104,55 +112,77 @@ async def run_once(
         ThreadPoolExecutor(max_workers=32, thread_name_prefix="worker")
     )
     lease = int(svc.settings.service.lease_seconds)
-    concurrency = asyncio.Semaphore(svc.settings.graph.concurrency)
-
-    async def poison(message: Received) -> None:
-        await flow.poisoned(svc, message.queue.removesuffix("-poison"), message.text,
-                            dequeue_count=message.dequeue_count)
-        svc.queues.delete(message)
+    slots = dict.fromkeys(WORK_QUEUES, svc.settings.graph.concurrency)
+    slots[QUEUES[Step.MAILBOX]] = 2 * svc.settings.exchange.sessions
+    running: dict[str, set[asyncio.Task[None]]] = {queue: set() for queue in WORK_QUEUES}
+    quiet_until = dict.fromkeys(WORK_QUEUES, 0.0)  # an empty queue is asked again after this
+    next_poison = 0.0
 
     async def one(message: Received) -> None:
-        async with concurrency:
-            try:
-                handled = await flow.handle(svc, message.queue, message.text)
-            except Exception:  # a bug: leave the message for a retry, then the poison queue
-                flow.log.exception("handler_crashed", queue=message.queue)
-                if message.dequeue_count >= MAX_DEQUEUE:
-                    svc.queues.to_poison(message.queue, message.text)
-                    svc.queues.delete(message)
-                summary.outcomes["crashed"] += 1
-                return
-            await flow.io(svc.queues.delete, message)
-            summary.outcomes[handled.outcome] += 1
-            if progress is not None and task is not None:
-                progress.update(task, advance=1, description=_describe(summary))
+        try:
+            handled = await flow.handle(svc, message.queue, message.text)
+        except Exception:  # a bug: leave the message for a retry, then the poison queue
+            flow.log.exception("handler_crashed", queue=message.queue)
+            if message.dequeue_count >= MAX_DEQUEUE:
+                await flow.io(svc.queues.to_poison, message.queue, message.text)
+                await flow.io(svc.queues.delete, message)
+            summary.outcomes["crashed"] += 1
+            return
+        await flow.io(svc.queues.delete, message)
+        summary.outcomes[handled.outcome] += 1
+        if progress is not None and task is not None:
+            progress.update(task, advance=1, description=_describe(summary))
 
     while time.monotonic() - started < limit:
-        batch = [
-            message
-            for queue in WORK_QUEUES
-            for message in svc.queues.receive(queue, limit=32, visibility=lease)
-        ]
-        parked = [
-            message
-            for queue in WORK_QUEUES
-            for message in svc.queues.receive(poison_queue(queue), limit=32, visibility=lease)
-        ]
-        for message in parked:  # what the *-poison functions do in Azure
-            await poison(message)
-        if batch:
-            await asyncio.gather(*(one(message) for message in batch))
+        moved = 0  # messages received or parked in this round
+        if time.monotonic() >= next_poison or not any(running.values()):
+            # First, so that a parked message's failure is on record before new work starts.
+            next_poison = time.monotonic() + POISON_POLL
+            moved += await _poisoned(svc, lease)
+        for queue in WORK_QUEUES:
+            free = slots[queue] - len(running[queue])
+            # Refill when half the slots are free: one receive serves several messages.
+            if free < max(1, slots[queue] // 2) or time.monotonic() < quiet_until[queue]:
+                continue
+            messages = await flow.io(svc.queues.receive, queue, limit=min(free, 32),
+                                     visibility=lease)
+            if not messages:
+                quiet_until[queue] = time.monotonic() + IDLE_POLL
+            moved += len(messages)
+            for message in messages:
+                started_task = asyncio.create_task(one(message))
+                running[queue].add(started_task)
+                started_task.add_done_callback(running[queue].discard)
+        busy = set().union(*running.values())
+        if not busy:
+            if moved:  # what this round took may have finished already, and sent more
+                continue
+            depths = [await flow.io(svc.queues.depth, q)
+                      for q in (*WORK_QUEUES, *map(poison_queue, WORK_QUEUES))]
+            if not any(depths):
+                summary.drained = True
+                break
+            await asyncio.sleep(IDLE_POLL)  # only delayed or in-flight messages are left
             continue
-        if parked:
-            continue
-        if all(svc.queues.depth(queue) == 0 for queue in WORK_QUEUES):
-            summary.drained = True
-            break
-        await asyncio.sleep(0.5)  # only delayed or in-flight messages are left
+        await asyncio.wait(busy, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+    for leftover in set().union(*running.values()):  # past the limit: let started work finish
+        await leftover
     summary.report = await flow.report(svc)
     summary.seconds = time.monotonic() - started
     await svc.aclose()
     return summary
+
+
+async def _poisoned(svc: flow.Service, lease: int) -> int:
+    """What the *-poison functions do in Azure, for the messages parked now; returns how many."""
+    handled = 0
+    for queue in WORK_QUEUES:
+        for message in await flow.io(svc.queues.receive, poison_queue(queue), limit=32,
+                                     visibility=lease):
+            await flow.poisoned(svc, queue, message.text, dequeue_count=message.dequeue_count)
+            await flow.io(svc.queues.delete, message)
+            handled += 1
+    return handled
 
 
 def _skus(svc: flow.Service) -> list[Any]:
