@@ -281,6 +281,7 @@ class GraphClient:
         self.adapter = adapter
         self.sdk = GraphServiceClient(request_adapter=adapter)
         self._skus: tuple[float, list[SubscribedSku]] | None = None
+        self._skus_lock = asyncio.Lock()
 
     @property
     def counters(self) -> Counters:
@@ -378,28 +379,29 @@ class GraphClient:
         ``max_age`` seconds is reused (the licence step's capacity check may be a few seconds
         stale: Graph refuses an assignment past the last unit, which the step reads as a
         shortage)."""
-        cached = self._skus
-        if cached is not None and time.monotonic() - cached[0] < max_age:
-            return cached[1]
-        skus = await self._read_skus()
-        self._skus = (time.monotonic(), skus)
-        return skus
+        async with self._skus_lock:  # concurrent steps share one read
+            cached = self._skus
+            if cached is not None and time.monotonic() - cached[0] < max_age:
+                return cached[1]
+            skus = await self._read_skus()
+            self._skus = (time.monotonic(), skus)
+            return skus
 
     async def _read_skus(self) -> list[SubscribedSku]:
         async with self.errors("read subscribed SKUs"):
-            page = await self.sdk.subscribed_skus.get()
-        skus = []
-        for sku in page.value if page and page.value else []:
-            if sku.sku_id is None:
-                continue
-            skus.append(SubscribedSku(
-                sku_id=sku.sku_id,
-                part_number=str(sku.sku_part_number),
-                prepaid=int(sku.prepaid_units.enabled or 0) if sku.prepaid_units else 0,
-                consumed=int(sku.consumed_units or 0),
-                service_plans=tuple(str(p.service_plan_name) for p in sku.service_plans or ()),
-            ))
-        return skus
+            page = await self._json(self.sdk.subscribed_skus.to_get_request_information())
+        return [
+            SubscribedSku(
+                sku_id=uuid.UUID(str(sku["skuId"])),
+                part_number=str(sku.get("skuPartNumber")),
+                prepaid=int((sku.get("prepaidUnits") or {}).get("enabled") or 0),
+                consumed=int(sku.get("consumedUnits") or 0),
+                service_plans=tuple(str(plan.get("servicePlanName"))
+                                    for plan in sku.get("servicePlans") or ()),
+            )
+            for sku in page.get("value") or ()
+            if sku.get("skuId")
+        ]
 
 
 def _classify(exc: ODataError, action: str, user: str) -> ProvisioningError:
