@@ -113,6 +113,32 @@ def test_audit_is_append_only_and_queryable_by_user(storage: StorageSettings) ->
     assert [e["action"] for e in audit.entries(user=user)] == ["add_member", "remove_member"]
 
 
+def test_a_step_s_changes_are_one_transaction_in_order(storage: StorageSettings) -> None:
+    """A step's changes land together, in the order made; more than a transaction holds
+    (100 rows) are split, none lost."""
+    audit = Audit(table_service(storage))
+    user = str(uuid.uuid4())
+    changes = [(f"change {n:03d}", None, n) for n in range(130)]
+    audit.record_all(user=user, system="graph", correlation_id="d" * 8, changes=changes)
+    entries = audit.entries(user=user)
+    assert [e["action"] for e in entries] == [c[0] for c in changes]
+    assert {e["after"] for e in entries[:2]} == {"0", "1"}
+
+
+def test_enqueue_of_an_existing_row_keeps_its_history(ledger: Ledger) -> None:
+    """Enqueueing creates the row without reading it first; a second enqueue of the same
+    user and step updates the row, keeping its attempts, and a lease a worker holds."""
+    first = WorkItem(user=uuid.uuid4(), step=Step.LICENSE)
+    ledger.enqueued(first)
+    assert ledger.claim(first, LEASE)[0] is Verdict.CLAIMED
+    again = WorkItem(user=first.user, step=Step.LICENSE)
+    ledger.enqueued(again)
+    row = ledger.get(first.user, Step.LICENSE)
+    assert row is not None
+    assert (row.state, row.attempts, row.live_at) == (State.WORKING, 1, again.enqueued_at)
+    assert ledger.claim(first, LEASE)[0] is Verdict.BUSY
+
+
 def test_delayed_message_stays_invisible(storage: StorageSettings) -> None:
     """A delayed send is not received before its delay: how the licence step waits for sync."""
     queues = Queues(queue_service(storage))

@@ -159,3 +159,23 @@ def test_immutable_id_is_base64_of_little_endian_guid_bytes():
     """Entra Connect's sourceAnchor: objectGUID bytes as AD stores them, base64."""
     guid = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
     assert "MyIRAFVEd2aImaq7zN3u/w==" == immutable_id(guid)
+
+
+def test_graph_user_json_maps_to_cloud_user():
+    """The licence step reads Graph's JSON itself: every selected property is mapped, SKU ids
+    become UUIDs, and properties Graph leaves out are None or empty, never an error."""
+    from shared.graph import _cloud_user
+
+    sku = uuid.UUID("6fd2c87f-b296-42f0-b197-1e91e994b900")
+    user = _cloud_user({
+        "id": "4a7c", "userPrincipalName": "ada@contoso.example", "mail": None,
+        "usageLocation": "NL", "proxyAddresses": ["SMTP:ada@contoso.example"],
+        "assignedLicenses": [{"skuId": str(sku), "disabledPlans": []}],
+        "onPremisesImmutableId": "abc=", "onPremisesSyncEnabled": True,
+        "onPremisesSamAccountName": "ada",
+    })
+    assert (user.id, user.upn, user.usage_location, user.sku_ids, user.sync_enabled,
+            user.sam) == ("4a7c", "ada@contoso.example", "NL", frozenset({sku}), True, "ada")
+    bare = _cloud_user({"id": "5b8d"})
+    assert (bare.usage_location, bare.proxy_addresses, bare.sku_ids, bare.sync_enabled) == (
+        None, (), frozenset(), False)
