@@ -128,7 +128,9 @@ async def run_once(
                 await flow.io(svc.queues.delete, message)
             summary.outcomes["crashed"] += 1
             return
-        await flow.io(svc.queues.delete, message)
+        if not await flow.io(svc.queues.delete, message):
+            flow.log.info("message_redelivered", queue=message.queue, user=handled.user,
+                          why="handled after its visibility ran out; the ledger held the copy")
         summary.outcomes[handled.outcome] += 1
         if progress is not None and task is not None:
             progress.update(task, advance=1, description=_describe(summary))

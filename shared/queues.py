@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import (
     BinaryBase64DecodePolicy,
     BinaryBase64EncodePolicy,
@@ -80,8 +80,19 @@ class Queues:
             for message in messages
         ]
 
-    def delete(self, message: Received) -> None:
-        self.client(message.queue).delete_message(message.message_id, message.pop_receipt)
+    def delete(self, message: Received) -> bool:
+        """Delete a handled message; False when it is no longer ours to delete: its
+        visibility ran out and it was received again (Storage's ``PopReceiptMismatch``), or
+        that second receiver deleted it already. The ledger makes the second delivery harmless."""
+        try:
+            self.client(message.queue).delete_message(message.message_id, message.pop_receipt)
+        except ResourceNotFoundError:
+            return False
+        except HttpResponseError as exc:
+            if getattr(exc, "error_code", None) != "PopReceiptMismatch":  # set by the SDK
+                raise
+            return False
+        return True
 
     def depth(self, queue: str) -> int:
         """Approximate number of messages, the invisible (delayed, in-flight) ones included."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import uuid
 
 import pytest
@@ -12,7 +13,7 @@ from lab.core import Lab
 from shared.config import StorageSettings
 from shared.ledger import Audit, Ledger, State, Verdict, now
 from shared.messages import Step, WorkItem
-from shared.queues import Queues
+from shared.queues import Queues, Received
 from shared.storage import queue_service, table_service
 
 pytestmark = pytest.mark.lab
@@ -148,3 +149,24 @@ def test_delayed_message_stays_invisible(storage: StorageSettings) -> None:
     got = queues.receive(name, limit=10, visibility=5)
     assert [m.text for m in got] == ["now"]
     assert queues.depth(name) == 2
+
+
+def test_deleting_a_message_received_again_elsewhere_is_not_an_error(
+    storage: StorageSettings,
+) -> None:
+    """A handler that outlived the message's visibility finds it received again: its delete
+    says so (False) instead of raising; the second receiver's delete works, once."""
+    queues = Queues(queue_service(storage))
+    name = f"t{uuid.uuid4().hex[:12]}"
+    queues.send(name, "slow")
+    (first,) = queues.receive(name, limit=1, visibility=1)
+    deadline = time.monotonic() + 10
+    again: list[Received] = []
+    while not again and time.monotonic() < deadline:
+        time.sleep(0.5)
+        again = queues.receive(name, limit=1, visibility=30)
+    assert [m.text for m in again] == ["slow"]
+    assert queues.delete(first) is False
+    assert queues.delete(again[0]) is True
+    assert queues.delete(again[0]) is False
+    assert queues.depth(name) == 0
