@@ -340,8 +340,16 @@ class Exchange:
         return f"(|(cn={value})(sAMAccountName={value})(mailNickname={value}))"
 
     def _resolve(self, identity: str, type_filter: str) -> Entry:
-        ldap_filter = f"(&{type_filter}{self._identity_filter(identity)})"
-        found = self.directory.search(ldap_filter, limit=2)
+        try:
+            guid = uuid.UUID(identity.strip())
+        except ValueError:
+            ldap_filter = f"(&{type_filter}{self._identity_filter(identity)})"
+            found = self.directory.search(ldap_filter, limit=2)
+        else:
+            # Bound to the object by GUID, as AD's <GUID=...> DN form allows: Samba's
+            # (objectGUID=\xx...) filter misses some GUIDs (one whose bytes hold 29 5c, seen
+            # in a 2,000-user run), so a filter on objectGUID is not used for a GUID identity.
+            found = self.directory.search(f"(&{type_filter})", base=f"<GUID={guid}>", limit=2)
         if not found:
             raise not_found(identity, self.directory.dc_name)
         if len(found) > 1:
