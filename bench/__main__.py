@@ -276,6 +276,12 @@ def targets(report: dict[str, Any], users: int) -> list[dict[str, Any]]:
         row("10-change poll of 20,000 members < 20 KB read", f"{ten['bytes_read']} B",
             ten["bytes_read"] < POLL_TEN_BYTES)
     big = _run(report, MEMORY_AT)
+    stopped = next((r for r in report.get("stopped_runs", []) if r["users"] == MEMORY_AT), None)
+    if big is None and stopped is not None:
+        row(f"worker memory < {MEMORY_MB:g} MB at N = {MEMORY_AT:,}",
+            f"{stopped['worker_rss_mb']:.0f} MB resident with all {MEMORY_AT:,} enqueued, "
+            f"{stopped['provisioned']:,} done (run stopped)", None)
+        return rows
     row(f"worker memory < {MEMORY_MB:g} MB at N = {MEMORY_AT:,}",
         "not run" if big is None else f"{big['worker']['peak_rss_mb']:.0f} MB",
         None if big is None else big["worker"]["peak_rss_mb"] < MEMORY_MB)
@@ -395,6 +401,9 @@ def render(report: dict[str, Any], users: int) -> str:
             f"{r['seconds'] / 60:.1f} min | {r['worker']['peak_rss_mb']:.0f} MB | "
             f"{r['worker']['cpu_seconds'] / r['users'] * 1000:.0f} ms | "
             f"{r['worker'].get('storage_ms_per_request', '-')} ms |")
+    for r in report.get("stopped_runs", []):
+        lines += ["", f"N = {r['users']:,} was stopped after {r['minutes']:.0f} min with "
+                  f"{r['provisioned']:,} users licensed: {r['note']}"]
     lines += ["", "**Targets**", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['figure']} | {_met(t['met'])} |" for t in report["targets"]]
     lines += ["", f"Reproduce: `{report['command']}`", ""]
