@@ -215,9 +215,11 @@ def backoff(attempts: int) -> float:
 
 
 def enqueue(svc: Service, item: WorkItem, *, delay: float = 0.0) -> None:
-    """Record the item as the live one for its user and step, then send it."""
-    svc.ledger.enqueued(item)
+    """Send the item, then record it as the live one for its user and step. In this order a
+    crash in between leaves a message the claim rule accepts, never a ledger row that promises
+    a message nobody sent (which reconcile would only notice after ``GRACE``)."""
     svc.queues.send_item(item, delay=delay)
+    svc.ledger.enqueued(item)
 
 
 async def io(call: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -427,8 +429,10 @@ async def _retry(svc: Service, item: WorkItem, row: LedgerRow, exc: TransientErr
     retry = WorkItem(user=item.user, step=item.step, correlation_id=item.correlation_id,
                      role=item.role, action=item.action)
     delay = exc.retry_after if exc.retry_after is not None else backoff(row.attempts)
-    await io(svc.ledger.finish, row, State.WAITING, error=str(exc), retry_at=retry.enqueued_at)
+    # The retry first (see ``enqueue``): until the lease is released below, a retry that
+    # comes early finds the user busy and waits for the lease.
     await io(svc.queues.send_item, retry, delay=delay)
+    await io(svc.ledger.finish, row, State.WAITING, error=str(exc), retry_at=retry.enqueued_at)
     log.info("step_retry", user=str(item.user), step=item.step, reason=exc.reason,
              delay=round(delay, 1), attempts=row.attempts, correlation_id=item.correlation_id)
     if row.attempts == STUCK_AFTER:

@@ -155,6 +155,8 @@ class Ledger:
                 row = LedgerRow(
                     item.user, item.key, State.QUEUED, 0, None, None, None, None, "", "", ""
                 )
+            elif row.live_at and row.live_at >= item.enqueued_at:
+                return  # the message was claimed already (the send comes first), or superseded
             if row.state is not State.WORKING:  # a worker mid-step keeps its lease
                 row.state = State.QUEUED
             row.live_at = item.enqueued_at
@@ -182,6 +184,7 @@ class Ledger:
             ):
                 return Verdict.FINISHED, row
             row.state = State.WORKING
+            row.live_at = max(row.live_at or item.enqueued_at, item.enqueued_at)
             row.attempts += 1
             row.first_attempt_at = row.first_attempt_at or at
             row.lease_until = at + lease
@@ -202,7 +205,8 @@ class Ledger:
         """Release the lease with the step's result; False if another worker took over.
 
         For ``WAITING``, ``retry_at`` is the enqueue time of the delayed retry message, which
-        the caller sends right after this returns (a crash in between is healed by reconcile).
+        the caller has sent just before (a crash in between leaves the row leased until the
+        retry arrives, which is then claimed once the lease has run out).
         """
         row.state = state
         if retry_at is not None:

@@ -213,7 +213,9 @@ def test_a_killed_run_converges(lab: Lab, svc: flow.Service, settings: Settings)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     p = settings.provisioning
     for user in _users(svc, sams):
-        assert _groups(user) & {p.provision_group, p.license_group} == set(), user.sam
+        assert _groups(user) & {p.provision_group, p.license_group} == set(), (
+            user.sam, svc.ledger.get(user.guid, Step.MAILBOX),
+            svc.ledger.get(user.guid, Step.LICENSE), second.stdout[-1500:])
         assert user.remote_recipient_type == 1
         assert _licences(lab, user.upn or "") == [p.license_map[user.license_name or ""]]
         assert _licence_writes(svc, user) == 1, user.sam
