@@ -457,8 +457,9 @@ async def host_cycle(svc: Any, *, limit: float) -> Any:
     as no more than ``newBatchThreshold`` of its messages are in flight, empty queues polled
     with a doubling interval up to ``maxPollingInterval``; all handlers on one event loop, as
     in one Python worker, whose default thread pool (cores + 4) is left as ``function_app.py``
-    leaves it. What ``run_once`` does differently: a batch of every queue is awaited as a
-    whole, handlers share ``GRAPH_CONCURRENCY`` slots, and the pool has 32 threads."""
+    leaves it. What ``run_once`` does differently: its slots per queue come from the settings
+    (twice ``EXCHANGE_SESSIONS`` for mailboxes, ``GRAPH_CONCURRENCY`` for the rest) instead
+    of host.json's batch sizes, and its pool has 32 threads."""
     from shared import flow
     from shared.cli import MAX_DEQUEUE, WORK_QUEUES, Summary
     from shared.messages import poison_queue
