@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -121,6 +122,14 @@ async def run_once(
     async def one(message: Received) -> None:
         try:
             handled = await flow.handle(svc, message.queue, message.text)
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            # Storage dropped a connection mid-step (a server may close an idle keep-alive
+            # connection just as the client reuses it): not a bug. The message comes back
+            # after its visibility, and the steps are idempotent.
+            flow.log.warning("storage_unreachable", queue=message.queue, reason=str(exc),
+                             fix="none needed; the message is retried after its visibility")
+            summary.outcomes["retry"] += 1
+            return
         except Exception:  # a bug: leave the message for a retry, then the poison queue
             flow.log.exception("handler_crashed", queue=message.queue)
             if message.dequeue_count >= MAX_DEQUEUE:
