@@ -68,6 +68,12 @@ class LedgerRow:
     etag: str | None = None
 
     @classmethod
+    def queued(cls, item: WorkItem) -> LedgerRow:
+        """The row of a user and step whose first message is ``item``."""
+        return cls(item.user, item.key, State.QUEUED, 0, None, item.enqueued_at, None, None, "",
+                   item.correlation_id, "")
+
+    @classmethod
     def from_entity(cls, entity: dict[str, Any]) -> LedgerRow:
         meta = getattr(entity, "metadata", {}) or {}
         return cls(
@@ -145,17 +151,14 @@ class Ledger:
 
     def enqueued(self, item: WorkItem) -> None:
         """Record that ``item`` is now the live message for its user and step."""
-        fresh = LedgerRow(item.user, item.key, State.QUEUED, 0, None, item.enqueued_at, None,
-                          None, "", item.correlation_id, "")
-        if self._write(fresh):  # most items are a user's first at this step: no read needed
-            return
         for _ in range(5):
+            # Most items are a user's first at this step: create the row without reading it.
+            if self._write(LedgerRow.queued(item)):
+                return
             row = self.get(item.user, item.key)
             if row is None:
-                row = LedgerRow(
-                    item.user, item.key, State.QUEUED, 0, None, None, None, None, "", "", ""
-                )
-            elif row.live_at and row.live_at >= item.enqueued_at:
+                continue  # deleted in between: create it again
+            if row.live_at and row.live_at >= item.enqueued_at:
                 return  # the message was claimed already (the send comes first), or superseded
             if row.state is not State.WORKING:  # a worker mid-step keeps its lease
                 row.state = State.QUEUED
@@ -171,10 +174,7 @@ class Ledger:
             at = now()
             row = self.get(item.user, item.key)
             if row is None:
-                row = LedgerRow(
-                    item.user, item.key, State.QUEUED, 0, None, item.enqueued_at, None, None,
-                    "", item.correlation_id, "",
-                )
+                row = LedgerRow.queued(item)
             elif row.state is State.WORKING and row.lease_until and at < row.lease_until:
                 return Verdict.BUSY, row
             elif row.live_at and item.enqueued_at < row.live_at:
