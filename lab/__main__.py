@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import doctor
 from .core import REPO, Lab, LabError
 
 # Start order: each peer may read the settings of those before it.
@@ -42,6 +43,10 @@ def up(lab: Lab, only: str | None = None) -> Lab:
     """
     if lab.peers and all(lab.alive(name) for name in lab.peers):
         return lab
+    missing = doctor.failures(lab.root)
+    if missing:
+        lines = "\n".join(check.line() for check in missing)
+        raise LabError(f"nothing was started; `python -m lab doctor` checks again\n{lines}")
     lab.stop_all()
     lab.settings = {"LAB_DIR": str(lab.root)}
     wanted = (only or os.environ.get("LAB_PEERS", "")).split(",")
@@ -69,7 +74,7 @@ def up_command(
     try:
         lab = up(Lab.open(lab_dir), only or None)
     except LabError as exc:
-        console.print(f"[red]lab up failed:[/red] {exc}")
+        console.print(f"lab up failed: {exc}", markup=False, highlight=False)
         raise typer.Exit(1) from None
     _print_status(lab)
     console.print(f"settings: {lab.settings_file}")
@@ -77,11 +82,26 @@ def up_command(
 
 @app.command("down")
 def down_command(lab_dir: LabDir = REPO / ".lab") -> None:
-    """Stop every process the lab started, by pid."""
+    """Stop every process the lab started, by pid, and remove the loopback addresses it added."""
     lab = Lab.open(lab_dir)
     names = list(lab.peers)
-    lab.stop_all()
+    removed = lab.down()
     console.print(f"stopped: {', '.join(names) or 'nothing was running'}")
+    if removed:
+        console.print(f"removed from lo: {', '.join(removed)}")
+
+
+@app.command("doctor")
+def doctor_command(lab_dir: LabDir = REPO / ".lab") -> None:
+    """Check every prerequisite of the lab; for each missing one, print the line that fixes it."""
+    found = doctor.checks(lab_dir.resolve())
+    for check in found:
+        console.print(check.line(), markup=False, highlight=False)
+    failed = [check for check in found if not check.ok]
+    if failed:
+        console.print(f"{len(failed)} of {len(found)} checks failed")
+        raise typer.Exit(1)
+    console.print(f"all {len(found)} checks passed")
 
 
 @app.command("status")

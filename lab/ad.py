@@ -41,7 +41,7 @@ from pathlib import Path
 from ldap3 import Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 
-from . import tls
+from . import system, tls
 from .core import Lab, LabError, wait_for_port
 
 REALM = "O365LAB.EXAMPLE"
@@ -65,7 +65,6 @@ SERVICE_ACCOUNT = "svc-o365"
 ADMIN_UPN = f"Administrator@{REALM.lower()}"
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
-SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter python3-samba is built for
 ADDRESS_LOCK = Path("/tmp/o365-lab-ad-address.lock")
 SERVICES = "ldap, kdc"  # no smb, nbt, dns, drepl, kcc, winbindd: the service needs LDAP only
 
@@ -155,8 +154,7 @@ def build_template(lab: Lab) -> Template:
     if archive.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         return Template(archive, meta["admin_password"], meta["service_password"])
-    if shutil.which("samba-tool") is None or shutil.which("ldbadd") is None:
-        raise LabError("ad: Samba is not installed; run: bash scripts/setup")
+    samba_tool = system.tool("samba-tool")
 
     build = lab.root / "cache" / "ad-build"
     shutil.rmtree(build, ignore_errors=True)
@@ -164,7 +162,7 @@ def build_template(lab: Lab) -> Template:
     admin_password, service_password = _password(), _password()
     _run(
         [
-            "samba-tool", "domain", "provision", f"--realm={REALM}", f"--domain={DOMAIN}",
+            samba_tool, "domain", "provision", f"--realm={REALM}", f"--domain={DOMAIN}",
             "--server-role=dc", "--dns-backend=NONE", "--use-rfc2307",
             f"--host-name={HOSTNAME.split('.')[0]}", f"--adminpass={admin_password}",
             f"--targetdir={build}",
@@ -181,11 +179,11 @@ def build_template(lab: Lab) -> Template:
         text = (SCHEMA_DIR / ldif).read_text().replace("${SCHEMA_DN}", schema_dn)
         filled = build / ldif
         filled.write_text(text)
-        _run([tool, "-H", sam, allow, str(filled)], f"{tool} {ldif}", lab)
+        _run([system.tool(tool), "-H", sam, allow, str(filled)], f"{tool} {ldif}", lab)
     spec = build / "spec.json"
     spec.write_text(json.dumps(template_spec(service_password)))
     spec.chmod(0o600)
-    _run([SYSTEM_PYTHON, str(SCHEMA_DIR / "prepare.py"), str(conf), str(spec)],
+    _run([system.SYSTEM_PYTHON, str(SCHEMA_DIR / "prepare.py"), str(conf), str(spec)],
          "lab/schema/prepare.py", lab)
     spec.unlink()
 
@@ -249,20 +247,22 @@ def _ports_free(host: str) -> bool:
 
 
 def _lo_addresses() -> set[str]:
-    out = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", "lo"], capture_output=True,
-                         text=True, check=False).stdout
+    out = subprocess.run([system.tool("ip"), "-o", "-4", "addr", "show", "dev", "lo"],
+                         capture_output=True, text=True, check=False).stdout
     return {line.split()[3].split("/")[0] for line in out.splitlines() if "inet" in line}
 
 
-def _claim_address(prefer: str | None = None) -> str:
+def _claim_address(lab: Lab, prefer: str | None = None) -> str:
     """``prefer`` if its LDAP ports are free (a restart keeps its address), else the first
-    127.0.0.N (N >= 2) whose are; made present on ``lo``."""
+    127.0.0.N (N >= 2) whose are; made present on ``lo`` and, when added here, recorded so that
+    ``lab down`` removes it."""
     candidates = [f"127.0.0.{n}" for n in range(2, 255)]
     for host in ([prefer] if prefer else []) + candidates:
         if not _ports_free(host):
             continue
         if host not in _lo_addresses():
-            added = subprocess.run(["ip", "addr", "add", f"{host}/32", "dev", "lo"],
+            ip = system.tool("ip")
+            added = subprocess.run([ip, "addr", "add", f"{host}/32", "dev", "lo"],
                                    capture_output=True, text=True, check=False)
             if added.returncode != 0:
                 raise LabError(
@@ -270,6 +270,9 @@ def _claim_address(prefer: str | None = None) -> str:
                     "Samba binds only to an interface's addresses. Run the lab as root, or "
                     f"add it once: sudo ip addr add {host}/32 dev lo"
                 )
+            if host not in lab.aliases:
+                lab.aliases.append(host)
+                lab.save()
         return host
     raise LabError("ad: no loopback address 127.0.0.2-254 has ports 389 and 636 free")
 
@@ -308,15 +311,14 @@ def _wait_for_bind(lab: Lab, proc: subprocess.Popen[bytes], timeout: float = 60.
 def run(lab: Lab) -> None:
     """Start samba on the database in ``ad/``, on a free loopback address; wait for a bind."""
     ad_dir = lab.root / "ad"
-    if shutil.which("samba") is None:
-        raise LabError("ad: Samba is not installed; run: bash scripts/setup")
+    samba = system.tool("samba")
     with _address_lock():
-        host = _claim_address(lab.settings.get("LAB_AD_HOST"))
+        host = _claim_address(lab, lab.settings.get("LAB_AD_HOST"))
         cert, key = tls.issue(lab, f"ad-{host}", [HOSTNAME, host])
         ca_cert, _ = tls.ca(lab)
         conf = ad_dir / "smb.conf"
         conf.write_text(smb_conf(ad_dir, host, cert, key, ca_cert))
-        proc = lab.spawn("ad", ["samba", "--foreground", "--no-process-group", "-M", "single",
+        proc = lab.spawn("ad", [samba, "--foreground", "--no-process-group", "-M", "single",
                                 "--debug-stdout", "-s", str(conf)])
         wait_for_port(host, 636, peer="ad", lab=lab, proc=proc, timeout=60)
     lab.settings.update({

@@ -42,6 +42,8 @@ class Lab:
     root: Path
     peers: dict[str, Peer] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
+    # Loopback addresses this lab added to ``lo`` (the DC's); ``down`` removes them.
+    aliases: list[str] = field(default_factory=list)
 
     # -- files -------------------------------------------------------------------------
     @property
@@ -66,12 +68,14 @@ class Lab:
         if lab.state_file.exists():
             data = json.loads(lab.state_file.read_text())
             lab.peers = {name: Peer(**peer) for name, peer in data.get("peers", {}).items()}
+            lab.aliases = list(data.get("aliases", []))
         if lab.settings_file.exists():
             lab.settings = {k: v or "" for k, v in dotenv_values(lab.settings_file).items()}
         return lab
 
     def save(self) -> None:
-        data = {"peers": {name: peer.__dict__ for name, peer in self.peers.items()}}
+        data = {"peers": {name: peer.__dict__ for name, peer in self.peers.items()},
+                "aliases": self.aliases}
         self.state_file.write_text(json.dumps(data, indent=2))
         self.settings_file.write_text(format_env(self.settings))
         self.settings_file.chmod(0o600)
@@ -124,6 +128,21 @@ class Lab:
     def stop_all(self) -> None:
         for name in reversed(list(self.peers)):
             self.stop(name)
+
+    def down(self) -> list[str]:
+        """Stop every peer and remove the loopback addresses this lab added; returns those."""
+        from . import system  # system names its errors with LabError, from here
+
+        self.stop_all()
+        removed = []
+        for host in list(self.aliases):
+            done = subprocess.run([system.tool("ip"), "addr", "del", f"{host}/32", "dev", "lo"],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode == 0 or "Cannot assign" in done.stderr:
+                removed.append(host)
+            self.aliases.remove(host)
+        self.save()
+        return removed
 
 
 def format_env(settings: dict[str, str]) -> str:

@@ -5,8 +5,7 @@ must too, or they would describe users that no longer exist."""
 
 from __future__ import annotations
 
-import shutil
-
+from . import system
 from .core import Lab, LabError, free_port, wait_for_port
 
 # Azurite's documented development account; public, identical on every machine.
@@ -27,14 +26,14 @@ def connection_string(queue_port: int, table_port: int, blob_port: int) -> str:
 
 
 def start(lab: Lab) -> None:
-    azurite = shutil.which("azurite")
-    if azurite is None:
-        raise LabError("azurite is not installed; run: npm install -g azurite")
+    azurite = system.azurite()
+    if not azurite.exists():
+        raise LabError(f"storage: Azurite is not in {azurite.parent}; fix: bash scripts/setup")
     blob, queue, table = free_port(), free_port(), free_port()
     proc = lab.spawn(
         "storage",
         [
-            azurite, "--silent", "--skipApiVersionCheck", "--loose", "--inMemoryPersistence",
+            str(azurite), "--silent", "--skipApiVersionCheck", "--loose", "--inMemoryPersistence",
             "--blobHost", "127.0.0.1", "--blobPort", str(blob),
             "--queueHost", "127.0.0.1", "--queuePort", str(queue),
             "--tableHost", "127.0.0.1", "--tablePort", str(table),

@@ -20,6 +20,12 @@ def _lab(args: list[str], lab_dir: Path) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, env=env, timeout=300, check=False)
 
 
+def _lo_addresses() -> set[str]:
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", "lo"], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split()[3].split("/")[0] for line in out.splitlines()}
+
+
 def _processes_under(root: Path) -> list[int]:
     """Processes whose command line names a file of this lab (samba -s <lab>/ad/smb.conf...)."""
     found = []
@@ -38,7 +44,8 @@ def _processes_under(root: Path) -> list[int]:
 @pytest.mark.slow
 def test_up_status_down_leaves_no_process(lab: Lab, tmp_path: Path) -> None:
     """``up`` starts every peer, ``status`` shows them running (exit 0), ``down`` stops them
-    all: no pid of theirs, and no process naming the lab folder, survives."""
+    all: no pid of theirs, and no process naming the lab folder, survives; the loopback
+    address the lab added for its DC is gone from ``lo``."""
     lab_dir = tmp_path / "lab"
     lab_dir.mkdir()
     # The session lab's cache holds the provisioned directory: this lab starts warm.
@@ -46,6 +53,8 @@ def test_up_status_down_leaves_no_process(lab: Lab, tmp_path: Path) -> None:
     up = _lab(["up"], lab_dir)
     started = Lab.open(lab_dir)
     pids = [pid for peer in started.peers.values() for pid in peer.pids]
+    added = list(started.aliases)
+    present_while_up = [host for host in added if host in _lo_addresses()]
     try:
         status = _lab(["status"], lab_dir)
     finally:
@@ -56,3 +65,7 @@ def test_up_status_down_leaves_no_process(lab: Lab, tmp_path: Path) -> None:
     assert 0 == down.returncode
     assert [] == [pid for pid in pids if pid_alive(pid)]
     assert [] == _processes_under(lab_dir)
+    # The session lab holds 127.0.0.2, so this lab's DC needed an address of its own.
+    assert (1, added) == (len(added), present_while_up), up.stdout
+    assert [] == [host for host in added if host in _lo_addresses()]
+    assert f"removed from lo: {added[0]}" in down.stdout
