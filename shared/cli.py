@@ -266,9 +266,9 @@ def plan() -> None:
     table = Table(title="next cycle")
     for column in ("group", "members", "with live work", "would be enqueued"):
         table.add_column(column)
-    for group, step in ((p.provision_group, "mailbox"), (p.license_group, "license")):
+    for group, step in ((p.provision_group, Step.MAILBOX), (p.license_group, Step.LICENSE)):
         members = directory.group_members(group)
-        rows = [svc.ledger.get(guid, flow.STEP_QUEUE[step]) for guid in members]
+        rows = [svc.ledger.get(guid, step) for guid in members]
         due = sum(
             asyncio.run(flow.needs_work(svc, row, guid))
             for row, guid in zip(rows, members, strict=True)
@@ -347,7 +347,7 @@ def redrive(queue: Annotated[str, typer.Argument(help="mailbox, license or roles
         console.print(f"[red]unknown queue {queue!r}; use one of {', '.join(WORK_QUEUES)}[/red]")
         raise typer.Exit(2)
     svc = _service()
-    moved, skipped = flow.redrive(svc, queue)
+    moved, skipped = asyncio.run(flow.redrive(svc, queue))
     console.print(f"re-drove {moved} messages to {queue}; skipped {skipped} that were not ours")
     svc.close()
 

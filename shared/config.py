@@ -308,6 +308,9 @@ class ServiceSettings(_Section):
     lease_seconds: float = Field(
         300.0, ge=5, description="how long a worker holds a user; longer than any one step"
     )
+    stuck_after: int = Field(
+        6, ge=2, description="attempts after which a waiting user is reported stuck (one alert)"
+    )
 
     @field_validator("ca_bundle")
     @classmethod

@@ -17,6 +17,8 @@ Secrets never go into any field.
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 
 class ConfigError(Exception):
     """A setting is missing or invalid. The message names the setting."""
@@ -59,19 +61,20 @@ class ProvisioningError(Exception):
         return self
 
 
-class TransientError(ProvisioningError):
-    """Retry later: a peer was unreachable, busy, throttled, or the user has not synced yet."""
+class Where(TypedDict, total=False):
+    """Who and what an error is about: the keyword arguments every ``ProvisioningError`` takes."""
 
-    def __init__(
-        self,
-        reason: str,
-        *,
-        user: str = "",
-        step: str = "",
-        fix: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(reason, user=user, step=step, fix=fix)
+    user: str
+    step: str
+    fix: str
+
+
+class TransientError(ProvisioningError):
+    """Retry later: a peer was unreachable, busy or throttled."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None,
+                 **where: Unpack[Where]) -> None:
+        super().__init__(reason, **where)
         self.retry_after = retry_after
 
 

@@ -66,6 +66,8 @@ class LedgerRow:
     correlation_id: str
     fingerprint: str
     etag: str | None = None
+    name: str = ""  # sAMAccountName or UPN, as the step last named the user (for the digest)
+    wait: str = ""  # WAITING: what for (a ``shared.results.Wait``); FAILED: "blocked" or ""
 
     @classmethod
     def queued(cls, item: WorkItem) -> LedgerRow:
@@ -89,6 +91,8 @@ class LedgerRow:
             correlation_id=str(entity.get("correlation_id", "")),
             fingerprint=str(entity.get("fingerprint", "")),
             etag=meta.get("etag"),
+            name=str(entity.get("name", "")),
+            wait=str(entity.get("wait", "")),
         )
 
     def to_entity(self) -> dict[str, Any]:
@@ -104,6 +108,8 @@ class LedgerRow:
             "last_error": self.last_error[:4000],
             "correlation_id": self.correlation_id,
             "fingerprint": self.fingerprint,
+            "name": self.name,
+            "wait": self.wait,
         }
 
     @property
@@ -143,6 +149,11 @@ class Ledger:
             return LedgerRow.from_entity(self._table.get_entity(str(user), str(key)))
         except ResourceNotFoundError:
             return None
+
+    def rows_in(self, *states: State) -> list[LedgerRow]:
+        """The rows in any of ``states`` (a filter the table service applies)."""
+        query = " or ".join(f"state eq '{state.value}'" for state in states)
+        return [LedgerRow.from_entity(e) for e in self._table.query_entities(query)]
 
     def rows(self, step: Step | None = None) -> list[LedgerRow]:
         query = f"RowKey eq '{step.value}'" if step else None
@@ -201,6 +212,8 @@ class Ledger:
         error: str = "",
         fingerprint: str = "",
         retry_at: dt.datetime | None = None,
+        name: str = "",
+        wait: str = "",
     ) -> bool:
         """Release the lease with the step's result; False if another worker took over.
 
@@ -213,6 +226,9 @@ class Ledger:
             row.live_at = retry_at
         row.lease_until = None
         row.last_error = error
+        row.wait = wait
+        if name:
+            row.name = name
         if fingerprint:
             row.fingerprint = fingerprint
         if state in (State.DONE, State.FAILED):
@@ -239,11 +255,12 @@ class Ledger:
 
 @dataclass(frozen=True)
 class Change:
-    """One thing a step changed (an attribute, a membership, a licence), for the audit."""
+    """One thing a step changed (an attribute, a membership, a licence, a role), for the audit:
+    ``before`` and ``after`` are stored as JSON."""
 
     what: str
-    before: str | None
-    after: str | None
+    before: object
+    after: object
 
 
 class Audit:

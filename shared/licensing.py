@@ -2,8 +2,8 @@
 
 ``plan(...)`` decides from facts alone (the licence attribute, ``c``, the cloud user's
 licences, usage location and proxy addresses, the SKU's free units) and returns actions;
-``LicenseStep.run`` gathers the facts from AD and Graph, carries the actions out, and returns a
-``LicenseOutcome`` for the report and the audit log.
+``LicenseStep.run`` gathers the facts from AD and Graph, carries the actions out, and returns
+``Done`` (with the changes for the audit and the digest's row) or ``NotYet``.
 
 Order of decisions (each stops the plan when it applies):
 
@@ -18,32 +18,40 @@ Order of decisions (each stops the plan when it applies):
 6. ``SetUsageLocation`` only when it differs; one ``AssignLicense`` adding the SKU and removing
    every other one (none when the user already has exactly that SKU); ``RemoveFromGroup``.
 
-Not synced yet (no cloud user) and waiting for the routing address are ``TransientError``s
-with a growing ``retry_after``: ``SYNC_RETRY_MIN_SECONDS`` doubling up to
-``SYNC_RETRY_MAX_SECONDS``; after ``SYNC_DEADLINE_HOURS`` since the first attempt they become
-``PermanentError``s ("not synced" / "no routing address").
+Not synced yet (no cloud user), waiting for the routing address and no free unit are
+``NotYet`` results (``Wait.SYNC``, ``Wait.ROUTING``, ``Wait.SHORTAGE``): the flow's one back-off
+decides when to look again (``SYNC_RETRY_MIN_SECONDS`` doubling up to
+``SYNC_RETRY_MAX_SECONDS``), and after ``SYNC_DEADLINE_HOURS`` since the first attempt a sync or
+routing wait becomes a failure ("not synced" / "no routing address"). A shortage waits as long
+as it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 import iso3166
 
 from .config import ProvisioningSettings
 from .directory import Directory, DirectoryUser
-from .errors import PermanentError, TransientError
+from .errors import PermanentError
 from .graph import GraphClient, SubscribedSku
 from .graph import immutable_id as to_immutable_id
 from .ledger import Change
 from .log import get_logger
+from .results import Done, NotYet, Shortage, Wait
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient as AioTableClient
 
 log = get_logger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 STEP = "license"
 EXCHANGE_PLAN_PREFIX = "EXCHANGE_S_"
@@ -167,39 +175,7 @@ def plan(
     return actions
 
 
-def retry_delay(first_attempt_at: datetime, now: datetime,
-                provisioning: ProvisioningSettings) -> float:
-    """The wait before the next try: the time waited so far, within [min, max].
-
-    Retrying after as long as we have already waited doubles the delay each time, starting
-    from ``SYNC_RETRY_MIN_SECONDS``."""
-    waited = (now - first_attempt_at).total_seconds()
-    return max(provisioning.sync_retry_min_seconds,
-               min(provisioning.sync_retry_max_seconds, waited))
-
-
-def deadline_passed(first_attempt_at: datetime, now: datetime,
-                    provisioning: ProvisioningSettings) -> bool:
-    return (now - first_attempt_at).total_seconds() >= provisioning.sync_deadline_hours * 3600
-
-
 # -- shortage notices ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShortageNotice:
-    """No free unit of ``part_number``; sent once per SKU per day."""
-
-    part_number: str
-    sku_id: uuid.UUID
-    prepaid: int
-    consumed: int
-    day: date
-
-    def __str__(self) -> str:
-        return (f"licence shortage: {self.part_number} has no free unit "
-                f"({self.consumed} of {self.prepaid} used); users wait in the licence group. "
-                f"Fix: buy more {self.part_number} licences or free some")
-
-
 class ShortageLedger(Protocol):
     """Remembers which SKUs were reported short on which day, across instances."""
 
@@ -224,8 +200,7 @@ class MemoryShortageLedger:
 class TableShortageLedger:
     """Table storage: inserting ``(day, SKU)`` succeeds once, whichever instance tries."""
 
-    def __init__(self, table: object) -> None:
-        # an azure.data.tables.aio.TableClient; typed loosely to keep this module light
+    def __init__(self, table: AioTableClient) -> None:
         self.table = table
 
     async def first_today(self, part_number: str, day: date) -> bool:
@@ -233,7 +208,7 @@ class TableShortageLedger:
 
         entity = {"PartitionKey": "licenceShortage", "RowKey": f"{day.isoformat()}_{part_number}"}
         try:
-            await self.table.create_entity(entity)  # type: ignore[attr-defined]
+            await self.table.create_entity(entity)
         except ResourceExistsError:
             return False
         return True
@@ -247,23 +222,6 @@ NO_UNITS = "does not have any available licenses"
 
 
 # -- the step ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LicenseOutcome:
-    """What the step did for one user."""
-
-    user: str  # UPN, or sAMAccountName when the user has none
-    mail: str | None
-    license_name: str | None
-    sku: str
-    status: str  # "licensed" | "already-licensed" | "shortage"
-    changes: tuple[Change, ...] = ()
-    shortage: ShortageNotice | None = None  # set only for the first shortage of the day
-    cloud_id: str | None = None
-    correlation_id: str = ""
-    sam: str = ""
-    display_name: str | None = None
-
-
 class LicenseStep:
     """Executor of the licence plan for one user at a time (one instance per event loop)."""
 
@@ -281,31 +239,24 @@ class LicenseStep:
         # Directory is one blocking LDAP connection: one thread at a time may use it.
         self._directory_lock = asyncio.Lock()
 
-    async def _directory(self, call: Any, *args: Any) -> Any:
+    async def _directory(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         async with self._directory_lock:
-            return await asyncio.to_thread(call, *args)
+            return await asyncio.to_thread(call, *args, **kwargs)
 
-    async def run(
-        self,
-        guid: uuid.UUID,
-        *,
-        first_attempt_at: datetime,
-        correlation_id: str,
-        now: datetime | None = None,
-    ) -> LicenseOutcome:
-        """License the AD user ``guid``; raises ``TransientError`` to be retried later."""
-        now = now or datetime.now(UTC)
+    async def run(self, guid: uuid.UUID, *, correlation_id: str) -> Done | NotYet:
+        """License the AD user ``guid``: ``Done``, or ``NotYet`` (not synced, no routing
+        address, no free unit). Raises ``TransientError`` (a peer is down or busy) and
+        ``PermanentError`` (bad input, Graph refused)."""
         ad: DirectoryUser = await self._directory(self.directory.user, guid)
         who = ad.upn or ad.sam
         cloud = await self.graph.find_user(to_immutable_id(guid), ad.upn)
         if cloud is None:
-            self._wait_or_give_up(
-                who, first_attempt_at, now,
-                reason="has not synced to Entra ID yet",
+            return NotYet(
+                Wait.SYNC, "has not synced to Entra ID yet", user=who,
                 late="not synced: no cloud user with this objectGUID or UPN",
-                fix="check that the user's OU is in Entra Connect's scope and that sync runs",
+                late_fix="check that the user's OU is in Entra Connect's scope and that sync "
+                "runs",
             )
-        assert cloud is not None
         subscribed = {
             s.part_number: s for s in await self.graph.subscribed_skus(max_age=SKU_MAX_AGE)
         }
@@ -320,16 +271,17 @@ class LicenseStep:
         changes: list[Change] = []
         for action in actions:
             if isinstance(action, WaitForRouting):
-                self._wait_or_give_up(
-                    who, first_attempt_at, now,
-                    reason=f"the cloud user's proxyAddresses lack {action.address} yet",
+                return NotYet(
+                    Wait.ROUTING, f"the cloud user's proxyAddresses lack {action.address} yet",
+                    user=who,
                     late=f"no routing address: proxyAddresses never showed {action.address}",
-                    fix="check that Enable-RemoteMailbox ran and that sync carries proxyAddresses",
+                    late_fix="check that Enable-RemoteMailbox ran and that sync carries "
+                    "proxyAddresses",
                 )
-            elif isinstance(action, ReportShortage):
-                return await self._shortage(ad, who, action, subscribed[action.part_number],
-                                            correlation_id)
-            elif isinstance(action, SetUsageLocation):
+            if isinstance(action, ReportShortage):
+                return await self._shortage(who, action.part_number,
+                                            subscribed[action.part_number], changes)
+            if isinstance(action, SetUsageLocation):
                 await self.graph.set_usage_location(cloud.id, action.after, user=who)
                 changes.append(Change("usageLocation", action.before, action.after))
                 log.info("usage_location_set", user=who, step=STEP, before=action.before,
@@ -342,9 +294,7 @@ class LicenseStep:
                     # Another assigner took the last unit between our check and the call.
                     if NO_UNITS not in exc.reason:
                         raise
-                    sku = subscribed[part]
-                    return await self._shortage(ad, who, ReportShortage(part, sku.sku_id), sku,
-                                                correlation_id)
+                    return await self._shortage(who, part, subscribed[part], changes)
                 before = ",".join(sorted(by_id.get(s, str(s)) for s in cloud.sku_ids)) or None
                 changes.append(Change("licenses", before, part))
                 log.info("license_assigned", user=who, step=STEP, sku=part,
@@ -354,26 +304,19 @@ class LicenseStep:
                 await self._directory(self.directory.remove_member, action.group, ad)
         status = "licensed" if any(c.what == "licenses" for c in changes) \
             else "already-licensed"
-        return LicenseOutcome(who, ad.mail, ad.license_name, part, status, tuple(changes),
-                              cloud_id=cloud.id, correlation_id=correlation_id, sam=ad.sam,
-                              display_name=ad.display_name)
+        report = {"name": ad.sam or who, "display_name": ad.display_name or "",
+                  "mail": ad.mail or "", "licence": ad.license_name or "", "sku": part,
+                  "status": status}
+        return Done(who, tuple(changes), report=report)
 
-    def _wait_or_give_up(self, who: str, first: datetime, now: datetime, *, reason: str,
-                         late: str, fix: str) -> None:
-        if deadline_passed(first, now, self.provisioning):
-            hours = self.provisioning.sync_deadline_hours
-            raise PermanentError(f"{late} after {hours:g} h", user=who, step=STEP, fix=fix)
-        raise TransientError(reason, user=who, step=STEP, fix="none needed; retried later",
-                             retry_after=retry_delay(first, now, self.provisioning))
-
-    async def _shortage(self, ad: DirectoryUser, who: str, action: ReportShortage,
-                        sku: SubscribedSku, correlation_id: str) -> LicenseOutcome:
-        today = datetime.now(UTC).date()
-        notice = None
-        if await self.ledger.first_today(action.part_number, today):
-            notice = ShortageNotice(action.part_number, action.sku_id, sku.prepaid,
-                                    sku.consumed, today)
-            log.warning("license_shortage", user=who, step=STEP, sku=action.part_number,
-                        correlation_id=correlation_id)
-        return LicenseOutcome(who, ad.mail, ad.license_name, action.part_number, "shortage",
-                              shortage=notice, correlation_id=correlation_id)
+    async def _shortage(self, who: str, part_number: str, sku: SubscribedSku,
+                        changes: list[Change]) -> NotYet:
+        first = await self.ledger.first_today(part_number, datetime.now(UTC).date())
+        if first:
+            log.warning("license_shortage", user=who, step=STEP, sku=part_number)
+        return NotYet(
+            Wait.SHORTAGE, f"no free unit of {part_number}", user=who,
+            fix=f"buy or free {part_number} licences; the user waits in the licence group",
+            changes=tuple(changes),
+            shortage=Shortage(part_number, sku.prepaid, sku.consumed, first_today=first),
+        )

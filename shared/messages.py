@@ -86,6 +86,13 @@ class WorkItem:
         """The follow-up work item for the same user, in the same correlation."""
         return WorkItem(user=self.user, step=step, correlation_id=self.correlation_id)
 
+    def again(self, at: dt.datetime) -> WorkItem:
+        """The same work, enqueued anew at ``at`` (a retry): newer than this message, so it
+        supersedes it."""
+        return WorkItem(user=self.user, step=self.step, correlation_id=self.correlation_id,
+                        enqueued_at=max(at, self.enqueued_at + dt.timedelta(microseconds=1)),
+                        role=self.role, action=self.action)
+
 
 _FIELDS = {"v", "user", "step", "cid", "at"}
 _ROLE_FIELDS = _FIELDS | {"role", "action"}

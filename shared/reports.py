@@ -65,6 +65,18 @@ class ProvisionedRow:
 
 
 @dataclass(frozen=True)
+class WaitingRow:
+    """A user the service cannot move on, in the digest: failed, blocked by a guard, stuck
+    after many attempts, or waiting for a licence unit."""
+
+    username: str
+    step: str
+    status: str
+    reason: str
+    since: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class SkuSummary:
     """A subscribed SKU's units: ``total`` is ``prepaidUnits.enabled``, ``consumed`` is
     ``consumedUnits``."""
@@ -233,12 +245,17 @@ def render_digest(
     *,
     since: dt.datetime | str | None,
     until: dt.datetime,
+    waiting: Sequence[WaitingRow] = (),
 ) -> Mail:
     """The report of users provisioned between ``since`` (None: the first report) and
-    ``until``, with the licence summary per SKU."""
+    ``until``, the users waiting and why, and the licence summary per SKU."""
     table = text_table(
         ("Username", "Display Name", "Email Address", "License Assigned"),
         [(r.username, r.display_name, r.email, r.licence) for r in rows],
+    )
+    waiting_table = text_table(
+        ("Username", "Step", "Status", "Since", "Reason"),
+        [(w.username, w.step, w.status, _when(w.since), w.reason) for w in waiting],
     )
     summaries = [s if isinstance(s, SkuSummary) else SkuSummary.from_subscribed(s) for s in skus]
     return _render(
@@ -250,6 +267,8 @@ def render_digest(
         until=_when(until),
         generated=_when(until),
         table=table,
+        waiting=[(w, _when(w.since)) for w in waiting],
+        waiting_table=waiting_table,
     )
 
 

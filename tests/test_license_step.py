@@ -6,16 +6,15 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from lab.core import Lab
 from shared.config import Settings
 from shared.directory import Directory
-from shared.errors import PermanentError, TransientError
 from shared.graph import GraphClient
-from shared.licensing import LicenseOutcome, LicenseStep, MemoryShortageLedger
+from shared.licensing import LicenseStep, MemoryShortageLedger
+from shared.results import Done, NotYet, Wait
 from shared.secrets import SecretProvider
 from tests.test_graph import GraphLab
 
@@ -69,18 +68,17 @@ def provisioned(make_user, ad_admin, directory: Directory, settings: Settings):
 
 
 def run_step(settings: Settings, directory: Directory, guids: list[uuid.UUID], *,
-             first_attempt_at: datetime | None = None,
-             ledger: MemoryShortageLedger | None = None) -> list[LicenseOutcome | Exception]:
+             ledger: MemoryShortageLedger | None = None
+             ) -> list[Done | NotYet | BaseException]:
     """Run the step for ``guids`` concurrently on one event loop with one Graph client."""
-    first = first_attempt_at or datetime.now(UTC)
 
-    async def main() -> list[LicenseOutcome | Exception]:
+    async def main() -> list[Done | NotYet | BaseException]:
         client = GraphClient(settings.graph, settings.identity, settings.service.ca_bundle)
         step = LicenseStep(settings.provisioning, directory, client,
                            ledger or MemoryShortageLedger())
         try:
             return list(await asyncio.gather(
-                *(step.run(g, first_attempt_at=first, correlation_id=f"t-{g}") for g in guids),
+                *(step.run(g, correlation_id=f"t-{g}") for g in guids),
                 return_exceptions=True))
         finally:
             await client.close()
@@ -101,28 +99,27 @@ def in_group(directory: Directory, settings: Settings, guid: uuid.UUID) -> bool:
 
 def test_unsynced_user_waits_then_is_licensed_and_second_run_writes_nothing(
         glab: GraphLab, provisioned, directory: Directory, settings: Settings) -> None:
-    """Not synced → TransientError (retry_after = SYNC_RETRY_MIN_SECONDS; PermanentError past
-    the deadline); after the sync engine mirrors the user → licensed, out of O365_License;
-    a second run makes no Graph write."""
+    """Not synced → NotYet(sync), saying what it means past the deadline; after the sync
+    engine mirrors the user → licensed, out of O365_License; a second run makes no Graph write
+    and says the user was already licensed."""
     glab.config(sync_enabled=False)
     user = provisioned()
     [early] = run_step(settings, directory, [user.guid])
-    [late] = run_step(settings, directory, [user.guid],
-                      first_attempt_at=datetime.now(UTC) - timedelta(hours=25))
-    assert isinstance(early, TransientError)
-    assert settings.provisioning.sync_retry_min_seconds == early.retry_after
-    assert isinstance(late, PermanentError)
-    assert "not synced" in str(late)
+    assert isinstance(early, NotYet), early
+    assert (Wait.SYNC, "not synced: no cloud user with this objectGUID or UPN") == (
+        early.kind, early.late)
     glab.config(sync_enabled=True)
     cloud = glab.wait_for_user(user.guid)
     [done] = run_step(settings, directory, [user.guid])
-    assert isinstance(done, LicenseOutcome), done
-    assert ("licensed", "ENTERPRISEPACK") == (done.status, done.sku)
+    assert isinstance(done, Done), done
+    assert done.report is not None
+    assert ("licensed", "ENTERPRISEPACK") == (done.report["status"], done.report["sku"])
     assert ["ENTERPRISEPACK"] == licences(glab, cloud["id"])
     assert not in_group(directory, settings, user.guid)
     glab.reset_stats()
     [again] = run_step(settings, directory, [user.guid])
-    assert isinstance(again, LicenseOutcome)
+    assert isinstance(again, Done) and again.report is not None
+    assert "already-licensed" == again.report["status"]
     assert 0 == glab.stats()["total"].get("writes", 0)
 
 
@@ -134,7 +131,7 @@ def test_no_licence_while_routing_address_missing(glab: GraphLab, provisioned, a
     user = provisioned(routed=False)
     cloud = glab.wait_for_user(user.guid)
     [waiting] = run_step(settings, directory, [user.guid])
-    assert isinstance(waiting, TransientError)
+    assert isinstance(waiting, NotYet) and Wait.ROUTING == waiting.kind, waiting
     assert (0, 0) == (glab.count(ASSIGN, "requests"), glab.count(PATCH, "requests"))
     routing = f"smtp:{user.sam}@{settings.provisioning.routing_domain}"
     assert ad_admin.modify(user.dn, {"proxyAddresses": [("MODIFY_ADD", [routing])]})
@@ -143,7 +140,7 @@ def test_no_licence_while_routing_address_missing(glab: GraphLab, provisioned, a
         assert time.monotonic() < deadline
         time.sleep(0.2)
     [done] = run_step(settings, directory, [user.guid])
-    assert isinstance(done, LicenseOutcome), done
+    assert isinstance(done, Done), done
     assert ["ENTERPRISEPACK"] == licences(glab, cloud["id"])
     assert [] == glab.stats()["cloudMailboxes"]
 
@@ -160,7 +157,7 @@ def test_existing_licence_replaced_in_one_call_and_location_not_repatched(
         "addLicenses": [{"skuId": EXO2}], "removeLicenses": []}).status_code
     glab.reset_stats()
     [done] = run_step(settings, directory, [user.guid])
-    assert isinstance(done, LicenseOutcome), done
+    assert isinstance(done, Done), done
     assert (1, 0) == (glab.count(ASSIGN, "requests"), glab.count(PATCH, "requests"))
     assert ["ENTERPRISEPACK"] == licences(glab, cloud["id"])
     assert [("licenses", "EXCHANGEENTERPRISE", "ENTERPRISEPACK")] == [
@@ -181,10 +178,11 @@ def test_zero_free_units_no_assign_and_one_shortage_notice(
     ledger = MemoryShortageLedger()
     outcomes = run_step(settings, directory, [u.guid for u in users], ledger=ledger)
     outcomes += run_step(settings, directory, [users[0].guid], ledger=ledger)
-    assert all(isinstance(o, LicenseOutcome) and o.status == "shortage" for o in outcomes)
-    notices = [o.shortage for o in outcomes if isinstance(o, LicenseOutcome) and o.shortage]
+    assert [Wait.SHORTAGE] * 4 == [getattr(o, "kind", o) for o in outcomes]
+    notices = [o.shortage for o in outcomes
+               if isinstance(o, NotYet) and o.shortage and o.shortage.first_today]
     assert 1 == len(notices)
-    assert "ENTERPRISEPACK" in str(notices[0])
+    assert "ENTERPRISEPACK" == notices[0].part_number
     assert 0 == glab.stats()["total"].get("writes", 0)
     assert all(in_group(directory, settings, u.guid) for u in users)
 
@@ -199,7 +197,7 @@ def test_throttled_writes_honour_retry_after_and_everyone_ends_licensed(
     glab.config(writes_per_window=3, write_window_seconds=2)
     glab.reset_stats()
     outcomes = run_step(settings, directory, [u.guid for u in users])
-    assert all(isinstance(o, LicenseOutcome) and o.status == "licensed" for o in outcomes), \
-        outcomes
+    assert all(isinstance(o, Done) and o.report and o.report["status"] == "licensed"
+               for o in outcomes), outcomes
     assert glab.count(ASSIGN, "429") + glab.count(PATCH, "429") > 0
     assert all(["ENTERPRISEPACK"] == licences(glab, c["id"]) for c in clouds)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,9 +16,7 @@ from shared.licensing import (
     SetUsageLocation,
     SkuFacts,
     WaitForRouting,
-    deadline_passed,
     plan,
-    retry_delay,
     valid_country,
 )
 
@@ -134,25 +131,6 @@ def test_sku_missing_from_tenant_is_permanent():
     """A mapped licence the tenant does not subscribe to cannot be assigned."""
     with pytest.raises(PermanentError, match="no subscription for ENTERPRISEPACK"):
         run(skus={})
-
-
-def test_retry_delay_doubles_from_min_to_max():
-    """Waiting as long as already waited doubles the delay: min, min, 2min, 4min … max."""
-    first = datetime(2026, 1, 1, tzinfo=UTC)
-    delays = []
-    now = first
-    for _ in range(10):
-        delay = retry_delay(first, now, PROV)
-        delays.append(delay)
-        now += timedelta(seconds=delay)
-    assert [60, 60, 120, 240, 480, 960, 1920, 3600, 3600, 3600] == delays
-
-
-def test_deadline_after_sync_deadline_hours():
-    """After SYNC_DEADLINE_HOURS (24 h) a wait becomes a permanent 'not synced'."""
-    first = datetime(2026, 1, 1, tzinfo=UTC)
-    assert not deadline_passed(first, first + timedelta(hours=23, minutes=59), PROV)
-    assert deadline_passed(first, first + timedelta(hours=24), PROV)
 
 
 def test_immutable_id_is_base64_of_little_endian_guid_bytes():

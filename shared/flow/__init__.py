@@ -1,0 +1,48 @@
+"""The provisioning flow: what each timer and queue function does.
+
+    poll        DirSync delta of O365_Provision ──▶ queue mailbox
+    handle      mailbox: remote mailbox, O365_Provision → O365_License ──▶ queue license
+                license: synced? routing address? capacity ──▶ assignLicense ──▶ out of O365_License
+                roles:   one role change
+    reconcile   members of either group without a live work item ──▶ enqueued again
+    report      outcomes since the last report, users waiting ──▶ digest mail
+    poisoned    a message that failed maxDequeueCount times ──▶ outcome, alert
+
+The rooms:
+
+    transitions.py  the work item's state machine: every decision, pure (tested in memory)
+    handlers.py     the queue handlers: I/O around the transitions
+    steps.py        adapters from a work item to the mailbox, licence and role steps
+    timers.py       poll, reconcile, report, roles
+    alerts.py       the mails sent as things happen
+    service.py      the composition root: settings, storage, the peers' clients
+"""
+
+from .handlers import enqueue, handle, io, log, poisoned, redrive
+from .service import Pool, Service, service
+from .timers import Report, needs_work, poll, provisioned_row, reconcile, report, roles_cycle
+from .transitions import GRACE, STEP_OF_QUEUE, Handled, Policy, fingerprint
+
+__all__ = [
+    "GRACE",
+    "STEP_OF_QUEUE",
+    "Handled",
+    "Policy",
+    "Pool",
+    "Report",
+    "Service",
+    "enqueue",
+    "fingerprint",
+    "handle",
+    "io",
+    "log",
+    "needs_work",
+    "poisoned",
+    "poll",
+    "provisioned_row",
+    "reconcile",
+    "redrive",
+    "report",
+    "roles_cycle",
+    "service",
+]

@@ -1,0 +1,161 @@
+"""The queue handlers: thin I/O around ``transitions``.
+
+``handle`` takes one message: ``accept`` decides whether it is ours, the ledger claim whether
+this worker may act, the step runs through its adapter, ``advance`` decides the rest and
+``carry_out`` does it. Storage and directory calls run in threads (the SDKs are blocking),
+mail goes through the async mailer. A handler never raises for a failure it understands; only
+a bug raises, so that the Functions host retries it and finally parks it on ``<queue>-poison``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+from shared.errors import ProvisioningError
+from shared.ledger import LedgerRow, now
+from shared.log import get_logger
+from shared.messages import MalformedMessage, WorkItem, decode
+
+from . import alerts
+from .steps import run_step
+from .transitions import (
+    Drop,
+    Handled,
+    Poison,
+    Proceed,
+    Transition,
+    accept,
+    advance,
+    fingerprint,
+    on_claim,
+)
+
+if TYPE_CHECKING:
+    from shared.directory import DirectoryUser
+
+    from .service import Service
+
+log = get_logger("shared.flow")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def io(call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """A blocking storage or directory call, off the event loop."""
+    return await asyncio.to_thread(call, *args, **kwargs)
+
+
+async def enqueue(svc: Service, item: WorkItem, *, delay: float = 0.0) -> None:
+    """Send the item, then record it as the live one for its user and step. In this order a
+    crash in between leaves a message the claim rule accepts, never a ledger row that promises
+    a message nobody sent (which reconcile would only notice after its grace)."""
+    await io(svc.queues.send_item, item, delay=delay)
+    await io(svc.ledger.enqueued, item)
+
+
+async def handle(svc: Service, queue: str, text: str) -> Handled:
+    """Process one message of ``queue``. Raises only on a bug."""
+    item = accept(queue, text)
+    if isinstance(item, Poison):
+        # No side effect: parked as it came; the poison handler records and alerts.
+        await io(svc.queues.to_poison, queue, text)
+        log.warning("message_malformed", queue=queue, reason=item.reason, outcome="poison")
+        return Handled("poison", detail=item.reason)
+
+    verdict, row = await io(svc.ledger.claim, item, svc.policy.lease)
+    decision = on_claim(verdict, row, now())
+    if isinstance(decision, Drop):
+        log.info("message_dropped", user=str(item.user), step=item.step, why=decision.why,
+                 correlation_id=item.correlation_id)
+        return Handled("skipped", str(item.user), decision.why)
+    if not isinstance(decision, Proceed):
+        await io(svc.queues.send, queue, text, delay=decision.delay)
+        return Handled("skipped", str(item.user), "busy")
+
+    result = await run_step(svc, item)
+    transition = advance(decision.row, item, result, now(), svc.policy)
+    await carry_out(svc, item, decision.row, transition)
+    return transition.handled
+
+
+async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition) -> None:
+    """Do what ``t`` says, in its order (see ``Transition``)."""
+    if t.retry is not None:
+        await io(svc.queues.send_item, t.retry.item, delay=t.retry.delay)
+    user = await read_user(svc, item.user) if t.read_user else None
+    await io(svc.ledger.finish, row, t.state, error=t.error,
+             fingerprint=fingerprint(user) if user else "",
+             retry_at=t.retry.item.enqueued_at if t.retry else None,
+             name=user.sam if user else t.who, wait=t.wait)
+    if t.follow is not None:
+        await enqueue(svc, t.follow.item, delay=t.follow.delay)
+    await io(_write_records, svc, item, t, user)
+    log.info(t.event, user=t.handled.user, step=item.step, outcome=t.handled.outcome,
+             reason=t.error or None, attempts=row.attempts, correlation_id=item.correlation_id)
+    for alert in t.alerts:
+        await alerts.send(svc, alert, item=item, user=user)
+
+
+def _write_records(svc: Service, item: WorkItem, t: Transition,
+                   user: DirectoryUser | None) -> None:
+    if t.audit:
+        svc.audit.record_all(user=str(item.user), system=_system(item), correlation_id=
+                             item.correlation_id,
+                             changes=[(c.what, c.before, c.after) for c in t.audit])
+    for record in t.records:
+        fields = dict(record.fields)
+        if user is not None and record.kind == "failed":
+            fields.update(alerts.user_fields(user))
+        svc.outcomes.record(record.kind, **fields)
+
+
+def _system(item: WorkItem) -> str:
+    return "exchange" if item.step.value == "mailbox" else "graph"
+
+
+async def read_user(svc: Service, guid: uuid.UUID) -> DirectoryUser | None:
+    """The directory's user, or None when it cannot be read (deleted, or AD is down)."""
+    try:
+        return await io((await svc.adirectory()).user, guid)
+    except ProvisioningError:
+        return None
+
+
+async def poisoned(svc: Service, queue: str, text: str, *, dequeue_count: int = 0) -> Handled:
+    """A message the host gave up on: recorded (kept for ``cli redrive``) and alerted. It
+    never changes a ledger row: anyone who can write to a queue can write to its poison twin.
+    Never raises."""
+    try:
+        item: WorkItem | None = decode(text)
+    except MalformedMessage as exc:
+        item, reason = None, exc.reason
+    else:
+        reason = f"processing failed {dequeue_count or 'several'} times"
+    user = str(item.user) if item else ""
+    await io(svc.outcomes.record, "poison", queue=queue, user=user, message=text[:1024],
+             reason=reason, redriven=False)
+    log.error("message_poisoned", queue=queue, user=user, reason=reason)
+    await alerts.poison(svc, queue, text, reason=reason, dequeue_count=dequeue_count, item=item)
+    return Handled("poison", user, reason)
+
+
+async def redrive(svc: Service, queue: str) -> tuple[int, int]:
+    """Re-enqueue, as new work items, the poisoned messages of ``queue`` not re-driven yet.
+    Returns (re-driven, not ours)."""
+    moved = skipped = 0
+    for row in await io(svc.outcomes.since, "poison", ""):
+        if row.get("queue") != queue or row.get("redriven"):
+            continue
+        try:
+            old = decode(str(row.get("message", "")))
+        except MalformedMessage:
+            skipped += 1
+        else:
+            await enqueue(svc, WorkItem(user=old.user, step=old.step, role=old.role,
+                                        action=old.action, correlation_id=old.correlation_id))
+            moved += 1
+        await io(svc.outcomes.update, row, redriven=True)
+    return moved, skipped

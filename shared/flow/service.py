@@ -1,0 +1,215 @@
+"""The composition root: what one worker needs, built once from settings.
+
+Storage clients are made at build time; the clients of the peers (LDAP, Exchange, Graph,
+mail) on first use, so that a timer that needs only the directory never opens Exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from shared.config import Settings, load_settings
+from shared.cursors import CursorStore
+from shared.directory import Directory
+from shared.ledger import Audit, Ledger, Outcomes
+from shared.log import configure
+from shared.queues import Queues
+from shared.secrets import SecretProvider
+from shared.storage import aio_table_service, queue_service, table_service
+
+from .transitions import Policy
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableServiceClient as AioTableServiceClient
+
+    from shared.graph import GraphClient
+    from shared.licensing import LicenseStep
+    from shared.mail import Mailer
+    from shared.mailbox import MailboxStep
+
+SHORTAGES = "shortages"  # one row per SKU and day: the shortage alert goes out once
+T = TypeVar("T")
+
+
+@dataclass
+class LoopClients:
+    """What belongs to one event loop: the licence step and its async table client."""
+
+    loop: asyncio.AbstractEventLoop
+    license_step: LicenseStep
+    tables: AioTableServiceClient
+
+
+@dataclass
+class Service:
+    """What one worker needs; peers' clients open on first use."""
+
+    settings: Settings
+    secrets: SecretProvider
+    queues: Queues
+    ledger: Ledger
+    audit: Audit
+    outcomes: Outcomes
+    cursors: CursorStore
+    policy: Policy
+    _directory: Directory | None = None
+    _mailboxes: Pool[MailboxStep] | None = None
+    _mailer: Mailer | None = None
+    _loop_clients: LoopClients | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Service:
+        tables = table_service(settings.storage)
+        tables.create_table_if_not_exists(SHORTAGES)  # written by the licence step's async client
+        return cls(
+            settings=settings,
+            secrets=SecretProvider.from_settings(settings),
+            queues=Queues(queue_service(settings.storage)),
+            ledger=Ledger(tables),
+            audit=Audit(tables),
+            outcomes=Outcomes(tables),
+            cursors=CursorStore(settings.storage),
+            policy=Policy.of(settings),
+        )
+
+    def directory(self) -> Directory:
+        """The worker's LDAP connection (one, serialised inside ``Directory``)."""
+        with self._lock:
+            if self._directory is None:
+                s = self.settings
+                self._directory = Directory(
+                    s.ad, s.provisioning,
+                    password=self.secrets.resolve(s.ad.password, setting="AD_PASSWORD"),
+                    ca_bundle=s.service.ca_bundle,
+                )
+            return self._directory
+
+    async def adirectory(self) -> Directory:
+        """``directory()`` from async code: the first call may read the password from Key
+        Vault, a blocking call, so it runs in a thread."""
+        if self._directory is not None:
+            return self._directory
+        return await asyncio.to_thread(self.directory)
+
+    def mailbox_steps(self) -> Pool[MailboxStep]:
+        """Mailbox steps, each with its own Exchange session, ``EXCHANGE_SESSIONS`` at most:
+        one session runs one cmdlet at a time, so sessions are what parallelism costs."""
+        from shared.exchange import ExchangeClient
+        from shared.mailbox import MailboxStep
+
+        s = self.settings
+
+        def build() -> MailboxStep:
+            exchange = ExchangeClient(
+                s.exchange,
+                password=self.secrets.resolve(s.exchange.password, setting="EXCHANGE_PASSWORD"),
+                ca_bundle=s.service.ca_bundle,
+            )
+            return MailboxStep(s, self.directory(), exchange)
+
+        with self._lock:
+            if self._mailboxes is None:
+                self._mailboxes = Pool(s.exchange.sessions, build)
+            return self._mailboxes
+
+    async def license_step(self) -> LicenseStep:
+        """The licence step of the running event loop (its Graph client is per loop)."""
+        from shared.licensing import LicenseStep, TableShortageLedger
+
+        loop = asyncio.get_running_loop()
+        directory = await self.adirectory()
+        current = self._loop_clients  # read after the await: no other handler made one since
+        if current is None or current.loop is not loop:
+            tables = aio_table_service(self.settings.storage)
+            step = LicenseStep(self.settings.provisioning, directory, self.graph(),
+                               TableShortageLedger(tables.get_table_client(SHORTAGES)))
+            current = self._loop_clients = LoopClients(loop, step, tables)
+        return current.license_step
+
+    def graph(self) -> GraphClient:
+        """The Graph client of the running event loop."""
+        from shared.graph import graph_client
+
+        return graph_client(self.settings)
+
+    def mailer(self) -> Mailer:
+        from shared.mail import Mailer
+
+        with self._lock:
+            if self._mailer is None:
+                self._mailer = Mailer(self.settings, self.secrets)
+            return self._mailer
+
+    async def aclose(self) -> None:
+        """Close what belongs to the running event loop (Graph, the async table client)."""
+        current, self._loop_clients = self._loop_clients, None
+        if current is not None:
+            await current.tables.close()
+        await self.graph().close()
+
+    def close(self) -> None:
+        """Close the blocking clients (LDAP, the Exchange sessions)."""
+        for closable in (self._mailboxes, self._directory):
+            if closable is not None:
+                closable.close()
+        self._mailboxes = self._directory = self._mailer = None
+        self._loop_clients = None
+
+
+class Pool(Generic[T]):
+    """Up to ``size`` clients, made on demand; each is used by one thread at a time."""
+
+    def __init__(self, size: int, factory: Callable[[], T]) -> None:
+        self._size = size
+        self._factory = factory
+        self._free: queue.LifoQueue[T] = queue.LifoQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[T]:
+        item = self._take()
+        try:
+            yield item
+        finally:
+            self._free.put(item)
+
+    def _take(self) -> T:
+        with self._lock:
+            make = self._free.empty() and self._made < self._size
+            if make:
+                self._made += 1
+        if not make:
+            return self._free.get()
+        try:
+            return self._factory()
+        except BaseException:
+            with self._lock:
+                self._made -= 1
+            raise
+
+    def close(self) -> None:
+        while not self._free.empty():
+            close: Any = getattr(self._free.get_nowait(), "close", None)
+            if callable(close):
+                close()
+
+
+_service: Service | None = None
+
+
+def service() -> Service:
+    """The worker's service, built from the app settings on first use."""
+    global _service  # one per worker process, by design
+    if _service is None:
+        settings = load_settings()
+        configure(settings.service.log_level)
+        _service = Service.build(settings)
+    return _service

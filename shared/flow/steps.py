@@ -1,0 +1,53 @@
+"""Adapters from the queue handler to the three steps: each runs one step for one work item
+and returns its result as a value (``Done``, ``NotYet``, ``PermanentError``, ``SafetyStop``).
+A ``TransientError`` (a peer down, busy or throttled) becomes ``NotYet(Wait.OUTAGE)``; any
+other exception is a bug and propagates."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from shared.errors import PermanentError, SafetyStop, TransientError
+from shared.ledger import Change
+from shared.messages import Step, WorkItem
+from shared.results import Done, NotYet, Wait
+
+from .transitions import StepResult
+
+if TYPE_CHECKING:
+    from .service import Service
+
+
+async def run_step(svc: Service, item: WorkItem) -> StepResult:
+    """Run ``item``'s step; what happened, as a value."""
+    try:
+        if item.step is Step.MAILBOX:
+            return await _mailbox(svc, item)
+        if item.step is Step.LICENSE:
+            step = await svc.license_step()
+            return await step.run(item.user, correlation_id=item.correlation_id)
+        return await _role(svc, item)
+    except TransientError as exc:
+        return NotYet(Wait.OUTAGE, exc.reason, user=exc.user, fix=exc.fix,
+                      retry_after=exc.retry_after)
+    except (PermanentError, SafetyStop) as exc:
+        return exc
+
+
+async def _mailbox(svc: Service, item: WorkItem) -> Done:
+    def run() -> Done:
+        with svc.mailbox_steps().use() as step:
+            outcome = step.run(item.user, correlation_id=item.correlation_id)
+        return Done(outcome.user, outcome.changes, next_step=Step.LICENSE)
+
+    return await asyncio.to_thread(run)
+
+
+async def _role(svc: Service, item: WorkItem) -> Done:
+    from shared.rolesync import apply_change
+
+    result = await apply_change(svc.settings, svc.graph(), item,
+                                correlation_id=item.correlation_id)
+    changes = tuple(Change(str(what), before, after) for what, before, after in result.changes)
+    return Done(result.change.user or str(item.user), changes)

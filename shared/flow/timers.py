@@ -1,0 +1,139 @@
+"""What the timer functions do: poll the provisioning group, reconcile both groups with the
+ledger, mail the digest, plan the role sync."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.ledger import LedgerRow, State, now
+from shared.log import get_logger
+from shared.messages import Step, WorkItem
+
+from .handlers import enqueue, io, read_user
+from .transitions import Due, due, fingerprint
+
+if TYPE_CHECKING:
+    from shared.reports import ProvisionedRow, WaitingRow
+
+    from .service import Service
+
+log = get_logger("shared.flow")
+REPORT_CURSOR = "report-provisioned"
+# Outcome kinds the digest reports; a new row of any of them makes a digest worth sending.
+REPORTED = ("provisioned", "failed", "blocked", "stuck", "shortage")
+
+
+async def poll(svc: Service) -> list[uuid.UUID]:
+    """Enqueue users added to the provisioning group since the last poll; returns them."""
+    group = svc.settings.provisioning.provision_group
+    cursor = f"dirsync-{group}"
+    cookie = await io(svc.cursors.get, cursor)
+    delta = await io((await svc.adirectory()).poll, group, cookie)
+    for guid in delta.added:
+        await enqueue(svc, WorkItem(user=guid, step=Step.MAILBOX))
+    # The cookie moves only after every add is on the queue: a crash replays, never loses.
+    await io(svc.cursors.put, cursor, delta.cookie)
+    log.info("poll_done", group=group, added=len(delta.added), removed=len(delta.removed))
+    return list(delta.added)
+
+
+async def reconcile(svc: Service) -> list[WorkItem]:
+    """Re-enqueue members of either group that have no live work item; returns what it sent."""
+    p = svc.settings.provisioning
+    sent: list[WorkItem] = []
+    for group, step in ((p.provision_group, Step.MAILBOX), (p.license_group, Step.LICENSE)):
+        members = await io((await svc.adirectory()).group_members, group)
+        for guid in members:
+            row = await io(svc.ledger.get, guid, step)
+            if await needs_work(svc, row, guid):
+                item = WorkItem(user=guid, step=step)
+                await enqueue(svc, item)
+                sent.append(item)
+    log.info("reconcile_done", enqueued=len(sent))
+    return sent
+
+
+async def needs_work(svc: Service, row: LedgerRow | None, guid: uuid.UUID) -> bool:
+    """Whether reconcile should enqueue ``guid``, whose ledger row is ``row``."""
+    decision = due(row, now())
+    if decision is not Due.IF_CHANGED:
+        return decision is Due.YES
+    assert row is not None
+    user = await read_user(svc, guid)
+    return user is not None and fingerprint(user) != row.fingerprint
+
+
+def provisioned_row(outcome: dict[str, Any]) -> ProvisionedRow:
+    """A digest row from a ``provisioned`` outcome."""
+    from shared.reports import ProvisionedRow
+
+    return ProvisionedRow(username=outcome.get("name", ""), email=outcome.get("mail", ""),
+                          licence=outcome.get("licence", ""),
+                          display_name=outcome.get("display_name", ""))
+
+
+def waiting_rows(rows: list[LedgerRow], stuck_after: int) -> list[WaitingRow]:
+    """The digest's users waiting and why: failed or blocked for good, stuck after
+    ``stuck_after`` attempts, or waiting for a licence unit."""
+    from shared.reports import WaitingRow
+
+    found = []
+    for row in rows:
+        if row.state is State.FAILED:
+            status = "blocked" if row.wait == "blocked" else "failed"
+        elif row.wait == "shortage":
+            status = "no licence unit"
+        elif row.attempts >= stuck_after:
+            status = f"stuck after {row.attempts} attempts"
+        else:
+            continue
+        found.append(WaitingRow(username=row.name or str(row.user), step=row.step.value,
+                                status=status, reason=row.last_error,
+                                since=row.first_attempt_at))
+    return sorted(found, key=lambda r: (r.step, r.username.lower()))
+
+
+@dataclass(frozen=True)
+class Report:
+    users: int
+    html: str = ""
+
+
+async def report(svc: Service) -> Report:
+    """Mail the digest: users provisioned since the last one, users waiting and why, and the
+    licence summary. Sent when something new happened since the last digest."""
+    from shared.reports import render_digest
+
+    last = ((await io(svc.cursors.get, REPORT_CURSOR)) or b"").decode()
+    new = {kind: await io(svc.outcomes.since, kind, last) for kind in REPORTED}
+    if not any(new.values()):
+        return Report(0)
+    provisioned = new["provisioned"]
+    waiting = waiting_rows(await io(svc.ledger.rows_in, State.FAILED, State.WAITING),
+                           svc.policy.stuck_after)
+    skus = await svc.graph().subscribed_skus()
+    mail = render_digest([provisioned_row(r) for r in provisioned], skus,
+                         since=last[:19] or None, until=now(), waiting=waiting)
+    if svc.settings.mail.transport != "none":
+        await svc.mailer().asend(mail)
+    newest = max(str(rows[-1]["RowKey"]) for rows in new.values() if rows)
+    await io(svc.cursors.put, REPORT_CURSOR, newest.encode())
+    log.info("report_sent", users=len(provisioned), waiting=len(waiting))
+    return Report(len(provisioned), mail.html)
+
+
+async def roles_cycle(svc: Service) -> list[WorkItem]:
+    """Plan the role sync, apply the guards, enqueue one message per allowed change."""
+    if not svc.settings.roles.enabled:
+        return []
+    from shared.rolesync import run_cycle
+
+    result = await run_cycle(svc)
+    items = [WorkItem(user=c.principal, step=Step.ROLE, role=c.role, action=c.action)
+             for c in result.to_enqueue]
+    for item in items:
+        await enqueue(svc, item)
+    return items
+

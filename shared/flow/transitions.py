@@ -1,0 +1,320 @@
+"""The work item's state machine: every decision of the queue handlers, with no I/O.
+
+A handler moves bytes; this module decides. Each function takes what the handler read (the
+message, the ledger row, the step's result, the time) and returns what to do::
+
+    accept(queue, text)                 message ──▶ WorkItem, or Poison (never trusted blindly)
+    on_claim(verdict, row, now)         ledger claim ──▶ Proceed | Requeue | Drop
+    advance(row, item, result, now, policy) ──▶ Transition
+
+    result                 ledger     sent                          recorded       mailed
+    Done                   DONE       the next step's message       provisioned*   -
+    NotYet(outage|sync|    WAITING    the same item, after backoff  stuck**        stuck alert**
+      routing|shortage)                 (or the peer's Retry-After)  shortage***   shortage***
+    NotYet past deadline   FAILED     -                             failed         error mail
+    PermanentError         FAILED     -                             failed         error mail
+    SafetyStop             FAILED     -                             blocked        alert
+
+    *  the licence step's digest row   ** once, at exactly ``stuck_after`` attempts
+    *** the first shortage of a SKU on a day
+
+``Transition`` lists the effects in the order the handler must carry them out: the retry is
+sent *before* the ledger row is released (a crash in between leaves a message the claim rule
+accepts, never a row promising a message nobody sent); the next step's message is sent after
+the row is DONE.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from shared.errors import PermanentError, ProvisioningError, SafetyStop
+from shared.ledger import Change, LedgerRow, State, Verdict
+from shared.messages import QUEUES, MalformedMessage, Step, WorkItem, decode
+from shared.results import Done, NotYet, Wait
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.directory import DirectoryUser
+
+STEP_OF_QUEUE = {queue: step for step, queue in QUEUES.items()}
+# How overdue a queued item may be before reconcile sends it again.
+GRACE = dt.timedelta(minutes=15)
+
+StepResult = Done | NotYet | PermanentError | SafetyStop
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How long to wait, per kind of wait, and when to give up or alert."""
+
+    outage_min: float = 30.0
+    outage_max: float = 3600.0
+    sync_min: float = 60.0
+    sync_max: float = 3600.0
+    sync_deadline: dt.timedelta = dt.timedelta(hours=24)
+    stuck_after: int = 6
+    lease: dt.timedelta = dt.timedelta(minutes=5)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Policy:
+        p = settings.provisioning
+        return cls(
+            sync_min=p.sync_retry_min_seconds,
+            sync_max=p.sync_retry_max_seconds,
+            sync_deadline=dt.timedelta(hours=p.sync_deadline_hours),
+            stuck_after=settings.service.stuck_after,
+            lease=dt.timedelta(seconds=settings.service.lease_seconds),
+        )
+
+    def delay(self, wait: NotYet, attempts: int) -> float:
+        """The one back-off: doubling from the kind's minimum up to its maximum, or the peer's
+        own Retry-After when it gave one. A shortage is looked at again after the longest
+        sync wait: units come back when someone buys or frees them, not in seconds."""
+        if wait.retry_after is not None:
+            return max(wait.retry_after, 1.0)
+        if wait.kind is Wait.SHORTAGE:
+            return self.sync_max
+        low, high = ((self.outage_min, self.outage_max) if wait.kind is Wait.OUTAGE
+                     else (self.sync_min, self.sync_max))
+        return float(min(high, low * 2 ** max(attempts - 1, 0)))
+
+    def deadline(self, wait: NotYet) -> dt.timedelta | None:
+        """How long a wait may last since the first attempt; None: as long as it takes."""
+        return self.sync_deadline if wait.kind in (Wait.SYNC, Wait.ROUTING) else None
+
+
+# -- the message -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Poison:
+    """A message that is not ours (or not for this queue): parked, with no side effect."""
+
+    reason: str
+
+
+def accept(queue: str, text: str) -> WorkItem | Poison:
+    """The work item ``text`` names, if it is one of ours and belongs on ``queue``."""
+    try:
+        item = decode(text)
+    except MalformedMessage as exc:
+        return Poison(exc.reason)
+    if STEP_OF_QUEUE.get(queue) is not item.step:
+        return Poison(f"a {item.step} message on queue {queue}")
+    return item
+
+
+# -- the claim -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proceed:
+    row: LedgerRow
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Another worker holds the user: the same message again once its lease ends."""
+
+    delay: float
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A duplicate or superseded message: nothing to do."""
+
+    why: str
+
+
+def on_claim(verdict: Verdict, row: LedgerRow | None, now: dt.datetime
+             ) -> Proceed | Requeue | Drop:
+    """What to do after ``Ledger.claim`` answered ``verdict``."""
+    if verdict is Verdict.CLAIMED and row is not None:
+        return Proceed(row)
+    if verdict is Verdict.BUSY:
+        wait = (row.lease_until - now).total_seconds() if row and row.lease_until else 60.0
+        return Requeue(max(wait, 1.0))
+    return Drop(verdict.value)
+
+
+# -- the step's result -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What happened to one message: for logs, the CLI's progress and tests."""
+
+    outcome: str  # done, retry, failed, blocked, skipped, poison
+    user: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Send:
+    item: WorkItem
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Record:
+    """An outcome row (``Outcomes.record(kind, **fields)``)."""
+
+    kind: str
+    fields: dict[str, str | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ErrorMail:
+    """One mail about one user's failure, with the fix."""
+
+    error: ProvisioningError
+
+
+@dataclass(frozen=True)
+class StuckAlert:
+    user: str
+    step: str
+    reason: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ShortageAlert:
+    part_number: str
+    prepaid: int
+    consumed: int
+
+
+Alert = ErrorMail | StuckAlert | ShortageAlert
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Everything a handler does after a step, in order: ``retry`` is sent first, then the
+    ledger row becomes ``state`` (with ``error``; a FAILED row with the user's fingerprint,
+    which ``read_user`` asks the handler to read), then ``follow`` is sent, the ``audit``
+    and ``records`` are written, the ``alerts`` mailed and ``event`` logged."""
+
+    state: State
+    handled: Handled
+    event: str
+    who: str = ""  # the user as the step named them (sAMAccountName or UPN)
+    error: str = ""
+    wait: str = ""
+    retry: Send | None = None
+    follow: Send | None = None
+    audit: tuple[Change, ...] = ()
+    records: tuple[Record, ...] = ()
+    alerts: tuple[Alert, ...] = ()
+    read_user: bool = False
+
+
+def advance(row: LedgerRow, item: WorkItem, result: StepResult, now: dt.datetime,
+            policy: Policy) -> Transition:
+    """The transition of a claimed work item, given what its step returned."""
+    if isinstance(result, Done):
+        return _done(item, result)
+    if isinstance(result, NotYet):
+        return _not_yet(row, item, result, now, policy)
+    if isinstance(result, SafetyStop):
+        return _blocked(item, result)
+    return _failed(item, result)
+
+
+def _done(item: WorkItem, result: Done) -> Transition:
+    follow = Send(item.next(result.next_step)) if result.next_step else None
+    records: tuple[Record, ...] = ()
+    if result.report is not None:
+        records = (Record("provisioned", {**result.report, "user": str(item.user),
+                                          "correlation_id": item.correlation_id}),)
+    return Transition(State.DONE, Handled("done", str(item.user)), "step_done", who=result.user,
+                      follow=follow, audit=result.changes, records=records)
+
+
+def _not_yet(row: LedgerRow, item: WorkItem, wait: NotYet, now: dt.datetime,
+             policy: Policy) -> Transition:
+    limit = policy.deadline(wait)
+    first = row.first_attempt_at or now
+    if limit is not None and now - first >= limit:
+        hours = limit.total_seconds() / 3600
+        late = PermanentError(f"{wait.late or wait.reason} after {hours:g} h",
+                              user=wait.user, step=item.step.value,
+                              fix=wait.late_fix or wait.fix)
+        return _failed(item, late, audit=wait.changes)
+    delay = policy.delay(wait, row.attempts)
+    user = wait.user or str(item.user)
+    error = f"{item.step.value} waits for {user}: {wait.reason}"
+    records: list[Record] = []
+    alerts: list[Alert] = []
+    if wait.shortage is not None and wait.shortage.first_today:
+        s = wait.shortage
+        records.append(Record("shortage", {"sku": s.part_number, "consumed": s.consumed,
+                                           "total": s.prepaid}))
+        alerts.append(ShortageAlert(s.part_number, s.prepaid, s.consumed))
+    if row.attempts == policy.stuck_after and wait.kind is not Wait.SHORTAGE:
+        # Exactly once: the shortage has its own alert, once per SKU and day.
+        records.append(Record("stuck", {"user": str(item.user), "name": user,
+                                        "step": item.step.value, "reason": wait.reason,
+                                        "attempts": row.attempts}))
+        alerts.append(StuckAlert(user, item.step.value, wait.reason, row.attempts))
+    return Transition(
+        State.WAITING, Handled("retry", str(item.user), error), "step_retry", who=wait.user,
+        error=error, wait=wait.kind.value, retry=Send(item.again(now), delay), audit=wait.changes,
+        records=tuple(records), alerts=tuple(alerts),
+    )
+
+
+def _failed(item: WorkItem, error: PermanentError, audit: tuple[Change, ...] = ()
+            ) -> Transition:
+    error.at(user=str(item.user), step=item.step.value)
+    record = Record("failed", {"user": str(item.user), "step": item.step.value,
+                               "reason": error.reason, "fix": error.fix,
+                               "correlation_id": item.correlation_id})
+    return Transition(State.FAILED, Handled("failed", str(item.user), str(error)),
+                      "step_failed", who=error.user, error=str(error), audit=audit,
+                      records=(record,), alerts=(ErrorMail(error),),
+                      read_user=item.step is not Step.ROLE)
+
+
+def _blocked(item: WorkItem, stop: SafetyStop) -> Transition:
+    stop.at(user=str(item.user), step=item.step.value)
+    record = Record("blocked", {"user": str(item.user), "step": item.step.value,
+                                "reason": str(stop)})
+    return Transition(State.FAILED, Handled("blocked", str(item.user), str(stop)),
+                      "safety_stop", who=stop.user, error=str(stop), wait="blocked",
+                      records=(record,), alerts=(ErrorMail(stop),))
+
+
+# -- reconcile -------------------------------------------------------------------------------
+
+
+class Due(StrEnum):
+    YES = "yes"
+    NO = "no"
+    IF_CHANGED = "if-changed"  # failed for good: only once someone changed what made it fail
+
+
+def due(row: LedgerRow | None, now: dt.datetime) -> Due:
+    """Whether reconcile should enqueue a group member whose ledger row is ``row``."""
+    if row is None:
+        return Due.YES
+    if row.is_live(now, GRACE):
+        return Due.NO
+    if row.state is State.FAILED:
+        return Due.IF_CHANGED
+    if row.state is State.DONE:
+        # Finished, yet still in the group: someone re-added them, or a crash came between
+        # the group moves. Steps are idempotent, so doing it again is safe.
+        return Due.YES if row.finished_at is None or now - row.finished_at > GRACE else Due.NO
+    return Due.YES  # queued, waiting or working, but overdue: the message or worker was lost
+
+
+def fingerprint(user: DirectoryUser) -> str:
+    """What a fix of a permanent failure changes; reconcile retries when it differs."""
+    parts = [user.sam, user.upn or "", user.license_name or "", user.country or "", user.dn]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
