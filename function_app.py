@@ -1,8 +1,11 @@
 """Azure Functions entry points (v2 programming model): triggers and bindings only.
 
-Each function decodes its input, calls ``shared.flow``, and returns. Schedules come from app
-settings (``%POLL_SCHEDULE%`` ...); queue names are the service's fixed names. Queue messages
-are base64 text, as ``host.json`` declares and ``shared.queues`` writes.
+Each function hands its input to ``shared.flow`` and returns. Schedules come from app settings
+(``%POLL_SCHEDULE%`` ...); queue names are the service's fixed names. Queue messages are stored
+as base64 text (``shared.queues`` writes them so); the host passes them on undecoded
+(``host.json``: ``messageEncoding: none``) and ``shared.flow`` decodes them, so that a message
+that is not base64 goes to the poison queue like any other bad message instead of failing in
+the host's binding.
 """
 
 import logging
@@ -57,34 +60,34 @@ async def plan_roles(timer: func.TimerRequest) -> None:
 @app.queue_trigger(arg_name="msg", queue_name="mailbox", connection=STORAGE)
 async def mailbox(msg: func.QueueMessage) -> None:
     """Mail-enable one user as a remote mailbox, then move them to O365_License."""
-    await flow.handle(flow.service(), "mailbox", msg.get_body().decode("utf-8", "replace"))
+    await flow.handle(flow.service(), "mailbox", msg.get_body())
 
 
 @app.queue_trigger(arg_name="msg", queue_name="license", connection=STORAGE)
 async def license(msg: func.QueueMessage) -> None:
     """Licence one synced user, then remove them from O365_License."""
-    await flow.handle(flow.service(), "license", msg.get_body().decode("utf-8", "replace"))
+    await flow.handle(flow.service(), "license", msg.get_body())
 
 
 @app.queue_trigger(arg_name="msg", queue_name="roles", connection=STORAGE)
 async def roles(msg: func.QueueMessage) -> None:
     """Apply one planned role change."""
-    await flow.handle(flow.service(), "roles", msg.get_body().decode("utf-8", "replace"))
+    await flow.handle(flow.service(), "roles", msg.get_body())
 
 
 @app.queue_trigger(arg_name="msg", queue_name="mailbox-poison", connection=STORAGE)
 async def mailbox_poison(msg: func.QueueMessage) -> None:
     """A mailbox message that failed maxDequeueCount times: ledger entry and alert."""
-    await flow.poisoned(flow.service(), "mailbox", msg.get_body().decode("utf-8", "replace"))
+    await flow.poisoned(flow.service(), "mailbox", msg.get_body())
 
 
 @app.queue_trigger(arg_name="msg", queue_name="license-poison", connection=STORAGE)
 async def license_poison(msg: func.QueueMessage) -> None:
     """A licence message that failed maxDequeueCount times: ledger entry and alert."""
-    await flow.poisoned(flow.service(), "license", msg.get_body().decode("utf-8", "replace"))
+    await flow.poisoned(flow.service(), "license", msg.get_body())
 
 
 @app.queue_trigger(arg_name="msg", queue_name="roles-poison", connection=STORAGE)
 async def roles_poison(msg: func.QueueMessage) -> None:
     """A role-change message that failed maxDequeueCount times: ledger entry and alert."""
-    await flow.poisoned(flow.service(), "roles", msg.get_body().decode("utf-8", "replace"))
+    await flow.poisoned(flow.service(), "roles", msg.get_body())

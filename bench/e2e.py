@@ -477,11 +477,11 @@ async def host_cycle(svc: Any, *, limit: float) -> Any:
 
     async def one(message: Received) -> None:
         try:
-            handled = await flow.handle(svc, message.queue, message.text)
+            handled = await flow.handle(svc, message.queue, message.raw)
         except Exception:  # as run_once: a bug leaves the message for a retry
             flow.log.exception("handler_crashed", queue=message.queue)
             if message.dequeue_count >= MAX_DEQUEUE:
-                svc.queues.to_poison(message.queue, message.text)
+                svc.queues.to_poison(message.queue, message.raw)
                 svc.queues.delete(message)
             summary.outcomes["crashed"] += 1
             return
@@ -509,7 +509,7 @@ async def host_cycle(svc: Any, *, limit: float) -> Any:
             for name in WORK_QUEUES:  # what the *-poison functions do in Azure
                 for message in svc.queues.receive(poison_queue(name), limit=32,
                                                   visibility=lease):
-                    await flow.poisoned(svc, name, message.text,
+                    await flow.poisoned(svc, name, message.raw,
                                         dequeue_count=message.dequeue_count)
                     svc.queues.delete(message)
             if all(svc.queues.depth(q) == 0 and svc.queues.depth(poison_queue(q)) == 0

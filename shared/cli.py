@@ -121,7 +121,7 @@ async def run_once(
 
     async def one(message: Received) -> None:
         try:
-            handled = await flow.handle(svc, message.queue, message.text)
+            handled = await flow.handle(svc, message.queue, message.raw)
         except (ServiceRequestError, ServiceResponseError) as exc:
             # Storage dropped a connection mid-step (a server may close an idle keep-alive
             # connection just as the client reuses it): not a bug. The message comes back
@@ -133,7 +133,7 @@ async def run_once(
         except Exception:  # a bug: leave the message for a retry, then the poison queue
             flow.log.exception("handler_crashed", queue=message.queue)
             if message.dequeue_count >= MAX_DEQUEUE:
-                await flow.io(svc.queues.to_poison, message.queue, message.text)
+                await flow.io(svc.queues.to_poison, message.queue, message.raw)
                 await flow.io(svc.queues.delete, message)
             summary.outcomes["crashed"] += 1
             return
@@ -190,7 +190,7 @@ async def _poisoned(svc: flow.Service, lease: int) -> int:
     for queue in WORK_QUEUES:
         for message in await flow.io(svc.queues.receive, poison_queue(queue), limit=32,
                                      visibility=lease):
-            await flow.poisoned(svc, queue, message.text, dequeue_count=message.dequeue_count)
+            await flow.poisoned(svc, queue, message.raw, dequeue_count=message.dequeue_count)
             await flow.io(svc.queues.delete, message)
             handled += 1
     return handled

@@ -1,37 +1,80 @@
 """Azure Storage queues: send (optionally delayed), receive, delete, depth, poison.
 
-Messages are base64-encoded UTF-8 text, which is what the Functions host expects by default
-(``host.json``: ``extensions.queues.messageEncoding = base64``).
+Messages are stored as base64 of UTF-8 text, as the Azure portal and Storage Explorer write
+them. Anyone with queue access can write anything, though, so this module decodes the transport
+itself (``decode_body``) instead of leaving it to a client policy that raises on the first bad
+message: a message that is not base64, not UTF-8, or too large comes back as ``Undecodable``
+and goes to the poison queue like any other bad message, and the next message is handled.
+The Functions host is told not to decode either (``host.json``: ``messageEncoding: none``), so
+``function_app.py`` hands the same raw text to the same decoder.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.queue import (
-    BinaryBase64DecodePolicy,
-    BinaryBase64EncodePolicy,
-    QueueClient,
-    QueueServiceClient,
-)
+from azure.storage.queue import QueueClient, QueueServiceClient
 
 from .messages import QUEUES, WorkItem, poison_queue
 
 MAX_DELAY = dt.timedelta(days=7)  # the service's limit for a message's initial invisibility
+# Base64 of the decoder's 1 KiB limit fits in ~1.4 KiB; a queue message may be 64 KiB.
+MAX_RAW_CHARS = 2048
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A message whose transport encoding is not ours: why."""
+
+    reason: str
+
+
+def encode_body(text: str) -> str:
+    """What is stored on the queue for ``text``: base64 of its UTF-8 bytes."""
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def decode_body(raw: str | bytes) -> str | Undecodable:
+    """The text of a stored message, or why it cannot be ours. Never raises."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return Undecodable("not base64: the message holds non-ASCII bytes")
+    if len(raw) > MAX_RAW_CHARS:
+        return Undecodable(f"oversized: {len(raw)} characters on the queue, {MAX_RAW_CHARS} "
+                           "at most")
+    try:
+        data = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return Undecodable("not base64")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return Undecodable("not UTF-8 text once base64-decoded")
 
 
 @dataclass(frozen=True)
 class Received:
-    """A message taken from a queue: its text, and what is needed to delete it."""
+    """A message taken from a queue: its raw text as stored, the decoded text (or why it could
+    not be decoded), and what is needed to delete it."""
 
     queue: str
-    text: str
+    raw: str
+    body: str | Undecodable
     dequeue_count: int
     message_id: str
     pop_receipt: str
+
+    @property
+    def text(self) -> str:
+        """The decoded text; empty for an undecodable message."""
+        return self.body if isinstance(self.body, str) else ""
 
 
 class Queues:
@@ -43,11 +86,7 @@ class Queues:
 
     def client(self, name: str) -> QueueClient:
         if name not in self._clients:
-            client = self._service.get_queue_client(
-                name,
-                message_encode_policy=BinaryBase64EncodePolicy(),
-                message_decode_policy=BinaryBase64DecodePolicy(),
-            )
+            client = self._service.get_queue_client(name)  # no codec policy: see decode_body
             with contextlib.suppress(ResourceExistsError):
                 client.create_queue()
             self._clients[name] = client
@@ -62,8 +101,13 @@ class Queues:
         self.send(QUEUES[item.step], item.encode(), delay=delay)
 
     def send(self, queue: str, text: str, *, delay: float = 0.0) -> None:
+        """Send ``text`` (encoded as base64) to ``queue``, visible after ``delay`` seconds."""
+        self.send_raw(queue, encode_body(text), delay=delay)
+
+    def send_raw(self, queue: str, raw: str, *, delay: float = 0.0) -> None:
+        """Store ``raw`` exactly as given (a message that was never ours keeps its bytes)."""
         seconds = int(min(max(delay, 0.0), MAX_DELAY.total_seconds()))
-        self.client(queue).send_message(text.encode("utf-8"), visibility_timeout=seconds or None)
+        self.client(queue).send_message(raw, visibility_timeout=seconds or None)
 
     def receive(self, queue: str, *, limit: int, visibility: int) -> list[Received]:
         messages = self.client(queue).receive_messages(
@@ -72,7 +116,8 @@ class Queues:
         return [
             Received(
                 queue=queue,
-                text=_text(message.content),
+                raw=raw_text(message.content),
+                body=decode_body(raw_text(message.content)),
                 dequeue_count=int(message.dequeue_count or 1),
                 message_id=message.id,
                 pop_receipt=str(message.pop_receipt),
@@ -99,14 +144,21 @@ class Queues:
         return int(self.client(queue).get_queue_properties().approximate_message_count or 0)
 
     def peek(self, queue: str, limit: int = 32) -> list[str]:
-        return [_text(m.content) for m in self.client(queue).peek_messages(max_messages=limit)]
+        """The decoded text of up to ``limit`` messages (undecodable ones as they are stored)."""
+        found = []
+        for message in self.client(queue).peek_messages(max_messages=limit):
+            body = decode_body(raw_text(message.content))
+            found.append(body if isinstance(body, str) else raw_text(message.content))
+        return found
 
-    def to_poison(self, queue: str, text: str) -> None:
-        """Park a message on ``<queue>-poison``, as the Functions host does."""
-        self.send(poison_queue(queue), text)
+    def to_poison(self, queue: str, raw: str) -> None:
+        """Park a message, as it was stored, on ``<queue>-poison``: as the Functions host does."""
+        self.send_raw(poison_queue(queue), raw)
 
 
-def _text(content: object) -> str:
+def raw_text(content: object) -> str:
+    """A message's content as stored (queue messages are text; the Functions host hands over
+    its UTF-8 bytes)."""
     if isinstance(content, bytes):
         return content.decode("utf-8", errors="replace")
     return str(content)

@@ -48,10 +48,11 @@ def test_timers_read_their_schedule_from_settings(triggers: dict[str, dict[str, 
         assert timer["runOnStartup"] is False
 
 
-def test_host_json_matches_how_the_service_enqueues() -> None:
-    """Base64 messages (what shared.queues writes), and the CLI gives up after as many
-    deliveries as the host does."""
+def test_host_json_matches_how_the_service_reads_queues() -> None:
+    """The host hands messages over undecoded (``shared.queues`` decodes them, so a message that
+    is not base64 reaches the poison queue through the service instead of failing in the
+    host's binding), gives up after as many deliveries as the CLI, and keeps a message
+    invisible for 30 s while a handler works."""
     queues = HOST["extensions"]["queues"]
-    assert queues["messageEncoding"] == "base64"
-    assert queues["maxDequeueCount"] == MAX_DEQUEUE
-    assert queues["batchSize"] >= 1 and "visibilityTimeout" in queues
+    assert ("none", MAX_DEQUEUE, "00:00:30") == (
+        queues["messageEncoding"], queues["maxDequeueCount"], queues["visibilityTimeout"])

@@ -18,6 +18,7 @@ from shared.errors import ProvisioningError
 from shared.ledger import LedgerRow, now
 from shared.log import get_logger
 from shared.messages import MalformedMessage, WorkItem, decode
+from shared.queues import decode_body, raw_text
 
 from . import alerts
 from .steps import run_step
@@ -56,12 +57,13 @@ async def enqueue(svc: Service, item: WorkItem, *, delay: float = 0.0) -> None:
     await io(svc.ledger.enqueued, item)
 
 
-async def handle(svc: Service, queue: str, text: str) -> Handled:
-    """Process one message of ``queue``. Raises only on a bug."""
-    item = accept(queue, text)
+async def handle(svc: Service, queue: str, raw: str | bytes) -> Handled:
+    """Process one message of ``queue``, as it was stored (base64). Raises only on a bug."""
+    body = decode_body(raw)
+    item = accept(queue, body) if isinstance(body, str) else Poison(body.reason)
     if isinstance(item, Poison):
         # No side effect: parked as it came; the poison handler records and alerts.
-        await io(svc.queues.to_poison, queue, text)
+        await io(svc.queues.to_poison, queue, raw_text(raw))
         log.warning("message_malformed", queue=queue, reason=item.reason, outcome="poison")
         return Handled("poison", detail=item.reason)
 
@@ -72,7 +74,7 @@ async def handle(svc: Service, queue: str, text: str) -> Handled:
                  correlation_id=item.correlation_id)
         return Handled("skipped", str(item.user), decision.why)
     if not isinstance(decision, Proceed):
-        await io(svc.queues.send, queue, text, delay=decision.delay)
+        await io(svc.queues.send_item, item, delay=decision.delay)
         return Handled("skipped", str(item.user), "busy")
 
     result = await run_step(svc, item)
@@ -124,16 +126,23 @@ async def read_user(svc: Service, guid: uuid.UUID) -> DirectoryUser | None:
         return None
 
 
-async def poisoned(svc: Service, queue: str, text: str, *, dequeue_count: int = 0) -> Handled:
-    """A message the host gave up on: recorded (kept for ``cli redrive``) and alerted. It
-    never changes a ledger row: anyone who can write to a queue can write to its poison twin.
-    Never raises."""
-    try:
-        item: WorkItem | None = decode(text)
-    except MalformedMessage as exc:
-        item, reason = None, exc.reason
+async def poisoned(svc: Service, queue: str, raw: str | bytes, *,
+                   dequeue_count: int = 0) -> Handled:
+    """A message parked on ``<queue>-poison`` (as stored): recorded (kept for ``cli
+    redrive``) and alerted. It never changes a ledger row: anyone who can write to a queue can
+    write to its poison twin. Never raises."""
+    body = decode_body(raw)
+    text = body if isinstance(body, str) else raw_text(raw)
+    item: WorkItem | None = None
+    if isinstance(body, str):
+        try:
+            item = decode(body)
+        except MalformedMessage as exc:
+            reason = exc.reason
+        else:
+            reason = f"processing failed {dequeue_count or 'several'} times"
     else:
-        reason = f"processing failed {dequeue_count or 'several'} times"
+        reason = body.reason
     user = str(item.user) if item else ""
     await io(svc.outcomes.record, "poison", queue=queue, user=user, message=text[:1024],
              reason=reason, redriven=False)
