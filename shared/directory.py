@@ -346,6 +346,20 @@ class Directory:
         self._groups[name] = found[0]
         return found[0]
 
+    def address_owners(self, address: str) -> list[str]:
+        """DNs of the objects that already use the SMTP ``address`` (as ``proxyAddresses`` or
+        ``mail``): before an address is given to a user, nobody else may hold it."""
+        value = escape_filter_chars(address)
+        ldap_filter = f"(|(proxyAddresses=smtp:{value})(mail={value}))"
+        return [entry["dn"] for entry in
+                self._paged(self._ad.base_dn, ldap_filter, ["distinguishedName"],
+                            "look up an address")]
+
+    def is_member(self, user: DirectoryUser, group: str) -> bool:
+        """Whether ``user`` (as read, with its memberOf) is a direct member of ``group``."""
+        wanted = self.group_dn(group).lower()
+        return any(dn.lower() == wanted for dn in user.member_of)
+
     def group_dn(self, name: str) -> str:
         """The DN of the group with this sAMAccountName or cn (looked up once, then cached)."""
         return self._group(name)[0]

@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
-import iso3166
-
+from . import rules
 from .config import ProvisioningSettings
 from .directory import Directory, DirectoryUser
 from .errors import PermanentError
@@ -44,7 +43,7 @@ from .graph import GraphClient, SubscribedSku
 from .graph import immutable_id as to_immutable_id
 from .ledger import Change
 from .log import get_logger
-from .results import Done, NotYet, Shortage, Wait
+from .results import Done, NotYet, Shortage, Stale, Wait
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient as AioTableClient
@@ -104,16 +103,6 @@ class RemoveFromGroup:
 Action = SetUsageLocation | AssignLicense | WaitForRouting | ReportShortage | RemoveFromGroup
 
 
-def valid_country(value: str | None) -> str | None:
-    """``value`` as an upper-case ISO 3166-1 alpha-2 code, or None when it is not one."""
-    code = (value or "").strip().upper()
-    return code if len(code) == 2 and code in iso3166.countries_by_alpha2 else None
-
-
-def routing_address(sam: str, routing_domain: str) -> str:
-    return f"{sam}@{routing_domain}".lower()
-
-
 def has_address(proxy_addresses: Sequence[str], address: str) -> bool:
     """Whether ``address`` is among ``proxy_addresses`` (any prefix case: smtp:/SMTP:)."""
     wanted = f"smtp:{address.lower()}"
@@ -123,51 +112,36 @@ def has_address(proxy_addresses: Sequence[str], address: str) -> bool:
 def plan(
     *,
     user: str,
-    sam: str,
-    license_name: str | None,
-    country: str | None,
+    sku_part: str,
+    country: str,
+    routing_address: str,
     current_skus: frozenset[uuid.UUID],
     usage_location: str | None,
     proxy_addresses: Sequence[str],
     skus: Mapping[str, SkuFacts],
     provisioning: ProvisioningSettings,
 ) -> list[Action]:
-    """The actions that license ``user``; raises ``PermanentError`` for bad input.
+    """The actions that license ``user`` with ``sku_part`` in ``country`` (both checked by
+    ``shared.rules`` already); raises ``PermanentError`` when the tenant has no such SKU.
 
     ``skus`` maps part numbers to the tenant's SKUs; ``current_skus`` are the skuIds the
-    cloud user holds now.
+    cloud user holds now; ``routing_address`` is the address the cloud user must show before a
+    licence with Exchange Online goes on.
     """
-    attribute = provisioning.license_attribute
-    part = provisioning.license_map.get((license_name or "").strip())
-    if part is None:
-        known = ", ".join(sorted(provisioning.license_map))
-        raise PermanentError(
-            f"{attribute} is '{license_name or ''}', which names no licence",
-            user=user, step=STEP, fix=f"set {attribute} to one of: {known}",
-        )
-    wanted_location = valid_country(country)
-    if wanted_location is None:
-        raise PermanentError(
-            f"{provisioning.country_attribute} is '{country or ''}', which is not an ISO 3166-1 "
-            "alpha-2 country code", user=user, step=STEP,
-            fix=f"set {provisioning.country_attribute} to the user's country, e.g. DE or US",
-        )
-    sku = skus.get(part)
+    sku = skus.get(sku_part)
     if sku is None:
         raise PermanentError(
-            f"the tenant has no subscription for {part} ({attribute} '{license_name}')",
-            user=user, step=STEP, fix=f"buy {part} or map '{license_name}' to another SKU",
+            f"the tenant has no subscription for {sku_part}", user=user, step=STEP,
+            fix=f"buy {sku_part}, or map the licence name to another SKU in LICENSE_MAP",
         )
-    if sku.has_exchange:
-        address = routing_address(sam, provisioning.routing_domain)
-        if not has_address(proxy_addresses, address):
-            return [WaitForRouting(address)]
+    if sku.has_exchange and not has_address(proxy_addresses, routing_address):
+        return [WaitForRouting(routing_address)]
     has_it = sku.sku_id in current_skus
     if not has_it and sku.free <= 0:
         return [ReportShortage(sku.part_number, sku.sku_id)]
     actions: list[Action] = []
-    if usage_location != wanted_location:
-        actions.append(SetUsageLocation(usage_location, wanted_location))
+    if usage_location != country:
+        actions.append(SetUsageLocation(usage_location, country))
     others = tuple(sorted(current_skus - {sku.sku_id}))
     if not has_it or others:
         actions.append(AssignLicense(() if has_it else (sku.sku_id,), others))
@@ -243,12 +217,18 @@ class LicenseStep:
         async with self._directory_lock:
             return await asyncio.to_thread(call, *args, **kwargs)
 
-    async def run(self, guid: uuid.UUID, *, correlation_id: str) -> Done | NotYet:
+    async def run(self, guid: uuid.UUID, *, correlation_id: str) -> Done | NotYet | Stale:
         """License the AD user ``guid``: ``Done``, or ``NotYet`` (not synced, no routing
         address, no free unit). Raises ``TransientError`` (a peer is down or busy) and
         ``PermanentError`` (bad input, Graph refused)."""
         ad: DirectoryUser = await self._directory(self.directory.user, guid)
         who = ad.upn or ad.sam
+        group = self.provisioning.license_group
+        if not await self._directory(self.directory.is_member, ad, group):
+            return Stale(f"{who} is not a member of {group}", user=who)
+        inputs = rules.check(ad, self.provisioning)
+        if isinstance(inputs, rules.Invalid):
+            raise PermanentError(inputs.reason, user=who, step=STEP, fix=inputs.fix)
         cloud = await self.graph.find_user(to_immutable_id(guid), ad.upn)
         if cloud is None:
             return NotYet(
@@ -262,12 +242,13 @@ class LicenseStep:
         }
         skus = {part: SkuFacts.of(s) for part, s in subscribed.items()}
         by_id = {f.sku_id: f.part_number for f in skus.values()}
+        part = inputs.sku
         actions = plan(
-            user=who, sam=ad.sam, license_name=ad.license_name, country=ad.country,
+            user=who, sku_part=part, country=inputs.country,
+            routing_address=rules.expected_routing(ad.target_address, inputs, self.provisioning),
             current_skus=cloud.sku_ids, usage_location=cloud.usage_location,
             proxy_addresses=cloud.proxy_addresses, skus=skus, provisioning=self.provisioning,
         )
-        part = self.provisioning.license_map[(ad.license_name or "").strip()]
         changes: list[Change] = []
         for action in actions:
             if isinstance(action, WaitForRouting):
@@ -305,8 +286,8 @@ class LicenseStep:
         status = "licensed" if any(c.what == "licenses" for c in changes) \
             else "already-licensed"
         report = {"name": ad.sam or who, "display_name": ad.display_name or "",
-                  "mail": ad.mail or "", "licence": ad.license_name or "", "sku": part,
-                  "status": status}
+                  "mail": ad.mail or "", "licence": inputs.licence, "sku": part,
+                  "status": status, "alias": inputs.alias}
         return Done(who, tuple(changes), report=report)
 
     async def _shortage(self, who: str, part_number: str, sku: SubscribedSku,

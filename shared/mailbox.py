@@ -4,11 +4,16 @@ on-premises Exchange server, as ``Enable-RemoteMailbox <sam> -RemoteRoutingAddre
 
 The order of things, each safe to repeat:
 
-1. read the user again from AD (the queue message only names its objectGUID);
-2. validate: licence attribute present and in ``LICENSE_MAP``, country present; otherwise a
-   PermanentError with the wording the old script mailed, and the user stays where it is;
+1. read the user again from AD (the queue message only names its objectGUID), with its
+   groups: a user who is not (or no longer) in ``O365_Provision`` is not this step's to touch,
+   whatever a message says (``Stale``);
+2. the input rules (``shared.rules.check``, the same the licence step applies): licence name,
+   country, and the alias Exchange would derive; otherwise a PermanentError with the wording
+   the old script mailed, and the user stays where it is;
 3. ``Get-RemoteMailbox``: a remote mailbox with the expected routing address is done already,
-   one with another routing address is a PermanentError; none means ``Enable-RemoteMailbox``;
+   one with another routing address is a PermanentError; none means the routing address must
+   be free (nobody else in AD holds it), then ``Enable-RemoteMailbox -Alias <alias>
+   -RemoteRoutingAddress <alias>@<ROUTING_DOMAIN>``;
 4. add the user to ``O365_License``, then remove it from ``O365_Provision`` -- in that order,
    so a crash between the two leaves the user in a group the reconcile timer reads.
 
@@ -18,17 +23,18 @@ Failures are the Exchange client's and the directory's ``TransientError`` /
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import ProvisioningSettings, Settings
+from . import rules
+from .config import Settings
 from .directory import Directory, DirectoryUser
 from .errors import PermanentError, ProvisioningError
 from .exchange import ExchangeClient, strip_smtp
 from .ledger import Change
 from .log import get_logger
+from .results import Stale
 
 log = get_logger(__name__)
 
@@ -38,7 +44,6 @@ LICENCE_COUNTRY_FIX = (
     "check that the required license type has been entered and that the Country/region "
     "has been set"
 )
-_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 
 
 @dataclass(frozen=True)
@@ -50,31 +55,6 @@ class MailboxOutcome:
     outcome: Literal["done", "already-done"]
     routing_address: str
     changes: tuple[Change, ...]
-
-
-def validate(user: DirectoryUser, provisioning: ProvisioningSettings) -> str | None:
-    """Why ``user`` cannot be provisioned yet, or None. Pure: no peer is asked."""
-    problems = []
-    licence = (user.license_name or "").strip()
-    known = {name.lower() for name in provisioning.license_map}
-    if not licence:
-        problems.append(f"the licence attribute {provisioning.license_attribute} is empty")
-    elif licence.lower() not in known:
-        problems.append(
-            f"the licence '{licence}' in {provisioning.license_attribute} is not one of "
-            f"{', '.join(sorted(provisioning.license_map))}"
-        )
-    country = (user.country or "").strip()
-    if not country:
-        problems.append(f"the country ({provisioning.country_attribute}) is not set")
-    elif not _COUNTRY.match(country):
-        problems.append(f"the country '{country}' is not a two-letter country code")
-    return "; ".join(problems) or None
-
-
-def routing_address(user: DirectoryUser, provisioning: ProvisioningSettings) -> str:
-    """``<sam>@<ROUTING_DOMAIN>``, the remote routing address the old script used."""
-    return f"{user.sam}@{provisioning.routing_domain}"
 
 
 def _diff(before: DirectoryUser, after: DirectoryUser) -> list[Change]:
@@ -103,18 +83,21 @@ class MailboxStep:
         """Close the step's Exchange session (the directory is shared, and stays open)."""
         self._exchange.close()
 
-    def run(self, guid: uuid.UUID, *, correlation_id: str) -> MailboxOutcome:
+    def run(self, guid: uuid.UUID, *, correlation_id: str) -> MailboxOutcome | Stale:
         """Provision the user with this objectGUID. Raises TransientError (retry later) or
         PermanentError (report; the user stays in the provisioning group)."""
         user = self._directory.user(guid)
         fields = {"user": user.sam, "step": STEP, "correlation_id": correlation_id}
-        problem = validate(user, self._provisioning)
-        if problem:
-            log.warning("mailbox_user_invalid", reason=problem, **fields)
-            raise PermanentError(problem, user=user.sam, step=STEP, fix=LICENCE_COUNTRY_FIX)
-        routing = routing_address(user, self._provisioning)
+        group = self._provisioning.provision_group
+        if not self._directory.is_member(user, group):
+            return Stale(f"{user.sam} is not a member of {group}", user=user.sam)
+        inputs = rules.check(user, self._provisioning)
+        if isinstance(inputs, rules.Invalid):
+            log.warning("mailbox_user_invalid", reason=inputs.reason, **fields)
+            fix = f"{inputs.fix} ({LICENCE_COUNTRY_FIX})"
+            raise PermanentError(inputs.reason, user=user.sam, step=STEP, fix=fix)
         try:
-            changes = self._ensure_mailbox(user, routing)
+            changes = self._ensure_mailbox(user, inputs)
         except ProvisioningError as exc:
             exc.at(user=user.sam, step=STEP)
             log.warning("mailbox_failed", reason=exc.reason,
@@ -122,28 +105,43 @@ class MailboxStep:
             raise
         changes += self._move_groups(user)
         outcome: Literal["done", "already-done"] = "done" if changes else "already-done"
-        log.info("mailbox_" + outcome.replace("-", "_"), routing_address=routing,
-                 changes=len(changes), **fields)
-        return MailboxOutcome(guid, user.sam, outcome, routing, tuple(changes))
+        log.info("mailbox_" + outcome.replace("-", "_"), routing_address=inputs.routing_address,
+                 alias=inputs.alias, alias_derived=inputs.alias_derived, changes=len(changes),
+                 **fields)
+        return MailboxOutcome(guid, user.sam, outcome, inputs.routing_address, tuple(changes))
 
-    def _ensure_mailbox(self, user: DirectoryUser, routing: str) -> list[Change]:
+    def _ensure_mailbox(self, user: DirectoryUser, inputs: rules.Valid) -> list[Change]:
         identity = str(user.guid)  # the objectGUID: unambiguous, and never code
+        routing = inputs.routing_address
         existing = self._exchange.get_remote_mailbox(identity)
         if existing is not None:
+            # Any address in the routing domain is a remote mailbox of this tenant (the old
+            # script, or Exchange's own derivation, may have made it with another alias).
             current = strip_smtp(existing.remote_routing_address) or ""
-            if current.lower() != routing.lower():
+            domain = self._provisioning.routing_domain
+            if not current.lower().endswith(f"@{domain}"):
                 raise PermanentError(
                     f"the user already is a remote mailbox, routed to '{current}' instead of "
-                    f"'{routing}'",
+                    f"an address in {domain}",
                     user=user.sam, step=STEP,
                     fix=f"set the routing address with Set-RemoteMailbox -RemoteRoutingAddress "
                         f"{routing} if it is wrong, or take the user out of "
                         f"{self._provisioning.provision_group}",
                 )
             return []
-        self._exchange.enable_remote_mailbox(identity, routing)
+        owners = [dn for dn in self._directory.address_owners(routing)
+                  if dn.lower() != user.dn.lower()]
+        if owners:
+            raise PermanentError(
+                f"the routing address {routing} is already used by {owners[0]}",
+                user=user.sam, step=STEP,
+                fix=f"give the user a free alias in mailNickname (now '{inputs.alias}'), or free "
+                "the address on the other object",
+            )
+        self._exchange.enable_remote_mailbox(identity, routing, alias=inputs.alias)
         after = self._directory.user(user.guid)
-        return [Change("remote mailbox", None, routing), *_diff(user, after)]
+        derived = [Change("alias (derived)", None, inputs.alias)] if inputs.alias_derived else []
+        return [Change("remote mailbox", None, routing), *derived, *_diff(user, after)]
 
     def _move_groups(self, user: DirectoryUser) -> list[Change]:
         # Add first, then remove: a crash in between leaves the user in a group we read.

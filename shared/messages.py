@@ -2,16 +2,23 @@
 
 A message names the user by ``objectGUID`` and the step; the handler re-reads the directory.
 It carries a schema version, the user, the step, a correlation id and the enqueue time, and
-nothing else (a role change adds the role and the direction, which are the work item's id).
+nothing else (a role change adds the role, the direction and the id of the plan that holds
+it, which the handler checks against the stored plan).
 
-``decode`` refuses anything else with ``MalformedMessage``: the handler records it and moves
-it to the poison queue without side effects.
+A message is not trusted for who, what or when: ``decode`` refuses anything that is not exactly
+one of ours with ``MalformedMessage`` (the handler parks it on the poison queue without side
+effects): a version that is not the integer 1, a user or role that is not a GUID, a
+correlation id outside ``[A-Za-z0-9-]{8,64}``, an enqueue time without a zone or further in
+the future than the clock skew we tolerate (``MAX_FUTURE``: a message from the future would
+make every later message for that user look stale), nesting deep enough to exhaust the
+parser.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,6 +28,10 @@ from .errors import PermanentError
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 1024  # ours are ~200 bytes; anything larger was not written by us
+# Workers' clocks may disagree by minutes (the fault suite skews one by 10); beyond this an
+# enqueue time is not a clock's error but a forgery.
+MAX_FUTURE = dt.timedelta(minutes=15)
+_CID = re.compile(r"[A-Za-z0-9-]{8,64}")
 
 
 class Step(StrEnum):
@@ -61,6 +72,7 @@ class WorkItem:
     enqueued_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     role: str | None = None  # role step only: role definition id
     action: str | None = None  # role step only: "grant" or "revoke"
+    plan: str | None = None  # role step only: the id of the plan that holds this change
     version: int = SCHEMA_VERSION
 
     def encode(self) -> str:
@@ -74,13 +86,17 @@ class WorkItem:
         if self.step is Step.ROLE:
             body["role"] = self.role
             body["action"] = self.action
+            body["plan"] = self.plan
         return json.dumps(body, separators=(",", ":"))
 
     @property
     def key(self) -> str:
-        """The ledger's row key: the step, and for a role change also the role, so two
-        changes of one person's roles are tracked apart."""
-        return f"{self.step.value}:{self.role}" if self.step is Step.ROLE else self.step.value
+        """The ledger's row key: the step, and for a role change also the role and the
+        direction, so two changes of one person's roles are tracked apart and a grant can never
+        make a revocation look stale (or the reverse)."""
+        if self.step is Step.ROLE:
+            return f"{self.step.value}:{self.role}:{self.action}"
+        return self.step.value
 
     def next(self, step: Step) -> WorkItem:
         """The follow-up work item for the same user, in the same correlation."""
@@ -91,15 +107,16 @@ class WorkItem:
         supersedes it."""
         return WorkItem(user=self.user, step=self.step, correlation_id=self.correlation_id,
                         enqueued_at=max(at, self.enqueued_at + dt.timedelta(microseconds=1)),
-                        role=self.role, action=self.action)
+                        role=self.role, action=self.action, plan=self.plan)
 
 
 _FIELDS = {"v", "user", "step", "cid", "at"}
-_ROLE_FIELDS = _FIELDS | {"role", "action"}
+_ROLE_FIELDS = _FIELDS | {"role", "action", "plan"}
 
 
-def decode(raw: str | bytes) -> WorkItem:
-    """Parse a queue message, refusing anything that is not exactly one of ours."""
+def decode(raw: str | bytes, *, now: dt.datetime | None = None) -> WorkItem:
+    """Parse a queue message, refusing anything that is not exactly one of ours. ``now`` is
+    the reader's clock (the current time when omitted)."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"message of {len(text)} characters is oversized", raw=text)
@@ -107,10 +124,13 @@ def decode(raw: str | bytes) -> WorkItem:
         body = json.loads(text)
     except ValueError:
         raise MalformedMessage("message is not JSON", raw=text) from None
+    except RecursionError:
+        raise MalformedMessage("message is nested too deeply", raw=text) from None
     if not isinstance(body, dict):
         raise MalformedMessage("message is not a JSON object", raw=text)
-    if body.get("v") != SCHEMA_VERSION:
-        raise MalformedMessage(f"unknown schema version {body.get('v')!r}", raw=text)
+    version = body.get("v")
+    if type(version) is not int or version != SCHEMA_VERSION:  # True == 1, but is no version
+        raise MalformedMessage(f"unknown schema version {version!r}", raw=text)
     try:
         step = Step(body["step"])
         expected = _ROLE_FIELDS if step is Step.ROLE else _FIELDS
@@ -119,18 +139,32 @@ def decode(raw: str | bytes) -> WorkItem:
         enqueued_at = dt.datetime.fromisoformat(body["at"])
         if enqueued_at.tzinfo is None:
             raise MalformedMessage("enqueue time has no time zone", raw=text)
+        role = body.get("role")
         item = WorkItem(
-            user=uuid.UUID(body["user"]),
+            user=uuid.UUID(_text(body["user"])),
             step=step,
-            correlation_id=str(body["cid"]),
+            correlation_id=_text(body["cid"]),
             enqueued_at=enqueued_at,
-            role=body.get("role"),
+            role=str(uuid.UUID(_text(role))) if step is Step.ROLE else None,
             action=body.get("action"),
+            plan=body.get("plan"),
         )
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise MalformedMessage(f"message has a bad field: {exc}", raw=text) from None
-    if not 8 <= len(item.correlation_id) <= 64:
-        raise MalformedMessage("correlation id is not 8 to 64 characters", raw=text)
-    if step is Step.ROLE and (not item.role or item.action not in {"grant", "revoke"}):
-        raise MalformedMessage("role message needs a role and grant/revoke", raw=text)
+    if not _CID.fullmatch(item.correlation_id):
+        raise MalformedMessage("correlation id is not 8 to 64 letters, digits or dashes",
+                               raw=text)
+    if step is Step.ROLE and (item.action not in {"grant", "revoke"} or
+                              not isinstance(item.plan, str) or not _CID.fullmatch(item.plan)):
+        raise MalformedMessage("role message needs grant/revoke and the plan's id", raw=text)
+    if item.enqueued_at > (now or dt.datetime.now(dt.UTC)) + MAX_FUTURE:
+        raise MalformedMessage(f"enqueue time {item.enqueued_at.isoformat()} is in the "
+                               "future", raw=text)
     return item
+
+
+def _text(value: object) -> str:
+    """A string field as a string; anything else (a number, a list) is not ours."""
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} where a string belongs")
+    return value

@@ -51,6 +51,15 @@ class Done:
 
 
 @dataclass(frozen=True)
+class Stale:
+    """The message names work that is not this step's to do: the user is not (or no longer) in
+    the step's group. Nothing is changed; the message is recorded and dropped."""
+
+    reason: str
+    user: str = ""
+
+
+@dataclass(frozen=True)
 class NotYet:
     """The user cannot move on yet. ``late`` is what the wait means once its deadline has
     passed (a wait without a deadline leaves it empty); ``retry_after`` is a peer's own word

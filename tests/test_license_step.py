@@ -14,7 +14,7 @@ from shared.config import Settings
 from shared.directory import Directory
 from shared.graph import GraphClient
 from shared.licensing import LicenseStep, MemoryShortageLedger
-from shared.results import Done, NotYet, Wait
+from shared.results import Done, NotYet, Stale, Wait
 from shared.secrets import SecretProvider
 from tests.test_graph import GraphLab
 
@@ -100,8 +100,9 @@ def in_group(directory: Directory, settings: Settings, guid: uuid.UUID) -> bool:
 def test_unsynced_user_waits_then_is_licensed_and_second_run_writes_nothing(
         glab: GraphLab, provisioned, directory: Directory, settings: Settings) -> None:
     """Not synced → NotYet(sync), saying what it means past the deadline; after the sync
-    engine mirrors the user → licensed, out of O365_License; a second run makes no Graph write
-    and says the user was already licensed."""
+    engine mirrors the user → licensed, out of O365_License; a second message is stale (the
+    user left the group) and a user put back in the group is already licensed: neither makes a
+    Graph write."""
     glab.config(sync_enabled=False)
     user = provisioned()
     [early] = run_step(settings, directory, [user.guid])
@@ -117,6 +118,9 @@ def test_unsynced_user_waits_then_is_licensed_and_second_run_writes_nothing(
     assert ["ENTERPRISEPACK"] == licences(glab, cloud["id"])
     assert not in_group(directory, settings, user.guid)
     glab.reset_stats()
+    [stale] = run_step(settings, directory, [user.guid])
+    assert isinstance(stale, Stale), stale
+    directory.add_member(settings.provisioning.license_group, directory.user(user.guid))
     [again] = run_step(settings, directory, [user.guid])
     assert isinstance(again, Done) and again.report is not None
     assert "already-licensed" == again.report["status"]

@@ -19,6 +19,7 @@ from shared.directory import Directory
 from shared.errors import PermanentError, TransientError
 from shared.exchange import ExchangeClient
 from shared.mailbox import LICENCE_COUNTRY_FIX, Change, MailboxStep
+from shared.results import Stale
 from shared.secrets import SecretProvider
 
 pytestmark = pytest.mark.lab
@@ -129,28 +130,37 @@ def test_user_becomes_remote_mailbox_and_moves_groups(step, new_user, ad_admin, 
                                              for e in done]
 
 
-def test_second_run_changes_nothing(step, new_user, ad_admin):
-    """Running the step again for a provisioned user is 'already-done' and writes nothing
-    (the user's uSNChanged stays the same)."""
+def test_second_run_changes_nothing(step, new_user, ad_admin, lab):
+    """Running the step again for a provisioned user writes nothing (the user's uSNChanged
+    stays the same): out of O365_Provision it is stale; put back in, Exchange is left alone and
+    only the group move is done again."""
     user = new_user()
     step.run(user.guid, correlation_id="c-1")
     before = _state(ad_admin, user.dn)
 
-    outcome = step.run(user.guid, correlation_id="c-2")
+    stale = step.run(user.guid, correlation_id="c-2")
+    unchanged = _state(ad_admin, user.dn)
+    group = f"CN=O365_Provision,{lab.settings['LAB_AD_GROUPS_OU']}"
+    assert ad_admin.modify(group, {"member": [(MODIFY_ADD, [user.dn])]}), ad_admin.result
+    again = step.run(user.guid, correlation_id="c-3")
 
-    assert ("already-done", ()) == (outcome.outcome, outcome.changes)
-    assert before == _state(ad_admin, user.dn)
+    assert isinstance(stale, Stale)
+    assert before == unchanged
+    assert ("done", [("member of O365_Provision", "yes", "no")]) == (
+        again.outcome, [(c.what, c.before, c.after) for c in again.changes])
 
 
 @pytest.mark.parametrize(("attributes", "reason"), [
     ({"extensionAttribute1": None}, "the licence attribute extensionAttribute1 is empty"),
     ({"c": None}, "the country (c) is not set"),
     ({"extensionAttribute1": "E9"}, "the licence 'E9' in extensionAttribute1 is not one of"),
+    ({"c": "XX"}, "the country 'XX' in c is not an ISO 3166-1 alpha-2 country code"),
 ])
 def test_invalid_user_is_reported_and_left_in_place(step, new_user, ad_admin, lab, attributes,
                                                     reason):
-    """A user without a mapped licence or without a country gets the old script's advice as
-    a PermanentError, stays in O365_Provision, and Exchange is never asked."""
+    """A user without a mapped licence or a real country gets the old script's advice as a
+    PermanentError, stays in O365_Provision, and Exchange is never asked (XX used to pass this
+    step and fail only at the licence step, after the remote mailbox was made)."""
     user = new_user(**attributes)
     cmdlets = lab_exchange.status(lab)["stats"]["cmdlets_run"]
 
@@ -158,7 +168,8 @@ def test_invalid_user_is_reported_and_left_in_place(step, new_user, ad_admin, la
         step.run(user.guid, correlation_id="c-1")
 
     error = caught.value
-    assert (user.sam, "mailbox", LICENCE_COUNTRY_FIX) == (error.user, error.step, error.fix)
+    assert (user.sam, "mailbox") == (error.user, error.step)
+    assert error.fix.endswith(f"({LICENCE_COUNTRY_FIX})")
     assert reason in error.reason
     state = _state(ad_admin, user.dn)
     assert (["O365_Provision"], []) == (_groups(state), state["msExchRecipientTypeDetails"])
@@ -225,3 +236,46 @@ def test_deleted_user_is_permanent(step):
     """A message for a user that no longer exists is a PermanentError, not a crash."""
     with pytest.raises(PermanentError):
         step.run(uuid.uuid4(), correlation_id="c-1")
+
+
+def test_a_user_outside_o365_provision_is_stale_and_untouched(step, make_user, ad_admin, lab):
+    """A message naming a user who is not in O365_Provision changes nothing, whoever wrote it:
+    the step says the message is stale, and Exchange is never asked."""
+    user = make_user(extensionAttribute1="E3", c="NZ")
+    cmdlets = lab_exchange.status(lab)["stats"]["cmdlets_run"]
+    outcome = step.run(user.guid, correlation_id="c-1")
+    assert Stale(f"{user.sam} is not a member of O365_Provision", user=user.sam) == outcome
+    assert cmdlets == lab_exchange.status(lab)["stats"]["cmdlets_run"]
+    assert [] == _state(ad_admin, user.dn)["msExchRecipientTypeDetails"]
+
+
+def test_the_alias_is_derived_from_the_upn_as_exchange_would(step, new_user, ad_admin,
+                                                            settings):
+    """A UPN with letters Exchange writes as best-fit ASCII: the step passes the alias it
+    derived (Zoë.Müller → Zoe.Mueller) and routes to it, and the audit says it was derived."""
+    suffix = uuid.uuid4().hex[:6]
+    user = new_user(userPrincipalName=f"Zoë.Müller{suffix}@o365lab.example")
+    outcome = step.run(user.guid, correlation_id="c-1")
+    alias = f"Zoe.Mueller{suffix}"
+    routing = f"{alias}@{settings.provisioning.routing_domain}".lower()
+    state = _state(ad_admin, user.dn)
+    assert ("done", routing) == (outcome.outcome, outcome.routing_address)
+    assert [alias] == state["mailNickname"]
+    assert Change("alias (derived)", None, alias) in outcome.changes
+
+
+def test_a_routing_address_someone_else_holds_is_the_user_s_error(step, new_user, make_user,
+                                                                 ad_admin, settings, lab):
+    """The address the user would get is already another object's: a PermanentError naming
+    that object and the fix, before Exchange is asked to enable anything."""
+    user = new_user()
+    routing = f"{user.sam}@{settings.provisioning.routing_domain}"
+    holder = make_user(proxyAddresses=[f"smtp:{routing}"])
+    cmdlets = lab_exchange.status(lab)["stats"]["cmdlets_run"]
+    with pytest.raises(PermanentError) as caught:
+        step.run(user.guid, correlation_id="c-1")
+    assert f"the routing address {routing} is already used by {holder.dn}" == \
+        caught.value.reason
+    assert "give the user a free alias in mailNickname" in caught.value.fix
+    assert 1 == lab_exchange.status(lab)["stats"]["cmdlets_run"] - cmdlets  # Get-RemoteMailbox
+    assert ["O365_Provision"] == _groups(_state(ad_admin, user.dn))

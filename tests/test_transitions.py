@@ -43,7 +43,8 @@ def item(step: Step = Step.LICENSE, **fields: object) -> WorkItem:
     values: dict[str, object] = {"user": USER, "step": step, "correlation_id": "cid-00000001",
                                  "enqueued_at": NOW - dt.timedelta(seconds=5)}
     if step is Step.ROLE:
-        values |= {"role": "role-1", "action": "grant"}
+        values |= {"role": "29232cdf-9323-42fd-ade2-1d097af3e4de", "action": "grant",
+                   "plan": "0123456789abcdef"}
     values |= fields
     return WorkItem(**values)  # type: ignore[arg-type]
 
@@ -63,17 +64,26 @@ def row(attempts: int = 1, first: dt.datetime | None = NOW, state: State = State
 def test_accept_returns_the_work_item_of_a_message_of_ours() -> None:
     """A well-formed message on its own step's queue is the work item it encodes."""
     sent = item(Step.MAILBOX)
-    assert sent == accept("mailbox", sent.encode())
+    assert sent == accept("mailbox", sent.encode(), NOW)
 
 
 def test_accept_parks_a_message_that_is_not_ours() -> None:
     """Text that is not one of our messages is poison, with the decoder's reason."""
-    assert Poison("message is not JSON") == accept("mailbox", "not json")
+    assert Poison("message is not JSON") == accept("mailbox", "not json", NOW)
+
+
+def test_accept_parks_a_message_from_the_future() -> None:
+    """A message dated an hour ahead of the reader's clock is not ours (it would make every
+    later message for the user look stale)."""
+    ahead = item(enqueued_at=NOW + dt.timedelta(hours=1))
+    parked = accept("license", ahead.encode(), NOW)
+    assert isinstance(parked, Poison) and "is in the future" in parked.reason
 
 
 def test_accept_parks_a_message_on_the_wrong_queue() -> None:
     """A licence message on the mailbox queue is poison: a queue's handler runs its step only."""
-    assert Poison("a license message on queue mailbox") == accept("mailbox", item().encode())
+    assert Poison("a license message on queue mailbox") == accept("mailbox", item().encode(),
+                                                                  NOW)
 
 
 # -- on_claim --------------------------------------------------------------------------------

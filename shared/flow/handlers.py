@@ -60,7 +60,7 @@ async def enqueue(svc: Service, item: WorkItem, *, delay: float = 0.0) -> None:
 async def handle(svc: Service, queue: str, raw: str | bytes) -> Handled:
     """Process one message of ``queue``, as it was stored (base64). Raises only on a bug."""
     body = decode_body(raw)
-    item = accept(queue, body) if isinstance(body, str) else Poison(body.reason)
+    item = accept(queue, body, now()) if isinstance(body, str) else Poison(body.reason)
     if isinstance(item, Poison):
         # No side effect: parked as it came; the poison handler records and alerts.
         await io(svc.queues.to_poison, queue, raw_text(raw))
@@ -164,7 +164,8 @@ async def redrive(svc: Service, queue: str) -> tuple[int, int]:
             skipped += 1
         else:
             await enqueue(svc, WorkItem(user=old.user, step=old.step, role=old.role,
-                                        action=old.action, correlation_id=old.correlation_id))
+                                        action=old.action, plan=old.plan,
+                                        correlation_id=old.correlation_id))
             moved += 1
         await io(svc.outcomes.update, row, redriven=True)
     return moved, skipped

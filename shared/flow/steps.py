@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from shared.errors import PermanentError, SafetyStop, TransientError
 from shared.ledger import Change
 from shared.messages import Step, WorkItem
-from shared.results import Done, NotYet, Wait
+from shared.results import Done, NotYet, Stale, Wait
 
 from .transitions import StepResult
 
@@ -35,10 +35,12 @@ async def run_step(svc: Service, item: WorkItem) -> StepResult:
         return exc
 
 
-async def _mailbox(svc: Service, item: WorkItem) -> Done:
-    def run() -> Done:
+async def _mailbox(svc: Service, item: WorkItem) -> Done | Stale:
+    def run() -> Done | Stale:
         with svc.mailbox_steps().use() as step:
             outcome = step.run(item.user, correlation_id=item.correlation_id)
+        if isinstance(outcome, Stale):
+            return outcome
         return Done(outcome.user, outcome.changes, next_step=Step.LICENSE)
 
     return await asyncio.to_thread(run)

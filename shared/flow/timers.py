@@ -131,7 +131,8 @@ async def roles_cycle(svc: Service) -> list[WorkItem]:
     from shared.rolesync import run_cycle
 
     result = await run_cycle(svc)
-    items = [WorkItem(user=c.principal, step=Step.ROLE, role=c.role, action=c.action)
+    plan = result.plan.plan_id if result.plan else None
+    items = [WorkItem(user=c.principal, step=Step.ROLE, role=c.role, action=c.action, plan=plan)
              for c in result.to_enqueue]
     for item in items:
         await enqueue(svc, item)

@@ -3,12 +3,13 @@
 A handler moves bytes; this module decides. Each function takes what the handler read (the
 message, the ledger row, the step's result, the time) and returns what to do::
 
-    accept(queue, text)                 message ──▶ WorkItem, or Poison (never trusted blindly)
+    accept(queue, text, now)            message ──▶ WorkItem, or Poison (never trusted blindly)
     on_claim(verdict, row, now)         ledger claim ──▶ Proceed | Requeue | Drop
     advance(row, item, result, now, policy) ──▶ Transition
 
     result                 ledger     sent                          recorded       mailed
     Done                   DONE       the next step's message       provisioned*   -
+    Stale (not the step's) DONE       -                             -              -
     NotYet(outage|sync|    WAITING    the same item, after backoff  stuck**        stuck alert**
       routing|shortage)                 (or the peer's Retry-After)  shortage***   shortage***
     NotYet past deadline   FAILED     -                             failed         error mail
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 from shared.errors import PermanentError, ProvisioningError, SafetyStop
 from shared.ledger import Change, LedgerRow, State, Verdict
 from shared.messages import QUEUES, MalformedMessage, Step, WorkItem, decode
-from shared.results import Done, NotYet, Wait
+from shared.results import Done, NotYet, Stale, Wait
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -45,7 +46,7 @@ STEP_OF_QUEUE = {queue: step for step, queue in QUEUES.items()}
 # How overdue a queued item may be before reconcile sends it again.
 GRACE = dt.timedelta(minutes=15)
 
-StepResult = Done | NotYet | PermanentError | SafetyStop
+StepResult = Done | NotYet | Stale | PermanentError | SafetyStop
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,10 @@ class Poison:
     reason: str
 
 
-def accept(queue: str, text: str) -> WorkItem | Poison:
+def accept(queue: str, text: str, now: dt.datetime) -> WorkItem | Poison:
     """The work item ``text`` names, if it is one of ours and belongs on ``queue``."""
     try:
-        item = decode(text)
+        item = decode(text, now=now)
     except MalformedMessage as exc:
         return Poison(exc.reason)
     if STEP_OF_QUEUE.get(queue) is not item.step:
@@ -219,6 +220,8 @@ def advance(row: LedgerRow, item: WorkItem, result: StepResult, now: dt.datetime
     """The transition of a claimed work item, given what its step returned."""
     if isinstance(result, Done):
         return _done(item, result)
+    if isinstance(result, Stale):
+        return _stale(item, result)
     if isinstance(result, NotYet):
         return _not_yet(row, item, result, now, policy)
     if isinstance(result, SafetyStop):
@@ -234,6 +237,14 @@ def _done(item: WorkItem, result: Done) -> Transition:
                                           "correlation_id": item.correlation_id}),)
     return Transition(State.DONE, Handled("done", str(item.user)), "step_done", who=result.user,
                       follow=follow, audit=result.changes, records=records)
+
+
+def _stale(item: WorkItem, stale: Stale) -> Transition:
+    # Nothing to do for this message; the row is done with it (a later add to the group sends
+    # a newer message, which the claim accepts).
+    detail = f"stale: {stale.reason}"
+    return Transition(State.DONE, Handled("skipped", str(item.user), detail), "message_stale",
+                      who=stale.user, error=detail)
 
 
 def _not_yet(row: LedgerRow, item: WorkItem, wait: NotYet, now: dt.datetime,
