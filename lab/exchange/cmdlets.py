@@ -6,22 +6,30 @@ address, then name / sAMAccountName / alias), write the attributes Exchange writ
 remote user mailbox, and fail with Exchange's error texts and exception types. Every
 identity goes into LDAP filters escaped (RFC 4515): a value is only ever a value.
 
-The endpoint writes as the domain admin, as Exchange's Trusted Subsystem does.
+The endpoint writes as the domain admin, as Exchange's Trusted Subsystem does
+(``directory``); the error texts are in ``errors``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-import ssl
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ldap3
 from ldap3.utils.conv import escape_filter_chars
+
+from .directory import Entry, LdapDirectory
+from .errors import (
+    CmdletError,
+    address_in_use,
+    ambiguous,
+    command_not_found,
+    not_found,
+)
 
 # The values Exchange writes on Enable-RemoteMailbox for a user mailbox in the cloud
 # (Exchange's RecipientTypeDetails.RemoteUserMailbox, RemoteRecipientType.ProvisionMailbox,
@@ -43,182 +51,10 @@ _REMOTE_RECIPIENT_FLAGS = (
     (96, "SharedMailbox"),
 )
 
-READ_ATTRIBUTES = [
-    "objectGUID",
-    "cn",
-    "sAMAccountName",
-    "userPrincipalName",
-    "displayName",
-    "mail",
-    "mailNickname",
-    "proxyAddresses",
-    "targetAddress",
-    "msExchRecipientTypeDetails",
-    "msExchRemoteRecipientType",
-    "msExchRecipientDisplayType",
-]
-
-TASKS_NS = "Microsoft.Exchange.Configuration.Tasks"
-RECIPIENT_TASKS = "Microsoft.Exchange.Management.RecipientTasks"
 
 # Exchange's alias: RFC 5322 dot-atom characters, no leading, trailing or double dot.
 _ALIAS = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$")
 _SMTP = re.compile(r"^[^@\s\"<>(),;:\\\[\]]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
-
-
-@dataclass
-class CmdletError(Exception):
-    """An error record the endpoint sends back, shaped like Exchange's."""
-
-    message: str
-    exception_type: str
-    category: str  # a System.Management.Automation.ErrorCategory name
-    error_id: str
-    target: str | None = None
-    terminating: bool = True
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def not_found(identity: str, dc: str) -> CmdletError:
-    return CmdletError(
-        f"The operation couldn't be performed because object '{identity}' couldn't be found "
-        f"on '{dc}'.",
-        f"{TASKS_NS}.ManagementObjectNotFoundException",
-        "NotSpecified",
-        "ManagementObjectNotFoundException",
-        identity,
-    )
-
-
-def ambiguous(identity: str) -> CmdletError:
-    return CmdletError(
-        f"The operation couldn't be performed because '{identity}' matches multiple entries.",
-        f"{TASKS_NS}.ManagementObjectAmbiguousException",
-        "NotSpecified",
-        "ManagementObjectAmbiguousException",
-        identity,
-    )
-
-
-@dataclass
-class Entry:
-    """One directory object, with attribute names as Exchange's reader sees them."""
-
-    dn: str
-    guid: uuid.UUID
-    attrs: dict[str, list[Any]] = field(default_factory=dict)
-
-    def first(self, name: str) -> Any:
-        values = self.attrs.get(name.lower()) or []
-        return values[0] if values else None
-
-    def all(self, name: str) -> list[Any]:
-        return list(self.attrs.get(name.lower()) or [])
-
-
-class LdapDirectory:
-    """The lab AD, read and written as the domain admin over LDAPS."""
-
-    def __init__(
-        self,
-        url: str,
-        user: str,
-        password: str,
-        base_dn: str,
-        *,
-        ca_bundle: str | None,
-        netbios: str,
-        dc_name: str,
-    ) -> None:
-        self.base_dn = base_dn
-        self.netbios = netbios.upper()
-        self.dc_name = dc_name
-        tls = ldap3.Tls(
-            validate=ssl.CERT_REQUIRED if ca_bundle else ssl.CERT_NONE,
-            ca_certs_file=ca_bundle,
-        )
-        self._server = ldap3.Server(url, use_ssl=url.startswith("ldaps://"), tls=tls,
-                                    connect_timeout=10)
-        self._user = user
-        self._password = password
-        # Connections are shared between the HTTP threads (one per client connection), so a
-        # new WinRM connection does not pay for a new LDAPS bind.
-        self._idle: list[ldap3.Connection] = []
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def _conn(self) -> Iterator[ldap3.Connection]:
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None or conn.closed:
-            conn = ldap3.Connection(
-                self._server, self._user, self._password, auto_bind=True,
-                receive_timeout=30, raise_exceptions=False,
-            )
-        try:
-            yield conn
-        except ldap3.core.exceptions.LDAPException:
-            conn.unbind()
-            raise
-        with self._lock:
-            self._idle.append(conn)
-
-    def search(self, ldap_filter: str, *, base: str | None = None, limit: int = 0) -> list[Entry]:
-        """Objects under the base DN matching ``ldap_filter`` (already escaped)."""
-        response: list[dict[str, Any]] = []
-        for attempt in (1, 2):
-            try:
-                with self._conn() as conn:
-                    conn.search(
-                        base or self.base_dn, ldap_filter, ldap3.SUBTREE,
-                        attributes=READ_ATTRIBUTES, size_limit=limit,
-                    )
-                    result = dict(conn.result or {})
-                    response = list(conn.response or [])
-                break
-            except ldap3.core.exceptions.LDAPException:
-                # A dropped LDAP connection: reconnect once, as Exchange's DS access does.
-                if attempt == 2:
-                    raise
-        # success, sizeLimitExceeded (the caller asked for a limit), noSuchObject: answers.
-        # Anything else (busy, timeout, unavailable) is no answer, never "not found".
-        if result.get("result") not in (0, 4, 32):
-            raise CmdletError(
-                f"Active Directory server {self.dc_name} is not available. "
-                f"{result.get('description')}: {result.get('message')}",
-                "Microsoft.Exchange.Data.Directory.ADTransientException",
-                "ResourceUnavailable",
-                "ADTransientException",
-            )
-        entries = []
-        for item in response:
-            if item.get("type") != "searchResEntry":
-                continue
-            raw = item.get("raw_attributes", {})
-            attrs = {k.lower(): list(v) if isinstance(v, list) else [v]
-                     for k, v in item["attributes"].items()}
-            guid_raw = raw.get("objectGUID") or raw.get("objectguid")
-            guid = uuid.UUID(bytes_le=bytes(guid_raw[0])) if guid_raw else uuid.UUID(int=0)
-            entries.append(Entry(item["dn"], guid, attrs))
-        return entries
-
-    def replace(self, dn: str, values: dict[str, list[Any]]) -> None:
-        """Replace the given attributes of ``dn``; raise CmdletError if AD refuses."""
-        changes = {name: [(ldap3.MODIFY_REPLACE, [str(v) for v in vals])]
-                   for name, vals in values.items()}
-        with self._conn() as conn:
-            ok = conn.modify(dn, changes)
-            result = dict(conn.result or {})
-        if not ok:
-            raise CmdletError(
-                f"Active Directory operation failed on {self.dc_name}. "
-                f"{result.get('description')}: {result.get('message')}",
-                "Microsoft.Exchange.Data.Directory.ADOperationException",
-                "WriteError",
-                "ADOperationException",
-            )
 
 
 @dataclass
@@ -443,17 +279,17 @@ class Exchange:
         if not self._taken(primary, user):
             return primary
         if explicit:
-            raise _address_in_use(primary)
+            raise address_in_use(primary)
         local, _, domain = primary.partition("@")
         for n in range(2, 100):
             candidate = f"{local}{n}@{domain}"
             if not self._taken(candidate, user):
                 return candidate
-        raise _address_in_use(primary)
+        raise address_in_use(primary)
 
     def _check_unused(self, address: str, user: Entry) -> None:
         if self._taken(address, user):
-            raise _address_in_use(address)
+            raise address_in_use(address)
 
     def remote_mailbox(self, entry: Entry) -> dict[str, Any]:
         """The properties of Exchange's RemoteMailbox object for ``entry``."""
@@ -484,39 +320,6 @@ class Exchange:
                                              if rrt & bit == bit) or "None",
             "OriginatingServer": self.directory.dc_name,
         }
-
-
-def command_not_found(name: str) -> CmdletError:
-    return CmdletError(
-        f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, "
-        "or operable program. Check the spelling of the name, or if a path was included, "
-        "verify that the path is correct and try again.",
-        "System.Management.Automation.CommandNotFoundException",
-        "ObjectNotFound",
-        "CommandNotFoundException",
-        name,
-    )
-
-
-def scripts_not_allowed() -> CmdletError:
-    return CmdletError(
-        "The syntax is not supported by this runspace. This can occur if the runspace is in "
-        "no-language mode.",
-        "System.Management.Automation.ParseException",
-        "ParserError",
-        "ScriptsNotAllowed",
-    )
-
-
-def _address_in_use(address: str) -> CmdletError:
-    return CmdletError(
-        f"The proxy address \"SMTP:{address}\" is already being used by the proxy addresses "
-        "or LegacyExchangeDN. Please choose another proxy address.",
-        "Microsoft.Exchange.Data.Directory.ADObjectAlreadyExistsException",
-        "NotSpecified",
-        "ProxyAddressExistsException",
-        address,
-    )
 
 
 def _smtp(value: str, parameter: str) -> str:

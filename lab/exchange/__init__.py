@@ -1,0 +1,119 @@
+"""Exchange peer: Exchange's PowerShell endpoint (``https://<host>/PowerShell``, configuration
+``Microsoft.Exchange``) as a WS-Management + PSRP server on loopback.
+
+It speaks WS-Management over HTTPS with a lab-CA certificate, authenticates with NTLM
+(Negotiate, pyspnego as the acceptor, users from ``NTLM_USER_FILE``) or Basic, and answers
+bad credentials with 401. PowerShell remoting runs on psrpcore's server classes, so pypsrp's
+``RunspacePool``/``PowerShell`` work against it unchanged. Like Exchange's restricted
+endpoint it runs cmdlets only: a script, or a cmdlet it does not have, is an error.
+
+Knobs (latency per cmdlet, pool open latency, sessions per user, idle timeout, injected
+faults) are set at start from the environment and changed at run time by tests through
+``configure(lab, ...)``; ``control`` lists them.
+
+``start(lab)`` runs the endpoint as its own process (``python -m lab.exchange <config.json>``)
+so ``lab down`` stops it by pid, and writes ``LAB_EXCHANGE_URL``/``EXCHANGE_URL``, the
+service account (``EXCHANGE_USER``, ``EXCHANGE_PASSWORD``, ``EXCHANGE_AUTH=ntlm``) and
+``LAB_EXCHANGE_ADMIN_TOKEN`` for the control path.
+
+Modules
+-------
+``server``     HTTPS, NTLM/Negotiate and Basic, fault injection, ``/lab/knobs``
+``wsman``      WS-Management namespaces, actions, fault codes, envelopes
+``shell``      the WinRM shell actions (Create, Command, Send, Receive, Signal, Delete)
+``psrp``       runspace pools and pipelines on psrpcore; ErrorRecords shaped like Exchange's
+``endpoint``   shared state: sessions per user, knobs, counters
+``control``    the knobs, their start values, ``configure(lab, ...)`` and ``status(lab)``
+``cmdlets``    ``Get-RemoteMailbox``, ``Enable-RemoteMailbox``: parameter binding, identity
+``directory``  the lab AD over LDAPS, as the cmdlets read and write it
+``errors``     ``CmdletError`` and Exchange's error texts
+``__main__``   the process: reads the config, wires the above, serves
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+from urllib.parse import urlparse
+
+from lab.core import Lab, LabError, free_port, wait_for_port
+from lab.tls import issue
+
+from .control import configure, knobs_from_env, status
+
+__all__ = ["configure", "start", "status"]
+
+
+def _dc_name(lab: Lab) -> str:
+    """The DC's FQDN, which Exchange names in its "couldn't be found on" errors."""
+    from lab import ad
+
+    return getattr(ad, "HOSTNAME", "") or urlparse(lab.settings["LAB_AD_URL"]).hostname or "dc1"
+
+
+def _dns_domain(base_dn: str) -> str:
+    return ".".join(part.split("=", 1)[1] for part in base_dn.split(",")
+                    if part.strip().lower().startswith("dc="))
+
+
+def start(lab: Lab) -> None:
+    """Start the endpoint as its own process and write its settings."""
+    missing = [k for k in ("LAB_AD_URL", "LAB_AD_ADMIN_USER", "LAB_AD_ADMIN_PASSWORD",
+                           "LAB_AD_BASE_DN") if not lab.settings.get(k)]
+    if missing:
+        raise LabError(f"exchange needs the lab AD first; missing settings: {', '.join(missing)}")
+    base_dn = lab.settings["LAB_AD_BASE_DN"]
+    dns_domain = _dns_domain(base_dn) or "lab.example"
+    realm = lab.settings.get("LAB_AD_REALM") or dns_domain
+    netbios = realm.split(".")[0].upper()
+    host, port = "127.0.0.1", free_port()
+    cert, key = issue(lab, "exchange", [host, "localhost"])
+    user = f"{netbios}\\svc-exchange"
+    password = secrets.token_urlsafe(18)
+    ntlm_file = lab.path("exchange", "ntlm_users")
+    ntlm_file.write_text(f"{netbios}:svc-exchange:{password}\n")
+    ntlm_file.chmod(0o600)
+    routing = lab.settings.get("ROUTING_DOMAIN") or "contoso.mail.onmicrosoft.com"
+    admin_token = secrets.token_urlsafe(18)
+    config: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "cert": str(cert),
+        "key": str(key),
+        "user": user,
+        "password": password,
+        "domain": netbios,
+        "ntlm_user_file": str(ntlm_file),
+        "admin_token": admin_token,
+        "server_name": "EX01",
+        "accepted_domain": lab.settings.get("LAB_EXCHANGE_ACCEPTED_DOMAIN") or dns_domain,
+        "routing_domain": routing,
+        "knobs": knobs_from_env(),
+        "ad": {
+            "url": lab.settings["LAB_AD_URL"].split(",")[0],
+            "user": lab.settings["LAB_AD_ADMIN_USER"],
+            "password": lab.settings["LAB_AD_ADMIN_PASSWORD"],
+            "base_dn": base_dn,
+            "ca_bundle": lab.settings.get("LAB_AD_CA_CERT") or lab.settings.get("CA_BUNDLE"),
+            "dc_name": _dc_name(lab),
+        },
+    }
+    config_path = lab.path("exchange", "config.json")
+    config_path.write_text(json.dumps(config, indent=2))
+    config_path.chmod(0o600)
+    proc = lab.python("exchange", "lab.exchange", str(config_path))
+    wait_for_port(host, port, peer="exchange", lab=lab, proc=proc)
+    url = f"https://{host}:{port}/PowerShell"
+    lab.endpoint("exchange", "url", url)
+    lab.settings.update({
+        "LAB_EXCHANGE_URL": url,
+        "LAB_EXCHANGE_USER": user,
+        "LAB_EXCHANGE_PASSWORD": password,
+        "LAB_EXCHANGE_ADMIN_TOKEN": admin_token,
+        "EXCHANGE_URL": url,
+        "EXCHANGE_USER": user,
+        "EXCHANGE_PASSWORD": password,
+        "EXCHANGE_AUTH": "ntlm",
+    })
+    lab.settings.setdefault("ROUTING_DOMAIN", routing)
