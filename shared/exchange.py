@@ -72,7 +72,12 @@ _PERMANENT_REASONS = {
         "through the Recipient Management role group"
     ),
     "ParseException": "this is a bug in the service: report it",
-    "ParameterBindingException": "this is a bug in the service: report it",
+    # Exchange refused a value, and the values come from the user's attributes (the alias and
+    # addresses derive from mailNickname and the UPN): the helpdesk can fix those.
+    "ParameterBindingException": (
+        "check the user's mailNickname and userPrincipalName in AD for characters Exchange "
+        "does not accept in an alias or e-mail address, and correct them"
+    ),
     "ParameterBindingArgumentTransformationException": (
         "check the user's alias, routing domain (ROUTING_DOMAIN) and addresses"
     ),

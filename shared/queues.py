@@ -59,6 +59,17 @@ def decode_body(raw: str | bytes) -> str | Undecodable:
         return Undecodable("not UTF-8 text once base64-decoded")
 
 
+def excerpt(raw: str | bytes, limit: int = 1024) -> str:
+    """What an undecodable message says, for the record and the alert: its text when it is
+    base64 of something (an oversized message), else what was stored; at most ``limit``."""
+    text = raw_text(raw)
+    try:
+        decoded = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return text[:limit]
+    return decoded.decode("utf-8", errors="replace")[:limit]
+
+
 @dataclass(frozen=True)
 class Received:
     """A message taken from a queue: its raw text as stored, the decoded text (or why it could

@@ -28,7 +28,7 @@ def lab() -> Iterator[Lab]:
     up(lab)
     yield lab
     if not was_up:
-        lab.stop_all()
+        lab.down()
 
 
 @pytest.fixture(scope="session")

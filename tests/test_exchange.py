@@ -184,6 +184,18 @@ def test_ambiguous_and_already_enabled_are_permanent(client, make_user, lab, set
     assert "is already mail-enabled" in again.value.reason
 
 
+def test_an_alias_exchange_refuses_is_a_fix_for_the_helpdesk(client, make_user, settings):
+    """Exchange refuses an alias with a space as a parameter binding error: a PermanentError
+    whose fix points at the user's attributes, never "a bug in the service"."""
+    user = make_user()
+    routing = f"{user.sam}@{settings.provisioning.routing_domain}"
+    with pytest.raises(PermanentError) as caught:
+        client.enable_remote_mailbox(str(user.guid), routing, alias="ann smith")
+    assert "contains invalid characters" in caught.value.reason
+    assert "bug" not in caught.value.fix
+    assert "mailNickname and userPrincipalName" in caught.value.fix
+
+
 @pytest.mark.parametrize("auth", ["ntlm", "basic"])
 def test_wrong_password_is_permanent_and_never_shown(settings, lab, auth):
     """A wrong password yields a PermanentError naming the account, without the password."""

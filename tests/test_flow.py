@@ -28,6 +28,7 @@ from shared.config import Settings
 from shared.directory import DirectoryUser
 from shared.ledger import State
 from shared.messages import Step, WorkItem
+from shared.queues import encode_body
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -88,7 +89,8 @@ def _run(svc: flow.Service, limit: float = 240) -> None:
 
 def test_fifty_users_end_to_end(lab: Lab, svc: flow.Service, settings: Settings) -> None:
     """50 seeded users, 5 invalid: the valid ones are remote mailboxes, licensed and in
-    neither group; the invalid ones stay where they were with an error mail naming the fix;
+    neither group; the invalid ones stay in O365_Provision without a remote mailbox, with an
+    error mail naming what is wrong and the fix;
     one digest lists the provisioned users with Graph's unit counts and the invalid ones among
     the users waiting, with their step; nobody is licensed twice."""
     started = time.time()
@@ -110,16 +112,18 @@ def test_fifty_users_end_to_end(lab: Lab, svc: flow.Service, settings: Settings)
     mails = _mails(lab, started)
     errors = {m["Subject"]: m for m in mails if "Error" in str(m["Subject"])}
     for user in invalid:
-        expected_group = p.license_group if user.country == "XX" else p.provision_group
-        assert expected_group in _groups(user), user.sam
+        # One rule for both steps: an invalid user never got a remote mailbox (country XX
+        # used to pass the mailbox step and fail at the licence step).
+        assert ({p.provision_group}, None) == (_groups(user), user.remote_recipient_type), \
+            user.sam
         subject = f"Office 365 Provisioning Error: {user.sam}"
         assert subject in errors, user.sam
         body = _html(errors[subject])
-        assert "Fix" in body or "fix" in body
-        if user.country == "XX":
-            assert "ISO 3166-1" in body
-        else:
-            assert "Country/region" in body
+        wrong = ("ISO 3166-1 alpha-2" if user.country == "XX"
+                 else "extensionAttribute1")
+        assert wrong in body.split('<p class="error">', 1)[1].split("</p>", 1)[0], user.sam
+        fix = body.split("<strong>How to fix it:</strong>", 1)[1].split("</p>", 1)[0]
+        assert "has been set)" in fix and "set " in fix, user.sam
 
     digests = [m for m in mails if m["Subject"] == "Office 365 Provisioning Report"]
     assert len(digests) == 1
@@ -130,8 +134,8 @@ def test_fifty_users_end_to_end(lab: Lab, svc: flow.Service, settings: Settings)
     for user in invalid:
         # Not provisioned: listed under the users waiting, with the step and the reason.
         assert user.sam not in provisioned
-        assert f"<tr><td>{user.sam}</td><td>{'license' if user.country == 'XX' else 'mailbox'}" \
-            f"</td><td class=\"error\">failed</td>" in waiting, user.sam
+        assert f"<tr><td>{user.sam}</td><td>mailbox</td><td class=\"error\">failed</td>" \
+            in waiting, user.sam
     skus = {s["skuPartNumber"]: s for s in _graph(lab, "subscribedSkus").json()["value"]}
     for part in ("ENTERPRISEPACK", "EXCHANGEENTERPRISE"):
         consumed = skus[part]["consumedUnits"]
@@ -242,7 +246,8 @@ def test_a_poisoned_message_is_recorded_and_can_be_redriven(
     item = WorkItem(user=user.guid, step=Step.MAILBOX)
     asyncio.run(flow.enqueue(svc, item))
     before = svc.ledger.get(user.guid, Step.MAILBOX)
-    handled = asyncio.run(flow.poisoned(svc, "mailbox", item.encode(), dequeue_count=5))
+    handled = asyncio.run(flow.poisoned(svc, "mailbox", encode_body(item.encode()),
+                                        dequeue_count=5))
     after = svc.ledger.get(user.guid, Step.MAILBOX)
     assert ("poison", str(user.guid)) == (handled.outcome, handled.user)
     assert before is not None and after is not None

@@ -18,7 +18,7 @@ from shared.errors import ProvisioningError
 from shared.ledger import LedgerRow, now
 from shared.log import get_logger
 from shared.messages import MalformedMessage, WorkItem, decode
-from shared.queues import decode_body, raw_text
+from shared.queues import decode_body, excerpt, raw_text
 
 from . import alerts
 from .steps import run_step
@@ -132,7 +132,7 @@ async def poisoned(svc: Service, queue: str, raw: str | bytes, *,
     redrive``) and alerted. It never changes a ledger row: anyone who can write to a queue can
     write to its poison twin. Never raises."""
     body = decode_body(raw)
-    text = body if isinstance(body, str) else raw_text(raw)
+    text = body if isinstance(body, str) else excerpt(raw)
     item: WorkItem | None = None
     if isinstance(body, str):
         try:
