@@ -37,9 +37,9 @@ import iso3166
 
 from .config import ProvisioningSettings
 from .directory import Directory, DirectoryUser
+from .entra import immutable_id as to_immutable_id
 from .errors import PermanentError, TransientError
 from .graph import GraphClient, SubscribedSku
-from .graph import immutable_id as to_immutable_id
 from .ledger import Change
 from .log import get_logger
 
