@@ -1,11 +1,14 @@
 """Structured logging: events with fields (``user``, ``step``, ``outcome``, ``correlation_id``).
 
 Secrets the provider hands out are registered here and masked in every event, as a last
-line of defence: no code should log them in the first place.
+line of defence: no code should log them in the first place. ``redact`` masks a secret as it
+is and as HTML escaping writes it (``&`` → ``&amp;``), so a mail body rendered with autoescape
+cannot carry one past it either.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import MutableMapping
 from typing import Any
@@ -17,13 +20,18 @@ MASK = "***"
 
 
 def register_secret(value: str) -> None:
-    """Mask ``value`` wherever it would appear in a log event from now on."""
+    """Mask ``value`` wherever it would appear in a log event or a mail from now on."""
     if len(value) >= 4:
-        _secrets.add(value)
+        # markupsafe (jinja2's autoescape) writes ' and " as &#39; and &#34;; html.escape
+        # as &#x27; and &quot;.
+        escaped = html.escape(value, quote=False)
+        _secrets.update({value, escaped, html.escape(value),
+                         escaped.replace('"', "&#34;").replace("'", "&#39;")})
 
 
 def redact(text: str) -> str:
-    for secret in _secrets:
+    """``text`` with every registered secret masked, longest first."""
+    for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)
     return text

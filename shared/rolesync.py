@@ -731,7 +731,7 @@ async def notify(svc: RoleService, result: CycleResult) -> bool:
                                 "text/plain")],
     )
     try:
-        await svc.mailer().asend(mail)
+        await svc.mailer().send(mail)
     except ProvisioningError as exc:
         log.error("role_notification_failed", reason=str(exc),
                   correlation_id=result.correlation_id)
