@@ -359,8 +359,8 @@ def redrive(queue: Annotated[str, typer.Argument(help="mailbox, license or roles
 def _print_role_plan(svc: flow.Service) -> None:
     """The role plan: what goes ahead, what the guards refuse or hold; changes nothing."""
     from .plans import current_plan
+    from .roleinputs import build_plan
     from .rolemail import plan_lines
-    from .rolesync import build_plan
     try:  # build_plan makes the Graph client inside this loop, which it belongs to
         rp = asyncio.run(build_plan(svc))
     except SafetyStop as stop:
