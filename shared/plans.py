@@ -91,8 +91,8 @@ class PlanStore:
         """Record ``held`` as held, unless it is held or approved already; every other live
         plan is superseded, approvals included: an approval never outlives its set."""
         pid = held.plan_id
-        for row in self._table.query_entities(
-                "PartitionKey eq 'plan' and (status eq 'held' or status eq 'approved')"):
+        for row in self._table.query_entities("PartitionKey eq 'plan' and (status eq 'held' or "
+                                              "status eq 'approved' or status eq 'applied')"):
             if row["RowKey"] != pid:
                 self._set(str(row["RowKey"]), status="superseded")
         found = self.get(pid)
@@ -130,10 +130,11 @@ class PlanStore:
         return replace(found, status="approved", approved=stamp)
 
     def release(self, pid: str, ttl: dt.timedelta, *, now: dt.datetime | None = None) -> bool:
-        """True, once, when ``pid`` is approved and the approval is younger than ``ttl``; the
-        plan is then applied. An older approval expires."""
+        """True when ``pid`` is approved and the approval is younger than ``ttl``; the plan is
+        then applied. Planned again while its changes are still queued, an applied plan is
+        released again (each change is idempotent) until its approval expires."""
         found = self.get(pid)
-        if found is None or found.status != "approved":
+        if found is None or found.status not in ("approved", "applied"):
             return False
         if (now or _now()) - dt.datetime.fromisoformat(found.approved) > ttl:
             self._set(pid, status="expired")
@@ -155,13 +156,15 @@ class PlanStore:
                 self._table.create_entity({"PartitionKey": "revoked", "RowKey": change.key,
                                            "at": _stamp(now or _now())})
 
-    def revoked_since(self, since: dt.datetime) -> int:
-        """Revocations released since ``since``; older rows are dropped on the way."""
-        rows = list(self._table.query_entities("PartitionKey eq 'revoked'"))
-        old = [str(r["RowKey"]) for r in rows if str(r.get("at", "")) < _stamp(since)]
-        for key in old:
-            self._table.delete_entity("revoked", key)
-        return len(rows) - len(old)
+    def revoked_since(self, since: dt.datetime) -> frozenset[str]:
+        """The keys of the revocations released since ``since``; older rows are dropped."""
+        recent: set[str] = set()
+        for row in list(self._table.query_entities("PartitionKey eq 'revoked'")):
+            if str(row.get("at", "")) >= _stamp(since):
+                recent.add(str(row["RowKey"]))
+            else:
+                self._table.delete_entity("revoked", str(row["RowKey"]))
+        return frozenset(recent)
 
     # -- alerts ----------------------------------------------------------------------------------
     def last_alert(self) -> str:

@@ -90,7 +90,8 @@ class PlanInputs:
     assignments: Sequence[Assignment]
     users: Sequence[CloudUser]
     break_glass: BreakGlass = BreakGlass()
-    revoked_recently: int = 0  # revocations released within ROLES_REVOCATION_WINDOW_HOURS
+    # keys of the revocations released within ROLES_REVOCATION_WINDOW_HOURS
+    revoked: frozenset[str] = frozenset()
 
 
 # -- the guards -----------------------------------------------------------------------------
@@ -175,13 +176,15 @@ def _not_allowed(role: RoleDefinition, groups: Sequence[str],
     )
 
 
-def hold(changes: Sequence[RoleChange], current_members: int, revoked_recently: int,
+def hold(changes: Sequence[RoleChange], current_members: int, revoked: Iterable[str],
          settings: RolesSettings) -> Hold | None:
     """What the limits hold back: all grants above ``ROLES_MAX_GRANTS``; all revocations when
     they take the window above ``ROLES_MAX_REVOCATIONS`` or (from
-    ``ROLES_SHARE_MIN_REVOCATIONS`` on) above ``ROLES_MAX_REVOCATION_SHARE``."""
+    ``ROLES_SHARE_MIN_REVOCATIONS`` on) above ``ROLES_MAX_REVOCATION_SHARE``. ``revoked`` are
+    the keys released in the window; one planned again (still queued) counts once."""
     grants = [c for c in changes if c.action is Action.GRANT]
     revokes = [c for c in changes if c.action is Action.REVOKE]
+    revoked_recently = len(set(revoked) - {c.key for c in revokes})
     held: list[RoleChange] = []
     reasons: list[str] = []
     if len(grants) > settings.max_grants:
@@ -314,7 +317,7 @@ def plan(inputs: PlanInputs, settings: RolesSettings) -> RolePlan:
     return RolePlan(
         changes=ordered, blocked=tuple(blocked), skipped=tuple(skipped), mapped=tuple(mapped),
         unknown_groups=tuple(unknown), kept=kept, current_members=current_members,
-        held=hold(ordered, current_members, inputs.revoked_recently, settings),
+        held=hold(ordered, current_members, inputs.revoked, settings),
     )
 
 

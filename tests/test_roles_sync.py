@@ -382,8 +382,9 @@ def test_held_revocations_wait_grants_go_on_and_approval_binds_to_the_held_set(
 def test_approval_expires_and_revocations_count_in_the_window(
     settings: Settings, roles_env: dict[str, str],
 ) -> None:
-    """An approval releases its plan within ROLES_APPROVAL_HOURS and expires after; released
-    revocations count in the rolling window until it has passed over them."""
+    """An approval releases its plan within ROLES_APPROVAL_HOURS (again, while its changes are
+    still queued) and expires after; released revocations count in the rolling window until it
+    has passed over them."""
     store = PlanStore.open(with_roles(settings))
     t0 = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
     day = dt.timedelta(hours=24)
@@ -395,14 +396,15 @@ def test_approval_expires_and_revocations_count_in_the_window(
     expired = store.release(late.plan_id, day, now=t0 + dt.timedelta(hours=25))
     store.hold(timely, now=t0)
     store.approve(timely.plan_id, now=t0)
-    released = store.release(timely.plan_id, day, now=t0 + dt.timedelta(hours=23))
-    assert (False, "expired", True) == (expired, store.get(late.plan_id).status,  # type: ignore[union-attr]
-                                        released)
+    released = store.release(timely.plan_id, day, now=t0 + dt.timedelta(hours=22))
+    again = store.release(timely.plan_id, day, now=t0 + dt.timedelta(hours=23))
+    assert (False, "expired", True, True) == (
+        expired, store.get(late.plan_id).status, released, again)  # type: ignore[union-attr]
 
     store.spend(revoke, now=t0)
     store.spend(revoke[:1], now=t0 + dt.timedelta(hours=1))  # sent again: counted once
-    assert [3, 0] == [store.revoked_since(t0 - dt.timedelta(hours=1)),
-                      store.revoked_since(t0 + dt.timedelta(minutes=1))]
+    assert [3, 0] == [len(store.revoked_since(t0 - dt.timedelta(hours=1))),
+                      len(store.revoked_since(t0 + dt.timedelta(minutes=1)))]
 
 
 @pytest.mark.slow
