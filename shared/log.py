@@ -15,23 +15,25 @@ from typing import Any
 
 import structlog
 
-_secrets: set[str] = set()
+_secrets: tuple[str, ...] = ()  # longest first: a secret inside another is masked whole
 MASK = "***"
 
 
 def register_secret(value: str) -> None:
     """Mask ``value`` wherever it would appear in a log event or a mail from now on."""
+    global _secrets  # replaced whole: a thread that is redacting keeps a consistent tuple
     if len(value) >= 4:
         # markupsafe (jinja2's autoescape) writes ' and " as &#39; and &#34;; html.escape
         # as &#x27; and &quot;.
         escaped = html.escape(value, quote=False)
-        _secrets.update({value, escaped, html.escape(value),
-                         escaped.replace('"', "&#34;").replace("'", "&#39;")})
+        forms = {value, escaped, html.escape(value),
+                 escaped.replace('"', "&#34;").replace("'", "&#39;")}
+        _secrets = tuple(sorted(set(_secrets) | forms, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
     """``text`` with every registered secret masked, longest first."""
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
