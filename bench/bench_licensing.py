@@ -25,7 +25,8 @@ from lab.__main__ import up
 from lab.core import REPO, Lab
 from shared.config import load_settings
 from shared.directory import DirectoryUser
-from shared.graph import GraphClient, immutable_id
+from shared.entra import immutable_id
+from shared.graph import GraphClient
 from shared.licensing import LicenseOutcome, LicenseStep, MemoryShortageLedger
 
 

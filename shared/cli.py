@@ -24,12 +24,13 @@ from typing import Annotated, Any
 import typer
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import flow
 from .config import Settings, load_settings
-from .errors import ConfigError, ProvisioningError
+from .errors import ConfigError, ProvisioningError, SafetyStop
 from .ledger import now
 from .log import configure
 from .messages import QUEUES, Step, poison_queue
@@ -355,34 +356,44 @@ def redrive(queue: Annotated[str, typer.Argument(help="mailbox, license or roles
 # -- roles ------------------------------------------------------------------------------
 
 
-def _print_role_plan(svc: flow.Service) -> Any:
-    from .rolesync import describe_plan
-
-    return describe_plan(svc, console)
+def _print_role_plan(svc: flow.Service) -> None:
+    """The role plan: what goes ahead, what the guards refuse or hold; changes nothing."""
+    from .plans import current_plan
+    from .roleinputs import build_plan
+    from .rolemail import plan_lines
+    try:  # build_plan makes the Graph client inside this loop, which it belongs to
+        rp = asyncio.run(build_plan(svc))
+    except SafetyStop as stop:
+        console.print(escape(str(stop)), style="red")
+        return
+    table = Table("action", "role", "user", "AD group", "", title=f"role plan {rp.plan_id}")
+    for c in rp.changes:
+        table.add_row(*map(escape, (c.action, c.role_name, c.user, c.group, "held" if rp.held
+                                    and c in rp.held.changes else "goes ahead")))
+    lines = [f"group {e.group.dn} → {e.role.display_name} ({'privileged, ' * e.privileged}"
+             f"{'allowed' if e.allowed else 'NOT ALLOWED'})" for e in rp.mapped] + plan_lines(rp)
+    lines += [f"stored plan {h.plan_id}: {h.status} since {h.created}"
+              for h in (current_plan(svc.settings),) if h]
+    console.print(table, *map(escape, lines), sep="\n")
 
 
 @roles_app.command("plan")
 def roles_plan() -> None:
-    """Show the role plan and what the guards hold, changing nothing."""
-    svc = _service()
-    _print_role_plan(svc)
+    """Show the role plan and what the guards refuse or hold, changing nothing."""
+    _print_role_plan(svc := _service())
     svc.close()
 
 
 @roles_app.command("approve")
-def roles_approve(
-    plan_id: Annotated[str, typer.Argument(help="the id the held plan showed")],
-) -> None:
-    """Approve a held role plan; the next cycle applies it if it computes the same plan."""
-    from .rolesync import approve_plan
-
-    settings = state.load()
+def roles_approve(plan_id: Annotated[str, typer.Argument(help="the held plan's id")]) -> None:
+    """Approve the plan held now: the next cycle releases it if it holds the same changes."""
+    from .plans import approve_plan
     try:
-        approve_plan(settings, plan_id)
+        approve_plan(state.load(), plan_id)
     except ProvisioningError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(escape(str(exc)), style="red")
         raise typer.Exit(1) from None
-    console.print(f"plan {plan_id} approved; the next role cycle applies it")
+    console.print(f"plan {plan_id} approved; the next role cycle releases it")
 
 
 if __name__ == "__main__":

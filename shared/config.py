@@ -20,20 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from .dn import dn_parts, dn_within, is_dn
 from .errors import ConfigError
 
 DEFAULT_LICENSE_MAP = {"E3": "ENTERPRISEPACK", "Exchange 2": "EXCHANGEENTERPRISE"}
 
-# Roles that can take over the tenant: never synced unless named in ROLES_PRIVILEGED_OPT_IN.
-PRIVILEGED_ROLES = (
-    "Global Administrator",
-    "Privileged Role Administrator",
-    "Privileged Authentication Administrator",
-)
-
+# Roles the sync may change. Those the tenant marks privileged (Helpdesk Administrator, User
+# Administrator, Global Reader among these) also need ROLES_PRIVILEGED_OPT_IN.
 DEFAULT_ROLE_ALLOW_LIST = (
     "Exchange Administrator",
     "Helpdesk Administrator",
@@ -49,6 +52,8 @@ DEFAULT_ROLE_ALLOW_LIST = (
 )
 
 _NCRONTAB = re.compile(r"^\S+( \S+){5}$")
+_OBJECT_ID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
+_UPN = re.compile(r"^[^@\s]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 
 class _Section(BaseSettings):
@@ -63,6 +68,7 @@ def _csv(value: Any) -> tuple[str, ...]:
         text = value.strip()
         value = json.loads(text) if text.startswith("[") else text.split(",")
     return tuple(str(item).strip() for item in value if str(item).strip())
+
 
 
 class StorageSettings(_Section):
@@ -126,8 +132,9 @@ class AdSettings(_Section):
 class ProvisioningSettings(_Section):
     """What the existing scripts hard-coded: groups, attributes, licence names."""
 
-    provision_group: str = "O365_Provision"
-    license_group: str = "O365_License"
+    provision_group: str = Field("O365_Provision", description="a name or a DN")
+    license_group: str = Field("O365_License", description="a name or a DN")
+    groups_ou: str = Field("", description="where group names are looked up; AD_BASE_DN if unset")
     license_attribute: str = "extensionAttribute1"
     country_attribute: str = "c"
     license_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LICENSE_MAP))
@@ -142,6 +149,13 @@ class ProvisioningSettings(_Section):
         if not value:
             raise ValueError("the licence map is empty; give at least one name → SKU part number")
         return value
+
+    @field_validator("provision_group", "license_group", "groups_ou")
+    @classmethod
+    def _dn_if_dn(cls, value: str, info: ValidationInfo) -> str:
+        if is_dn(value) or (info.field_name == "groups_ou" and value.strip()):
+            dn_parts(value)
+        return value.strip()
 
     @field_validator("routing_domain")
     @classmethod
@@ -260,15 +274,37 @@ class RolesSettings(_Section):
 
     enabled: bool = False
     ou: str = ""
+    nested: bool = Field(False, description="expand nested groups, only those under ROLES_OU")
     group_map: dict[str, str] = Field(default_factory=dict, description="group → role template id")
     allow_list: str = ",".join(DEFAULT_ROLE_ALLOW_LIST)
     privileged_opt_in: str = Field("", description="privileged roles explicitly allowed")
-    break_glass_ids: str = ""
+    break_glass_ids: str = Field("", description="object ids and UPNs never touched")
+    max_grants: int = Field(10, ge=0)
     max_revocations: int = Field(5, ge=0)
+    revocation_window_hours: float = Field(24.0, gt=0)
     max_revocation_share: float = Field(0.25, ge=0, le=1)
+    share_min_revocations: int = Field(2, ge=1)
+    approval_hours: float = Field(24.0, gt=0)
     mode: Literal["active", "eligible"] = "active"
     pim_justification: str = "Granted from AD group by the O365 provisioning service"
     pim_duration_days: int | None = Field(None, ge=1)
+
+    @field_validator("ou")
+    @classmethod
+    def _ou_is_dn(cls, value: str) -> str:
+        if value.strip():
+            dn_parts(value)
+        return value.strip()
+
+    @field_validator("break_glass_ids")
+    @classmethod
+    def _ids_or_upns(cls, value: str) -> str:
+        for entry in _csv(value):
+            if not (_OBJECT_ID.match(entry) or _UPN.match(entry)):
+                raise ValueError(
+                    f"'{entry}' is neither an object id (8-4-4-4-12 hex digits, no braces) "
+                    "nor a UPN (name@domain)")
+        return value
 
     @model_validator(mode="after")
     def _ou_when_enabled(self) -> RolesSettings:
@@ -278,12 +314,19 @@ class RolesSettings(_Section):
 
     @property
     def allowed_roles(self) -> frozenset[str]:
-        opted_in = set(_csv(self.privileged_opt_in)) & set(PRIVILEGED_ROLES)
-        return frozenset(set(_csv(self.allow_list)) - set(PRIVILEGED_ROLES) | opted_in)
+        return frozenset(_csv(self.allow_list))
 
     @property
-    def break_glass(self) -> frozenset[str]:
-        return frozenset(item.lower() for item in _csv(self.break_glass_ids))
+    def opted_in_roles(self) -> frozenset[str]:
+        return frozenset(_csv(self.privileged_opt_in))
+
+    @property
+    def break_glass_object_ids(self) -> frozenset[str]:
+        return frozenset(e.lower() for e in _csv(self.break_glass_ids) if _OBJECT_ID.match(e))
+
+    @property
+    def break_glass_upns(self) -> frozenset[str]:
+        return frozenset(e.casefold() for e in _csv(self.break_glass_ids) if "@" in e)
 
 
 class ScheduleSettings(_Section):
@@ -403,4 +446,18 @@ def load_settings(env_file: str | Path | None = None) -> Settings:
             match = re.search(r'field "(\w+)"', str(exc))
             field = match.group(1) if match else "?"
             raise ConfigError(_field_setting(section, field), "is not valid JSON") from None
+    _check_within_base(sections["ad"], sections["provisioning"], sections["roles"])
     return Settings(**sections)
+
+
+def _check_within_base(ad: AdSettings, provisioning: ProvisioningSettings,
+                       roles: RolesSettings) -> None:
+    """The OUs and group DNs the service reads must lie in the directory it is given: a
+    ROLES_OU elsewhere would let groups outside AD_BASE_DN drive admin roles."""
+    groups = [("PROVISION_GROUP", provisioning.provision_group),
+              ("LICENSE_GROUP", provisioning.license_group)]
+    named = [("ROLES_OU", roles.ou), ("GROUPS_OU", provisioning.groups_ou)]
+    for setting, dn in named + [(s, g) for s, g in groups if is_dn(g)]:
+        if dn and not dn_within(dn, ad.base_dn):
+            raise ConfigError(setting, f"'{dn}' is not under AD_BASE_DN ({ad.base_dn}); "
+                              "give an OU or group inside the directory the service reads")

@@ -29,7 +29,6 @@ import re
 import ssl
 import threading
 import uuid
-from base64 import b64encode
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,8 @@ from ldap3.protocol.microsoft import dir_sync_control, extended_dn_control
 from ldap3.utils.conv import escape_bytes, escape_filter_chars
 
 from .config import AdSettings, ProvisioningSettings
+from .dn import is_dn
+from .entra import immutable_id
 from .errors import PermanentError, TransientError
 
 T = TypeVar("T")
@@ -83,8 +84,8 @@ class DirectoryUser:
 
     @property
     def immutable_id(self) -> str:
-        """Entra Connect's sourceAnchor: base64 of the objectGUID's bytes as AD stores them."""
-        return b64encode(self.guid.bytes_le).decode()
+        """Entra Connect's sourceAnchor (``shared.entra.immutable_id``)."""
+        return immutable_id(self.guid)
 
 
 @dataclass(frozen=True)
@@ -323,14 +324,19 @@ class Directory:
     # -- groups ----------------------------------------------------------------------------
 
     def _group(self, name: str) -> tuple[str, uuid.UUID]:
+        """The group a setting names: by its DN, or by sAMAccountName or cn under GROUPS_OU
+        (AD_BASE_DN when unset); looked up once, then cached."""
         if name in self._groups:
             return self._groups[name]
         value = escape_filter_chars(name)
-        ldap_filter = f"(&(objectClass=group)(|(sAMAccountName={value})(cn={value})))"
+        base, scope, ldap_filter = (
+            (name, BASE, "(objectClass=group)") if is_dn(name) else
+            (self._provisioning.groups_ou or self._ad.base_dn, SUBTREE,
+             f"(&(objectClass=group)(|(sAMAccountName={value})(cn={value})))"))
 
         def search(conn: Connection) -> list[tuple[str, uuid.UUID]]:
-            if not conn.search(self._ad.base_dn, ldap_filter, SUBTREE,
-                               attributes=["objectGUID"]) and conn.result.get("result") != 0:
+            ok = conn.search(base, ldap_filter, scope, attributes=["objectGUID"])
+            if not ok and conn.result.get("result") not in (0, 32):  # 32: noSuchObject
                 self._check(conn, "find group", name)
             return [(entry["dn"], uuid.UUID(bytes_le=entry["raw_attributes"]["objectGUID"][0]))
                     for entry in conn.response or [] if entry.get("type") == "searchResEntry"]
@@ -339,9 +345,9 @@ class Directory:
         if len(found) != 1:
             raise PermanentError(
                 f"group {name} {'was not found' if not found else 'is not unique'} under "
-                f"{self._ad.base_dn}",
+                f"{base}",
                 step="find group",
-                fix="create the group, or set PROVISION_GROUP/LICENSE_GROUP to its name",
+                fix="create the group, or set PROVISION_GROUP/LICENSE_GROUP to its DN",
             )
         self._groups[name] = found[0]
         return found[0]
@@ -454,9 +460,15 @@ class Directory:
             start = int(match.group(2)) + 1
 
     def group_members(self, group: str, *, nested: bool = False) -> list[uuid.UUID]:
-        """objectGUIDs of the group's members. ``nested``: the non-group members of the group
-        and of every group nested in it, each group read once (cycles are harmless)."""
-        group_dn = self.group_dn(group)
+        """objectGUIDs of the members of the group a setting names (``members_of``)."""
+        return self.members_of(self.group_dn(group), nested=nested)
+
+    def members_of(self, group_dn: str, *, nested: bool = False,
+                   within: str | None = None) -> list[uuid.UUID]:
+        """objectGUIDs of the group's members, read by its DN. ``nested``: the non-group
+        members of the group and of the groups nested in it that lie under ``within``
+        (AD_BASE_DN when None), each group read once (cycles are harmless); a nested group
+        elsewhere is not expanded."""
         if not nested:
             return [g for g in (guid_of(v) for v in self._members(group_dn)) if g is not None]
         seen_groups: set[str] = set()
@@ -470,7 +482,8 @@ class Directory:
             subgroups = {
                 uuid.UUID(bytes_le=e["raw_attributes"]["objectGUID"][0]): e["dn"]
                 for e in self._paged(
-                    self._ad.base_dn, f"(&(objectClass=group)(memberOf={escape_filter_chars(dn)}))",
+                    within or self._ad.base_dn,
+                    f"(&(objectClass=group)(memberOf={escape_filter_chars(dn)}))",
                     ["objectGUID"], "read nested groups")
             }
             for value in self._members(dn):

@@ -1,49 +1,47 @@
-"""The service's Microsoft Graph client: msgraph-sdk on httpx, paced and retried.
+"""The service's one edge to Microsoft Graph: msgraph-sdk's request pipeline on httpx, paced
+and retried (``shared.graph_pacing``), one credential, one error classifier.
 
-One ``GraphClient`` per event loop (``graph_client(settings)``): the SDK's httpx client is
-bound to the loop it was created on.
+One ``GraphClient`` per event loop (``graph_client(settings)``): its httpx client is bound to
+the loop it was made on. Everything the service asks of Graph goes through it: the licence
+step's user and SKU calls, the role adapter (``shared.graph_roles``) and ``sendMail``
+(``shared.mail``), so all of them share the pacing, the retries and the token.
 
-The SDK's request pipeline is msgraph-core's, with kiota's ``RetryHandler`` replaced by our
-``PacingHandler``, which
-
-- keeps writes (POST/PATCH/PUT/DELETE) under ``GRAPH_WRITES_PER_WINDOW`` per
-  ``GRAPH_WRITE_WINDOW_SECONDS`` with a token bucket, as Graph's own write quota is one: we wait
-  for a token instead of bouncing off 429s;
-- caps requests in flight at ``GRAPH_CONCURRENCY``;
-- on 429/503/504 waits ``Retry-After`` (or a growing backoff when it is missing) and tries
-  again, up to ``MAX_ATTEMPTS``; a 429 also closes the gate for every request of this client
-  for that long, and empties the write bucket, since the budget it measures is shared;
-- retries reads after a dropped connection, and writes only when the request never left
-  (connect errors): a write whose answer was lost is left to the caller, who re-reads state.
+The calls read Graph's JSON themselves and send what kiota's request adapter sends (auth, this
+client's middleware): the SDK's model parsing was the worker's largest CPU cost per user
+(msgraph-sdk-python issue 584). ``transport=`` is the test seam: unit tests hand in
+``httpx.MockTransport`` and exercise the real pipeline with no peer.
 
 Why no ``$batch`` here: Graph charges every batch item against the same quotas, so batching
 saves round trips but no budget, and the licence step works on one user per queue message.
-(msgraph-core 1.5.2's batch classes also serialise item URLs absolute and ``dependsOn`` as
-``depends_on``.) The lab Graph answers ``$batch`` for callers that need it.
 
-Errors come out as ``shared.errors`` types: 429/5xx/timeouts/connection failures are
-``TransientError`` (with ``retry_after``), 401/403 and Graph's 400s ``PermanentError``.
+Errors (``classify`` is the only place a Graph answer becomes an error)::
+
+    ProvisioningError
+     ├── TransientError     429, 5xx, timeouts, dropped connections (``retry_after`` set)
+     └── PermanentError     Graph's certificate not trusted
+          └── GraphRefusal  any other answer; ``status`` and ``code`` let callers decide
+                            whether it means "already done" or "not found"
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import email.utils
 import json
+import ssl
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import httpx
-from kiota_abstractions.base_request_configuration import RequestConfiguration
+from azure.core.credentials import TokenCredential
+from kiota_abstractions.api_error import APIError
+from kiota_abstractions.method import Method
 from kiota_abstractions.request_information import RequestInformation
-from kiota_abstractions.serialization import ParsableFactory
 from kiota_authentication_azure.azure_identity_authentication_provider import (
     AzureIdentityAuthenticationProvider,
 )
@@ -54,162 +52,87 @@ from kiota_http.middleware import (
     UserAgentHandler,
 )
 from kiota_http.middleware.middleware import BaseMiddleware
-from msgraph.generated.models.assigned_license import AssignedLicense
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
-from msgraph.generated.models.user import User
-from msgraph.generated.users.item.assign_license.assign_license_post_request_body import (
-    AssignLicensePostRequestBody,
-)
-from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
-from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory
 from msgraph_core.middleware import GraphTelemetryHandler
 
 from .config import GraphSettings, IdentitySettings, Settings
-from .errors import PermanentError, ProvisioningError, TransientError
+from .entra import CloudUser
+from .errors import PermanentError, TransientError
+from .graph_pacing import MAX_ATTEMPTS, RETRY_STATUSES, Counters, PacingHandler, retry_after
 from .identity import credential as make_credential
 from .identity import scope_for, tls_context
-from .log import get_logger
-
-log = get_logger(__name__)
 
 STEP = "graph"
-WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
-RETRY_STATUSES = frozenset({429, 503, 504})
-MAX_ATTEMPTS = 6
-MAX_BACKOFF_SECONDS = 60.0
-ERRORS: dict[str, type[ParsableFactory[Any]]] = {"XXX": ODataError}  # as the SDK's builders
-USER_SELECT = [
-    "id", "userPrincipalName", "mail", "usageLocation", "proxyAddresses", "assignedLicenses",
-    "onPremisesImmutableId", "onPremisesSyncEnabled", "onPremisesSamAccountName",
-]
+ERRORS = {"XXX": ODataError}  # as the SDK's request builders map them
+USER_SELECT = (
+    "id", "userPrincipalName", "displayName", "mail", "usageLocation", "proxyAddresses",
+    "assignedLicenses", "onPremisesImmutableId", "onPremisesSyncEnabled",
+    "onPremisesSamAccountName",
+)
+JSONObject = dict[str, object]
 
 
-# -- pacing and retries ---------------------------------------------------------------------
-class WriteBucket:
-    """A token bucket: ``capacity`` writes, refilled evenly over ``window`` seconds."""
-
-    def __init__(self, capacity: int, window: float) -> None:
-        self.capacity = float(capacity)
-        self.rate = capacity / window
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-        self.waited = 0.0  # seconds spent waiting for tokens, for benchmarks
-        self._lock = asyncio.Lock()
-
-    async def take(self) -> None:
-        """Wait until a write may go out, then spend one token."""
-        async with self._lock:  # first come, first served
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                pause = (1 - self.tokens) / self.rate
-                self.waited += pause
-                await asyncio.sleep(pause)
-
-    def drain(self) -> None:
-        """Graph said the budget is spent: stop assuming we have tokens left."""
-        self.tokens = min(self.tokens, 0.0)
+def odata_literal(value: str) -> str:
+    """A string literal for a ``$filter``: quoted, with ``'`` doubled (OData ABNF)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
-@dataclass
-class Counters:
-    """What the client did; benchmarks print these."""
-
-    requests: int = 0
-    writes: int = 0
-    throttled: int = 0
-    retried: int = 0
+def segment(value: str) -> str:
+    """A path segment (an id or a UPN), percent-encoded."""
+    return quote(value, safe="@")
 
 
-def retry_after(headers: httpx.Headers | dict[str, str] | None, attempt: int) -> float:
-    """Seconds to wait: ``Retry-After`` (seconds or an HTTP date) or exponential backoff."""
-    value = (headers or {}).get("Retry-After") or (headers or {}).get("retry-after")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value)
-            return max(0.0, parsed.timestamp() - time.time())
-    return min(MAX_BACKOFF_SECONDS, 2.0 ** attempt)
+def objects(value: object) -> list[JSONObject]:
+    """The JSON objects in a list property (``value`` of a page); anything else is skipped."""
+    return [dict(item) for item in value if isinstance(item, dict)] if isinstance(
+        value, list) else []
 
 
-class PacingHandler(BaseMiddleware):
-    """Kiota middleware: write pacing, a concurrency cap, and Retry-After-honouring retries."""
+# -- errors ----------------------------------------------------------------------------------
+class GraphRefusal(PermanentError):
+    """Graph answered with an error that retrying will not change."""
 
-    def __init__(self, graph: GraphSettings) -> None:
-        super().__init__()
-        self.bucket = WriteBucket(graph.writes_per_window, graph.write_window_seconds)
-        self.slots = asyncio.Semaphore(graph.concurrency)
-        self.gate_until = 0.0
-        self.counters = Counters()
-
-    async def _wait_gate(self) -> None:
-        while (pause := self.gate_until - time.monotonic()) > 0:
-            await asyncio.sleep(pause)
-
-    async def send(
-        self, request: httpx.Request, transport: httpx.AsyncBaseTransport
-    ) -> httpx.Response:
-        write = request.method in WRITE_METHODS
-        attempt = 0
-        while True:
-            attempt += 1
-            await self._wait_gate()
-            if write:
-                await self.bucket.take()
-            async with self.slots:
-                self.counters.requests += 1
-                self.counters.writes += write
-                try:
-                    response = await super().send(request, transport)
-                except (httpx.ConnectError, httpx.ConnectTimeout):
-                    if attempt >= MAX_ATTEMPTS:
-                        raise
-                    response = None
-                except (httpx.TransportError, httpx.TimeoutException):
-                    # The request may have been carried out; only a read is safe to repeat.
-                    if write or attempt >= MAX_ATTEMPTS:
-                        raise
-                    response = None
-            if response is not None and response.status_code not in RETRY_STATUSES:
-                return response
-            if response is not None and attempt >= MAX_ATTEMPTS:
-                return response
-            pause = retry_after(response.headers if response else None, attempt)
-            if response is not None:
-                await response.aclose()
-                if response.status_code == 429:
-                    self.counters.throttled += 1
-                    self.gate_until = max(self.gate_until, time.monotonic() + pause)
-                    self.bucket.drain()
-            self.counters.retried += 1
-            log.info("graph_retry", method=request.method, path=request.url.path,
-                     status=response.status_code if response else "dropped",
-                     wait_seconds=round(pause, 2), attempt=attempt)
-            await asyncio.sleep(pause)
+    def __init__(self, reason: str, *, status: int, code: str, user: str = "",
+                 step: str = STEP, fix: str = "") -> None:
+        super().__init__(reason, user=user, step=step, fix=fix)
+        self.status = status
+        self.code = code
 
 
-# -- what callers get back ------------------------------------------------------------------
-@dataclass(frozen=True)
-class CloudUser:
-    """A user as Entra ID has it, with what the licence step needs."""
+def classify(status: int, code: str, message: str, headers: Mapping[str, str] | None, *,
+             action: str, user: str = "") -> TransientError | GraphRefusal:
+    """The error a Graph answer means: throttled or failing is transient (after
+    ``retry_after``); anything else is a refusal carrying Graph's status and code."""
+    reason = f"Graph answered {status} {code} to {action}: {message.rstrip('.')}"
+    if status in RETRY_STATUSES or status >= 500:
+        return TransientError(reason, user=user, step=STEP, fix="none needed; retried later",
+                              retry_after=retry_after(headers, MAX_ATTEMPTS))
+    fix = "correct the user or the request Graph names, then retry"
+    if status in (401, 403):
+        fix = ("check AZURE_CREDENTIAL and that the app holds the Graph permissions "
+               "docs/permissions.md lists for the enabled features")
+    return GraphRefusal(reason, status=status, code=code, user=user, fix=fix)
 
-    id: str
-    upn: str
-    mail: str | None
-    usage_location: str | None
-    proxy_addresses: tuple[str, ...]
-    sku_ids: frozenset[uuid.UUID]
-    immutable_id: str | None
-    sync_enabled: bool
-    sam: str | None
+
+def _from_api_error(exc: APIError, action: str, user: str) -> TransientError | GraphRefusal:
+    error = getattr(exc, "error", None)  # ODataError's main error, when the body was Graph's
+    code = str(getattr(error, "code", None) or "unknown")
+    message = str(getattr(error, "message", None) or "no Graph error in the answer")
+    headers = exc.response_headers if isinstance(exc.response_headers, Mapping) else None
+    return classify(int(exc.response_status_code or 0), code, message, headers,
+                    action=action, user=user)
+
+
+def _untrusted(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 @dataclass(frozen=True)
@@ -225,61 +148,37 @@ class SubscribedSku:
         return max(0, self.prepaid - self.consumed)
 
 
-def immutable_id(guid: uuid.UUID) -> str:
-    """Entra Connect's source anchor for ``objectGUID``: base64 of its bytes as AD stores them
-    (the first three fields little-endian, ``uuid.UUID.bytes_le``)."""
-    return base64.b64encode(guid.bytes_le).decode()
-
-
-def _odata_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _cloud_user(user: dict[str, Any]) -> CloudUser:
-    """From Graph's JSON for a user selected with ``USER_SELECT``."""
-    return CloudUser(
-        id=str(user["id"]),
-        upn=str(user.get("userPrincipalName") or ""),
-        mail=user.get("mail"),
-        usage_location=user.get("usageLocation"),
-        proxy_addresses=tuple(user.get("proxyAddresses") or ()),
-        sku_ids=frozenset(uuid.UUID(str(a["skuId"])) for a in user.get("assignedLicenses") or ()
-                          if a.get("skuId")),
-        immutable_id=user.get("onPremisesImmutableId"),
-        sync_enabled=bool(user.get("onPremisesSyncEnabled")),
-        sam=user.get("onPremisesSamAccountName"),
-    )
-
-
-# -- the client -----------------------------------------------------------------------------
+# -- the client ------------------------------------------------------------------------------
 class GraphClient:
-    """What the service asks of Graph. ``sdk`` is the ``GraphServiceClient`` for other calls
-    (role sync, sendMail): they go through the same pacing, retries and credential."""
+    """What the service asks of Graph."""
 
     def __init__(self, graph: GraphSettings, identity: IdentitySettings,
-                 ca_bundle: Any = None) -> None:
+                 ca_bundle: Path | None = None, *,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 credential: TokenCredential | None = None) -> None:
         self.settings = graph
         self.pacing = PacingHandler(graph)
-        host = urlsplit(graph.url).hostname or ""
+        self.base_url = graph.url.rstrip("/")
+        # Graph's beta endpoint: only what v1.0 lacks (a role definition's isPrivileged).
+        self.beta_url = self.base_url.rsplit("/", 1)[0] + "/beta"
         http = httpx.AsyncClient(
-            base_url=graph.url,
-            timeout=httpx.Timeout(graph.timeout_seconds),
+            base_url=self.base_url, timeout=httpx.Timeout(graph.timeout_seconds),
             verify=tls_context(ca_bundle),
-            limits=httpx.Limits(max_connections=graph.concurrency * 2),
+            limits=httpx.Limits(max_connections=graph.concurrency * 2), transport=transport,
         )
         middleware: list[BaseMiddleware] = [
             self.pacing, RedirectHandler(), ParametersNameDecodingHandler(),
             UrlReplaceHandler(), UserAgentHandler(), GraphTelemetryHandler(),
         ]
-        http = GraphClientFactory.create_with_custom_middleware(middleware, client=http)
+        self.http = GraphClientFactory.create_with_custom_middleware(middleware, client=http)
         auth = AzureIdentityAuthenticationProvider(
-            make_credential(identity), scopes=[scope_for(graph.url)], allowed_hosts=[host],
+            credential or make_credential(identity), scopes=[scope_for(graph.url)],
+            allowed_hosts=[urlsplit(graph.url).hostname or ""],
         )
-        adapter = GraphRequestAdapter(auth, client=http)
-        adapter.base_url = graph.url.rstrip("/")
-        self.http = http
-        self.adapter = adapter
-        self.sdk = GraphServiceClient(request_adapter=adapter)
+        self.adapter = GraphRequestAdapter(auth, client=self.http)
+        self.adapter.base_url = self.base_url
+        # Made for its side effect too: it registers the JSON parsers Graph's errors need.
+        self.sdk = GraphServiceClient(request_adapter=self.adapter)
         self._skus: tuple[float, list[SubscribedSku]] | None = None
         self._skus_lock = asyncio.Lock()
 
@@ -289,91 +188,124 @@ class GraphClient:
 
     async def close(self) -> None:
         await self.http.aclose()
+        for cached in _clients.values():
+            for key in [k for k, client in cached.items() if client is self]:
+                del cached[key]
 
     @asynccontextmanager
     async def errors(self, action: str, user: str = "") -> AsyncIterator[None]:
-        """Turn SDK and transport failures into ``shared.errors`` types naming ``action``."""
+        """Turn Graph's answers and transport failures into ``shared.errors`` types."""
         try:
             yield
-        except ODataError as exc:
-            raise _classify(exc, action, user) from None
+        except APIError as exc:
+            raise _from_api_error(exc, action, user) from None
         except (httpx.TimeoutException, httpx.TransportError) as exc:
+            if _untrusted(exc):
+                raise PermanentError(
+                    f"Graph's TLS certificate is not trusted ({action})", user=user, step=STEP,
+                    fix="add the CA that issued it to CA_BUNDLE") from None
             raise TransientError(
                 f"Graph did not answer {action} ({type(exc).__name__})", user=user, step=STEP,
-                fix="none needed; the step is retried", retry_after=30,
+                fix="none needed; retried later", retry_after=30,
             ) from None
 
-    # -- users ---------------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------------
+    def url(self, path: str, query: Mapping[str, str] | None = None) -> str:
+        """``path`` under GRAPH_URL (or an absolute URL, as ``@odata.nextLink`` gives)."""
+        url = path if "://" in path else f"{self.base_url}/{path.lstrip('/')}"
+        if query:
+            pairs = "&".join(f"{key}={quote(value, safe=',')}" for key, value in query.items())
+            url += ("&" if "?" in url else "?") + pairs
+        return url
+
+    async def call(self, method: str, path: str, *, action: str, user: str = "",
+                   query: Mapping[str, str] | None = None,
+                   body: Mapping[str, object] | bytes | None = None,
+                   headers: Mapping[str, str] | None = None) -> JSONObject:
+        """One Graph request through the pipeline; its JSON answer (``{}`` when empty)."""
+        info = RequestInformation(Method(method))
+        info.url = self.url(path, query)
+        info.headers.try_add("Accept", "application/json")
+        for name, value in (headers or {}).items():
+            info.headers.try_add(name, value)
+        if body is not None:
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            info.set_stream_content(content, "application/json")
+        async with self.errors(action, user):
+            raw = await self.adapter.send_primitive_async(info, "bytes", ERRORS)
+        found = json.loads(raw) if raw else {}
+        return found if isinstance(found, dict) else {}
+
+    async def pages(self, path: str, *, action: str, user: str = "",
+                    query: Mapping[str, str] | None = None,
+                    headers: Mapping[str, str] | None = None) -> list[JSONObject]:
+        """Every item of a collection, following ``@odata.nextLink``."""
+        page = await self.call("GET", path, action=action, user=user, query=query,
+                               headers=headers)
+        items = objects(page.get("value"))
+        while isinstance(link := page.get("@odata.nextLink"), str) and link:
+            page = await self.call("GET", link, action=action, user=user, headers=headers)
+            items += objects(page.get("value"))
+        return items
+
+    # -- users -------------------------------------------------------------------------------
+    async def user_by_immutable_id(self, immutable: str, *, user: str = "") -> CloudUser | None:
+        """The synced user whose ``onPremisesImmutableId`` is ``immutable``, if any."""
+        page = await self.call(
+            "GET", "users", action="find user", user=user or immutable,
+            query={"$filter": f"onPremisesImmutableId eq {odata_literal(immutable)}",
+                   "$count": "true", "$select": ",".join(USER_SELECT), "$top": "1"},
+            headers={"ConsistencyLevel": "eventual"})
+        found = objects(page.get("value"))
+        return CloudUser.from_json(found[0]) if found else None
+
+    async def user(self, key: str) -> CloudUser | None:
+        """The user with this object id or UPN; None when Graph has none (or ``key`` names a
+        group or an app: ``/users`` knows only users)."""
+        try:
+            found = await self.call("GET", f"users/{segment(key)}", action="read user",
+                                    user=key, query={"$select": ",".join(USER_SELECT)})
+        except GraphRefusal as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return CloudUser.from_json(found)
+
     async def find_user(self, immutable: str, upn: str | None = None) -> CloudUser | None:
         """The synced user whose ``onPremisesImmutableId`` is ``immutable``, else the synced
         user with ``upn``; ``None`` when neither exists yet. A cloud-only account that merely
         shares the UPN is not taken for the on-premises user."""
-        query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
-            filter=f"onPremisesImmutableId eq {_odata_literal(immutable)}",
-            count=True, select=USER_SELECT, top=1,
-        )
-        config = RequestConfiguration(query_parameters=query)
-        config.headers.add("ConsistencyLevel", "eventual")
-        async with self.errors("find user", upn or immutable):
-            page = await self._json(self.sdk.users.to_get_request_information(config))
-        if page.get("value"):
-            return _cloud_user(page["value"][0])
-        if not upn:
+        found = await self.user_by_immutable_id(immutable, user=upn or immutable)
+        if found is not None or not upn:
+            return found
+        by_upn = await self.user(upn)
+        if by_upn is None or not by_upn.synced:
             return None
-        select = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
-            select=USER_SELECT)
-        builder = self.sdk.users.by_user_id(upn)
-        try:
-            async with self.errors("find user", upn):
-                found = await self._json(builder.to_get_request_information(
-                    RequestConfiguration(query_parameters=select)))
-        except PermanentError as exc:
-            if "Request_ResourceNotFound" in exc.reason:
-                return None
-            raise
-        if not found or not found.get("onPremisesSyncEnabled"):
-            return None
-        user = _cloud_user(found)
-        if user.immutable_id and user.immutable_id != immutable:
+        if by_upn.immutable_id and by_upn.immutable_id != immutable:
             return None  # another on-premises object holds this UPN
-        return user
+        return by_upn
 
     async def set_usage_location(self, user_id: str, country: str, *, user: str = "") -> None:
-        builder = self.sdk.users.by_user_id(user_id)
-        async with self.errors("set usageLocation", user):
-            await self._send(builder.to_patch_request_information(User(usage_location=country)))
+        await self.call("PATCH", f"users/{segment(user_id)}", action="set usageLocation",
+                        user=user, body={"usageLocation": country})
 
     async def assign_license(
         self, user_id: str, *, add: Sequence[uuid.UUID], remove: Sequence[uuid.UUID],
         user: str = "",
     ) -> None:
         """One ``assignLicense`` call adding ``add`` and removing ``remove``."""
-        body = AssignLicensePostRequestBody(
-            add_licenses=[AssignedLicense(sku_id=sku, disabled_plans=[]) for sku in add],
-            remove_licenses=list(remove),
-        )
-        builder = self.sdk.users.by_user_id(user_id).assign_license
-        async with self.errors("assign licence", user):
-            await self._send(builder.to_post_request_information(body))  # the user, unread
-
-    # The calls made for every user send what the SDK's request builders make (URL, query,
-    # headers, body, auth, this client's middleware) but read Graph's JSON themselves: the
-    # SDK's model parsing was the worker's largest CPU cost per user, more than all storage
-    # and PowerShell traffic together (msgraph-sdk-python issue 584).
-    async def _json(self, request: RequestInformation) -> dict[str, Any]:
-        raw = await self.adapter.send_primitive_async(request, "bytes", ERRORS)
-        found: dict[str, Any] = json.loads(raw) if raw else {}
-        return found
-
-    async def _send(self, request: RequestInformation) -> None:
-        await self.adapter.send_no_response_content_async(request, ERRORS)
+        body = {"addLicenses": [{"skuId": str(sku), "disabledPlans": []} for sku in add],
+                "removeLicenses": [str(sku) for sku in remove]}
+        await self.call("POST", f"users/{segment(user_id)}/assignLicense",
+                        action="assign licence", user=user, body=body)
 
     async def license_details(self, user_id: str, *, user: str = "") -> list[str]:
         """Part numbers of the SKUs the user holds."""
-        async with self.errors("read licence details", user):
-            page = await self.sdk.users.by_user_id(user_id).license_details.get()
-        return [str(d.sku_part_number) for d in (page.value if page and page.value else [])]
+        found = await self.pages(f"users/{segment(user_id)}/licenseDetails",
+                                 action="read licence details", user=user)
+        return [str(d.get("skuPartNumber")) for d in found]
 
+    # -- the tenant ----------------------------------------------------------------------------
     async def subscribed_skus(self, *, max_age: float = 0.0) -> list[SubscribedSku]:
         """The tenant's SKUs with prepaid and consumed units; an answer younger than
         ``max_age`` seconds is reused (the licence step's capacity check may be a few seconds
@@ -383,54 +315,48 @@ class GraphClient:
             cached = self._skus
             if cached is not None and time.monotonic() - cached[0] < max_age:
                 return cached[1]
-            skus = await self._read_skus()
+            skus = [_sku(s) for s in await self.pages("subscribedSkus",
+                                                      action="read subscribed SKUs")
+                    if s.get("skuId")]
             self._skus = (time.monotonic(), skus)
             return skus
 
-    async def _read_skus(self) -> list[SubscribedSku]:
-        async with self.errors("read subscribed SKUs"):
-            page = await self._json(self.sdk.subscribed_skus.to_get_request_information())
-        return [
-            SubscribedSku(
-                sku_id=uuid.UUID(str(sku["skuId"])),
-                part_number=str(sku.get("skuPartNumber")),
-                prepaid=int((sku.get("prepaidUnits") or {}).get("enabled") or 0),
-                consumed=int(sku.get("consumedUnits") or 0),
-                service_plans=tuple(str(plan.get("servicePlanName"))
-                                    for plan in sku.get("servicePlans") or ()),
-            )
-            for sku in page.get("value") or ()
-            if sku.get("skuId")
-        ]
+    # -- mail --------------------------------------------------------------------------------
+    async def send_mail(self, sender: str, message: bytes, *, action: str) -> None:
+        """``POST /users/{sender}/sendMail`` with ``message``, the JSON body, as it is."""
+        await self.call("POST", f"users/{segment(sender)}/sendMail", action=action,
+                        body=message)
 
 
-def _classify(exc: ODataError, action: str, user: str) -> ProvisioningError:
-    status = exc.response_status_code or 0
-    code = exc.error.code if exc.error and exc.error.code else "unknown"
-    message = exc.error.message if exc.error and exc.error.message else str(exc)
-    message = message.rstrip(".")
-    reason = f"Graph answered {status} {code} to {action}: {message}"
-    if status in RETRY_STATUSES or status >= 500:
-        return TransientError(reason, user=user, step=STEP, fix="none needed; retried later",
-                              retry_after=retry_after(exc.response_headers, 3))
-    if status in (401, 403):
-        return PermanentError(reason, user=user, step=STEP, fix=(
-            "check AZURE_CREDENTIAL and that the app has User.ReadWrite.All, "
-            "LicenseAssignment.ReadWrite.All and Organization.Read.All"))
-    return PermanentError(reason, user=user, step=STEP,
-                          fix="correct the user or the request Graph names, then retry")
+def _sku(sku: JSONObject) -> SubscribedSku:
+    prepaid = sku.get("prepaidUnits")
+    plans = sku.get("servicePlans")
+    return SubscribedSku(
+        sku_id=uuid.UUID(str(sku["skuId"])),
+        part_number=str(sku.get("skuPartNumber")),
+        prepaid=int(str(prepaid.get("enabled") or 0)) if isinstance(prepaid, dict) else 0,
+        consumed=int(str(sku.get("consumedUnits") or 0)),
+        service_plans=tuple(str(p.get("servicePlanName")) for p in objects(plans)),
+    )
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GraphClient] = (
+_Key = tuple[GraphSettings, IdentitySettings, Path | None]
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Key, GraphClient]] = (
     weakref.WeakKeyDictionary()
 )
 
 
+def graph_client_for(graph: GraphSettings, identity: IdentitySettings,
+                     ca_bundle: Path | None) -> GraphClient:
+    """The Graph client of the running event loop for these settings (one per loop)."""
+    cached = _clients.setdefault(asyncio.get_running_loop(), {})
+    key = (graph, identity, ca_bundle)
+    if key not in cached:
+        cached[key] = GraphClient(graph, identity, ca_bundle)
+    return cached[key]
+
+
 def graph_client(settings: Settings) -> GraphClient:
     """The Graph client of the running event loop (one per loop)."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        client = GraphClient(settings.graph, settings.identity, settings.service.ca_bundle)
-        _clients[loop] = client
-    return client
+    return graph_client_for(settings.graph, settings.identity, settings.service.ca_bundle)
+

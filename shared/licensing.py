@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 from . import rules
 from .config import ProvisioningSettings
 from .directory import Directory, DirectoryUser
+from .entra import immutable_id as to_immutable_id
 from .errors import PermanentError
 from .graph import GraphClient, SubscribedSku
-from .graph import immutable_id as to_immutable_id
 from .ledger import Change
 from .log import get_logger
 from .results import Done, NotYet, Shortage, Stale, Wait

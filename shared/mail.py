@@ -1,15 +1,20 @@
 """Sending the service's mail: reports, error mails and alerts.
 
 A ``Mail`` is what ``shared.reports`` renders (subject, HTML, plain text, attachments);
-``Mailer.send`` delivers it as ``MAIL_TRANSPORT`` says:
+``await Mailer.send(mail)`` delivers it as ``MAIL_TRANSPORT`` says, without blocking the event
+loop:
 
 - ``graph``: Microsoft Graph ``POST /users/{MAIL_SENDER}/sendMail``, app-only (``Mail.Send``
-  application permission), HTML body, attachments as ``fileAttachment``. Exchange Online adds
-  the plain-text alternative itself;
-- ``smtp``: ``smtplib`` to ``SMTP_HOST:SMTP_PORT`` with STARTTLS (certificate checked against
-  the public CAs plus ``CA_BUNDLE``) and AUTH as ``SMTP_USER``; ``multipart/alternative``
-  (text, HTML) inside ``multipart/mixed`` when there are attachments;
+  application permission), HTML body, attachments as ``fileAttachment``, through the service's
+  one Graph client (``shared.graph``: its credential, pacing, retries and error classifier).
+  Exchange Online adds the plain-text alternative itself;
+- ``smtp``: ``smtplib`` in a worker thread, to ``SMTP_HOST:SMTP_PORT`` with STARTTLS
+  (certificate checked against the public CAs plus ``CA_BUNDLE``) and AUTH as ``SMTP_USER``;
+  ``multipart/alternative`` (text, HTML) inside ``multipart/mixed`` with attachments;
 - ``none``: nothing is sent; a ``mail_skipped`` event is logged.
+
+Every mail is redacted as it leaves (``redacted``): subject, both bodies and the attachments,
+each secret the provider handed out masked in its raw and its HTML-escaped form.
 
 Failures are ``shared.errors`` types with ``step="mail"``:
 
@@ -25,25 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import email.utils
+import json
 import smtplib
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, NamedTuple
-from urllib.parse import quote
-
-import httpx
-from azure.core.credentials import TokenCredential
+from typing import NamedTuple
 
 from .config import GraphSettings, IdentitySettings, MailSettings, Settings, SmtpSettings
 from .errors import ConfigError, PermanentError, TransientError
-from .identity import credential as make_credential
-from .identity import scope_for, tls_context
-from .log import get_logger
+from .identity import tls_context
+from .log import get_logger, redact
 from .secrets import SecretProvider
 
 log = get_logger(__name__)
@@ -100,9 +100,26 @@ def to_mime(message: Mail, *, sender: str, recipients: Sequence[str]) -> EmailMe
     return mime
 
 
-def graph_message(message: Mail, recipients: Sequence[str]) -> dict[str, Any]:
+def redacted(message: Mail) -> Mail:
+    """``message`` with every registered secret masked in its subject, bodies and text
+    attachments (``shared.log.redact``: raw and HTML-escaped forms)."""
+    files = [a._replace(content=redact(a.content.decode("utf-8")).encode("utf-8"))
+             if _is_text(a.content) else a for a in message.attachments]
+    return replace(message, subject=redact(message.subject), html=redact(message.html),
+                   text=redact(message.text), attachments=files)
+
+
+def _is_text(content: bytes) -> bool:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def graph_message(message: Mail, recipients: Sequence[str]) -> dict[str, object]:
     """The JSON body of Graph's ``sendMail`` for ``message``."""
-    body: dict[str, Any] = {
+    body: dict[str, object] = {
         "subject": one_line(message.subject, 255),
         "body": {"contentType": "HTML", "content": message.html},
         "toRecipients": [{"emailAddress": {"address": r}} for r in recipients],
@@ -145,13 +162,7 @@ class Mailer:
     raises ``ConfigError`` when the SMTP settings would send the password in clear.
     """
 
-    def __init__(
-        self,
-        settings: Settings | MailerSettings,
-        secrets: SecretProvider,
-        *,
-        credential: TokenCredential | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings | MailerSettings, secrets: SecretProvider) -> None:
         chosen = settings if isinstance(settings, MailerSettings) else MailerSettings.of(settings)
         mail, smtp = chosen.mail, chosen.smtp
         if mail.transport == "smtp":
@@ -165,21 +176,15 @@ class Mailer:
                 )
         self._mail = mail
         self._smtp = smtp
-        self._graph = chosen.graph
-        self._identity = chosen.identity
+        self._settings = chosen
         self._secrets = secrets
-        self._ca_bundle = chosen.ca_bundle
-        self._credential = credential
 
     @property
     def transport(self) -> str:
         return self._mail.transport
 
-    def send(self, message: Mail) -> None:
-        """Deliver ``message`` to its recipients (``MAIL_TO`` unless it names its own).
-
-        Blocking; from async code use ``asend``.
-        """
+    async def send(self, message: Mail) -> None:
+        """Deliver ``message`` to its recipients (``MAIL_TO`` unless it names its own)."""
         recipients = message.to or self._mail.recipients
         if self._mail.transport == "none":
             log.info("mail_skipped", subject=one_line(message.subject), step=STEP)
@@ -190,10 +195,11 @@ class Mailer:
                 step=STEP,
                 fix="set MAIL_TO",
             )
+        message = redacted(message)
         if self._mail.transport == "graph":
-            self._send_graph(message, recipients)
+            await self._send_graph(message, recipients)
         else:
-            self._send_smtp(message, recipients)
+            await asyncio.to_thread(self._send_smtp, message, recipients)
         log.info(
             "mail_sent",
             subject=one_line(message.subject),
@@ -202,10 +208,6 @@ class Mailer:
             transport=self._mail.transport,
             step=STEP,
         )
-
-    async def asend(self, message: Mail) -> None:
-        """``send`` in a worker thread: both transports are blocking clients."""
-        await asyncio.to_thread(self.send, message)
 
     # -- SMTP --------------------------------------------------------------------------------
     def _send_smtp(self, message: Mail, recipients: Sequence[str]) -> None:
@@ -270,7 +272,7 @@ class Mailer:
 
     def _smtp_once(self, mime: EmailMessage, recipients: Sequence[str]) -> None:
         smtp = self._smtp
-        context = tls_context(self._ca_bundle)
+        context = tls_context(self._settings.ca_bundle)
         client: smtplib.SMTP
         if smtp.port == 465:
             client = smtplib.SMTP_SSL(
@@ -296,16 +298,12 @@ class Mailer:
             )
 
     # -- Graph -------------------------------------------------------------------------------
-    def _token(self) -> str:
-        if self._credential is None:
-            self._credential = make_credential(self._identity)
-        return self._credential.get_token(scope_for(self._graph.url)).token
+    async def _send_graph(self, message: Mail, recipients: Sequence[str]) -> None:
+        from .graph import GraphRefusal, graph_client_for
 
-    def _send_graph(self, message: Mail, recipients: Sequence[str]) -> None:
         sender = self._mail.sender
         what = f"sending '{one_line(message.subject)}' via Graph as {sender}"
-        payload = graph_message(message, recipients)
-        content = httpx.Request("POST", "https://x", json=payload).content
+        content = json.dumps(graph_message(message, recipients)).encode()
         if len(content) > GRAPH_REQUEST_LIMIT:
             raise PermanentError(
                 f"{what}: the message is {len(content) // 1024} KB, over Graph's 4 MB request "
@@ -313,44 +311,18 @@ class Mailer:
                 step=STEP,
                 fix="use MAIL_TRANSPORT=smtp for mails with large attachments, or shorten the log",
             )
-        url = f"{self._graph.url.rstrip('/')}/users/{quote(sender, safe='@')}/sendMail"
+        chosen = self._settings
+        graph = graph_client_for(chosen.graph, chosen.identity, chosen.ca_bundle)
         try:
-            token = self._token()
-        except Exception as exc:  # azure-identity raises several types; all mean "no token"
-            raise TransientError(
-                f"{what}: no token for Graph ({type(exc).__name__})",
-                step=STEP,
-                fix="check AZURE_CREDENTIAL and that the app's identity is available",
-            ) from None
-        try:
-            with httpx.Client(
-                verify=tls_context(self._ca_bundle), timeout=self._graph.timeout_seconds
-            ) as client:
-                response = client.post(
-                    url,
-                    content=content,
-                    headers={
-                        "Authorization": f"Bearer {token}",
-                        "Content-Type": "application/json",
-                    },
-                )
-        except httpx.TransportError as exc:
-            if isinstance(exc.__context__, ssl.SSLCertVerificationError) or (
-                "CERTIFICATE_VERIFY_FAILED" in str(exc)
-            ):
-                raise PermanentError(
-                    f"{what}: Graph's TLS certificate is not trusted",
-                    step=STEP,
-                    fix="add the CA that issued it to CA_BUNDLE",
-                ) from None
-            raise TransientError(
-                f"{what}: Graph could not be reached ({type(exc).__name__})",
-                step=STEP,
-                fix="check the network path to GRAPH_URL",
-            ) from None
-        if response.status_code in (200, 202):
-            return
-        raise _graph_error(what, response)
+            await graph.send_mail(sender, content, action="send mail")
+        except GraphRefusal as exc:
+            raise PermanentError(f"{what}: {exc.reason}", step=STEP,
+                                 fix=_graph_fix(exc.status, exc.code)) from None
+        except TransientError as exc:
+            raise TransientError(f"{what}: {exc.reason}", step=STEP, fix=exc.fix,
+                                 retry_after=exc.retry_after) from None
+        except PermanentError as exc:  # Graph's certificate is not trusted
+            raise PermanentError(f"{what}: {exc.reason}", step=STEP, fix=exc.fix) from None
 
 
 def _smtp_reply(exc: smtplib.SMTPResponseException) -> str:
@@ -358,20 +330,9 @@ def _smtp_reply(exc: smtplib.SMTPResponseException) -> str:
     return f"{exc.smtp_code} {one_line(text, 120)}".strip()
 
 
-def _graph_error(what: str, response: httpx.Response) -> TransientError | PermanentError:
-    status = response.status_code
-    code = ""
-    with contextlib.suppress(ValueError, AttributeError):
-        code = str(response.json().get("error", {}).get("code", ""))
-    answer = f"Graph answered {status}{f' {code}' if code else ''}"
-    if status == 429 or status >= 500:
-        retry_after = response.headers.get("Retry-After")
-        return TransientError(
-            f"{what}: {answer}",
-            step=STEP,
-            fix="none needed if it passes; Graph is throttling or unavailable",
-            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
-        )
+def _graph_fix(status: int, code: str) -> str:
+    """What an administrator does about Graph refusing a mail (``shared.graph.classify``
+    decided it is no passing failure)."""
     fixes = {
         400: "correct MAIL_TO (every recipient must be a valid address)"
         if code == "ErrorInvalidRecipients"
@@ -382,8 +343,4 @@ def _graph_error(what: str, response: httpx.Response) -> TransientError | Perman
         404: "set MAIL_SENDER to a mailbox that exists in Exchange Online",
         413: "use MAIL_TRANSPORT=smtp for mails with large attachments",
     }
-    return PermanentError(
-        f"{what}: {answer}",
-        step=STEP,
-        fix=fixes.get(status, "check MAIL_SENDER, MAIL_TO and the app's Mail.Send permission"),
-    )
+    return fixes.get(status, "check MAIL_SENDER, MAIL_TO and the app's Mail.Send permission")

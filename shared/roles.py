@@ -1,263 +1,216 @@
-"""Admin-role sync, the deciding half: which AD group is which Entra role, what to grant and
-revoke, and which guard refuses what. Pure: no I/O, tested in memory (``tests/test_roles_plan.py``).
-The adapters that read AD and Graph and carry the plan out are in ``shared.rolesync``.
+"""Admin-role sync, the planner: which AD group is which Entra role, what to grant and revoke,
+and every guard. Pure: no I/O, tested in memory (``tests/test_roles_plan.py``); the values
+it reads and decides are in ``shared.rolemodel``.
+
+The guards live here and only here: the cycle (``shared.rolesync.run_cycle``) plans with them,
+and the queue handler (``shared.rolesync.apply_change``) checks each change again with the same
+``check_change`` right before it acts.
 
 How a cycle is decided::
 
-    AD groups in ROLES_OU ──map_groups──▶ group → unifiedRoleDefinition   (unknown names reported)
-    group members (objectGUID, base64) ─┐
-    cloud users (onPremisesImmutableId) ├─plan──▶ RolePlan
-    roleAssignments at scope "/"      ──┘          changes  (grant / revoke, sorted, plan_id)
-                                                   blocked  (break-glass, role not allowed)
-                                                   held     (revocation threshold)
-                                                   skipped  (AD member not synced yet)
+    AD groups in ROLES_OU ──map_groups──▶ group → unifiedRoleDefinition  (unknown names reported)
+    members of each group, by its DN ─┐
+    cloud users, role assignments      ├─plan─▶ RolePlan
+    break-glass (resolved), the        │         changes  grants and revocations the guards pass
+    revocations of the window ─────────┘         blocked  refused: break-glass, role not allowed
+                                                  held     what a limit holds for approval
+                                                  skipped  AD member not synced yet
 
 Guards, as identity engineers expect them:
 
-- break-glass accounts (``ROLES_BREAK_GLASS_IDS``) appear in no change; one in an AD group is
-  *blocked* and alerted, one holding a role is left alone;
-- a role outside the allow-list (``ROLES_ALLOW_LIST``; the privileged roles only with
-  ``ROLES_PRIVILEGED_OPT_IN``) is never changed: its would-be changes are *blocked*;
-- only principals that are synced users (``onPremisesSyncEnabled`` true) are ever revoked;
-  cloud-only users, groups and service principals holding a role are left alone;
-- revocations above ``ROLES_MAX_REVOCATIONS`` or above ``ROLES_MAX_REVOCATION_SHARE`` of the
-  synced role members *hold* the whole plan until an operator approves that plan id;
+- break-glass accounts (``ROLES_BREAK_GLASS_IDS``: object ids and UPNs, resolved every cycle)
+  appear in no change; one in an AD group is *blocked* and alerted, one holding a role is left
+  alone;
+- a role changes only when ``ROLES_ALLOW_LIST`` names it; a role the tenant marks privileged
+  (the definition's ``isPrivileged``; unknown counts as privileged, and the three roles that
+  can take over the tenant always are) only when ``ROLES_PRIVILEGED_OPT_IN`` names it;
+- only synced users (``onPremisesSyncEnabled``) are granted or revoked; cloud-only users, groups
+  and service principals holding a role are left alone;
+- limits: more than ``ROLES_MAX_GRANTS`` grants in a cycle hold the grants; revocations that
+  take the last ``ROLES_REVOCATION_WINDOW_HOURS`` above ``ROLES_MAX_REVOCATIONS``, or (from
+  ``ROLES_SHARE_MIN_REVOCATIONS`` revocations on) above ``ROLES_MAX_REVOCATION_SHARE`` of a
+  role's synced members, hold the revocations. A hold keeps back only what its limit covers,
+  until an operator approves exactly that held set; every other change goes on;
 - a group whose membership read did not complete is a ``SafetyStop`` for the whole cycle:
   an unread group is never taken for an empty one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 
-from .config import PRIVILEGED_ROLES, RolesSettings
-from .errors import SafetyStop
-
-STEP = "role sync"
-DIRECTORY_SCOPE = "/"
-
-# Template ids of the built-in roles that can take over the tenant (learn.microsoft.com,
-# "Microsoft Entra built-in roles"). Checked by id as well as by name, so that an explicit
-# group map naming the template id cannot slip past the allow-list.
-PRIVILEGED_TEMPLATE_IDS = frozenset(
-    {
-        "62e90394-69f5-4237-9190-012177145e10",  # Global Administrator
-        "e8611ab8-c189-46e8-94e1-60213ab1f814",  # Privileged Role Administrator
-        "7be44c8a-adaf-4e2a-84d6-ab2649e08a13",  # Privileged Authentication Administrator
-    }
+from .config import RolesSettings
+from .entra import CloudUser
+from .rolemodel import (
+    DIRECTORY_SCOPE,
+    Action,
+    AdGroup,
+    Assignment,
+    Blocked,
+    CycleStopped,
+    GroupMembers,
+    Guard,
+    Hold,
+    MappedGroup,
+    RoleChange,
+    RoleDefinition,
+    RolePlan,
+    Skipped,
 )
 
-
-class Action(StrEnum):
-    GRANT = "grant"
-    REVOKE = "revoke"
-
-
-class Guard(StrEnum):
-    """Why a change was refused or held."""
-
-    BREAK_GLASS = "break-glass"
-    NOT_ALLOWED = "role-not-allowed"
-    THRESHOLD = "revocation-threshold"
-    READ_FAILED = "directory-read-failed"
-
-
-# -- inputs ---------------------------------------------------------------------------------
+# Template ids of the built-in roles that can take over the tenant (learn.microsoft.com,
+# "Microsoft Entra built-in roles"): privileged whatever a definition read says.
+PRIVILEGED_TEMPLATE_IDS = frozenset({
+    "62e90394-69f5-4237-9190-012177145e10",  # Global Administrator
+    "e8611ab8-c189-46e8-94e1-60213ab1f814",  # Privileged Role Administrator
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13",  # Privileged Authentication Administrator
+})
 
 
 @dataclass(frozen=True)
-class AdGroup:
-    """A group found in the roles OU."""
+class BreakGlass:
+    """``ROLES_BREAK_GLASS_IDS``: object ids (lower case) and UPNs (case-folded). The cycle
+    resolves every entry to an object id first; the queue handler matches both."""
 
-    name: str
-    dn: str
+    ids: frozenset[str] = frozenset()
+    upns: frozenset[str] = frozenset()
 
-
-@dataclass(frozen=True)
-class RoleDefinition:
-    """A ``unifiedRoleDefinition``: ``id`` is what assignments name; for built-in roles it
-    equals ``template_id``."""
-
-    id: str
-    display_name: str
-    template_id: str = ""
+    def covers(self, principal_id: str, upn: str = "") -> bool:
+        return principal_id.lower() in self.ids or (bool(upn) and upn.casefold() in self.upns)
 
 
 @dataclass(frozen=True)
-class CloudUser:
-    """The fields of an Entra user the planner needs."""
+class PlanInputs:
+    """Everything one cycle is decided from. ``members`` is keyed by group DN."""
 
-    id: str
-    user_principal_name: str
-    display_name: str = ""
-    on_premises_immutable_id: str | None = None
-    on_premises_sync_enabled: bool | None = None
-
-    @property
-    def synced(self) -> bool:
-        return self.on_premises_sync_enabled is True
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """A ``unifiedRoleAssignment`` (or an eligibility schedule, in PIM mode)."""
-
-    id: str
-    role_definition_id: str
-    principal_id: str
-    directory_scope_id: str = DIRECTORY_SCOPE
+    groups: Sequence[AdGroup]
+    definitions: Sequence[RoleDefinition]
+    members: Mapping[str, GroupMembers]
+    assignments: Sequence[Assignment]
+    users: Sequence[CloudUser]
+    break_glass: BreakGlass = BreakGlass()
+    # keys of the revocations released within ROLES_REVOCATION_WINDOW_HOURS
+    revoked: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class GroupMembers:
-    """The members of one AD group, as ``onPremisesImmutableId`` values (base64 objectGUID).
-
-    ``complete`` is False when the read failed, timed out or was truncated: the planner then
-    refuses the whole cycle instead of reading the group as empty.
-    """
-
-    immutable_ids: frozenset[str]
-    complete: bool = True
-    problem: str = ""
-
-
-# -- outputs --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MappedGroup:
-    group: AdGroup
-    role: RoleDefinition
-    allowed: bool
-    how: str  # "name" or "map"
-
-
-@dataclass(frozen=True, order=True)
-class RoleChange:
-    """One grant or revocation. Ordering and equality use only the ids: the plan id is
-    a hash of exactly these."""
-
-    action: Action
-    role_id: str
-    principal_id: str
-    role_name: str = field(default="", compare=False)
-    user: str = field(default="", compare=False)  # UPN, for people
-    display_name: str = field(default="", compare=False)
-    group: str = field(default="", compare=False)  # the AD group that asked for it
-
-    @property
-    def key(self) -> str:
-        return f"{self.action.value}:{self.role_id.lower()}:{self.principal_id.lower()}"
-
-    @property
-    def principal(self) -> uuid.UUID:
-        """The principal as a queue message names it (``WorkItem.user``)."""
-        return uuid.UUID(self.principal_id)
-
-    @property
-    def role(self) -> str:
-        """The role definition id, as a queue message carries it (``WorkItem.role``)."""
-        return self.role_id
-
-    def describe(self) -> str:
-        verb = "grant" if self.action is Action.GRANT else "revoke"
-        prep = "to" if self.action is Action.GRANT else "from"
-        who = self.user or self.principal_id
-        via = f" (AD group '{self.group}')" if self.group else ""
-        return f"{verb} '{self.role_name or self.role_id}' {prep} {who}{via}"
-
-
-@dataclass(frozen=True)
-class Blocked:
-    """A guard's refusal, with what an operator needs to act on it."""
-
-    guard: Guard
-    reason: str
-    fix: str
-    role_name: str = ""
-    group: str = ""
-    user: str = ""
-    principal_id: str = ""
-    would_grant: int = 0
-    would_revoke: int = 0
-
-    @property
-    def key(self) -> str:
-        return f"{self.guard.value}:{self.role_name}:{self.principal_id or self.group}"
-
-    def error(self) -> SafetyStop:
-        return SafetyStop(self.reason, user=self.user or self.group, step=STEP, fix=self.fix)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A change that cannot be made yet and is not a guard's doing."""
-
-    reason: str
-    role_name: str = ""
-    group: str = ""
-    user: str = ""
-
-
-@dataclass(frozen=True)
-class RolePlan:
-    """What one cycle would do. ``held`` is set when the threshold guard holds the plan."""
-
-    changes: tuple[RoleChange, ...]
-    blocked: tuple[Blocked, ...] = ()
-    skipped: tuple[Skipped, ...] = ()
-    mapped: tuple[MappedGroup, ...] = ()
-    unknown_groups: tuple[str, ...] = ()
-    kept: int = 0  # role holders left alone: cloud-only, break-glass, non-user principals
-    current_members: int = 0  # synced principals holding a mapped, allowed role
-    held: Blocked | None = None
-
-    @property
-    def plan_id(self) -> str:
-        return plan_id(self.changes)
-
-    @property
-    def grants(self) -> tuple[RoleChange, ...]:
-        return tuple(c for c in self.changes if c.action is Action.GRANT)
-
-    @property
-    def revocations(self) -> tuple[RoleChange, ...]:
-        return tuple(c for c in self.changes if c.action is Action.REVOKE)
-
-
-def plan_id(changes: Iterable[RoleChange]) -> str:
-    """A stable id of a set of changes: the same changes give the same id, in any order."""
-    text = "\n".join(sorted(change.key for change in changes))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-# -- mapping --------------------------------------------------------------------------------
-
-
+# -- the guards -----------------------------------------------------------------------------
 def _fold(text: str) -> str:
     return text.strip().casefold()
 
 
+def _named(role: RoleDefinition, names: Iterable[str]) -> bool:
+    folded = {_fold(name) for name in names}
+    return bool({_fold(role.display_name), role.id.lower(),
+                 (role.template_id or role.id).lower()} & folded)
+
+
+def is_privileged(role: RoleDefinition) -> bool:
+    """Whether the tenant marks ``role`` privileged; not knowing counts as privileged."""
+    takeover = (role.template_id or role.id).lower() in PRIVILEGED_TEMPLATE_IDS
+    return role.privileged is not False or takeover
+
+
 def is_allowed(role: RoleDefinition, settings: RolesSettings) -> bool:
-    """Whether the allow-list (with the privileged opt-in) lets the sync change ``role``."""
-    allowed = {_fold(name) for name in settings.allowed_roles}
-    if _fold(role.display_name) not in allowed:
-        return False
-    if (role.template_id or role.id).lower() in PRIVILEGED_TEMPLATE_IDS:
-        # The name is on the list; a privileged role must also be opted in by name.
-        opted = {_fold(name) for name in settings.allowed_roles if name in PRIVILEGED_ROLES}
-        return _fold(role.display_name) in opted
-    return True
+    """Whether the sync may change ``role``: a privileged role only when opted in by name or
+    template id, any other when the allow-list names it."""
+    if is_privileged(role):
+        return _named(role, settings.opted_in_roles)
+    return _named(role, settings.allowed_roles | settings.opted_in_roles)
 
 
+def check_change(change: RoleChange, role: RoleDefinition, user: CloudUser | None,
+                 settings: RolesSettings, break_glass: BreakGlass) -> Blocked | None:
+    """The guards one change must pass, when it is planned and again right before it is
+    carried out: break-glass, the allow-list with the privileged opt-in, synced users only.
+    None when it may go ahead. A revocation from a principal that no longer exists passes:
+    its assignments went with it."""
+    if break_glass.covers(change.principal_id, user.upn if user else change.user):
+        return _break_glass(change, role)
+    if not is_allowed(role, settings):
+        return _not_allowed(role, [change.group], [change])
+    if user is None and change.action is Action.GRANT:
+        reason = f"principal {change.principal_id} is not a user"
+    elif user is not None and not user.synced:
+        reason = f"{user.upn or user.id} is not a synced user (cloud-only)"
+    else:
+        return None
+    return Blocked(Guard.NOT_SYNCED, reason, "nothing was changed; the sync manages synced "
+                   "users only", role_name=role.display_name, user=change.user,
+                   principal_id=change.principal_id)
+
+
+def _break_glass(change: RoleChange, role: RoleDefinition) -> Blocked:
+    where = f" is a member of AD group '{change.group}'" if change.group else " was named"
+    done = "granted to" if change.action is Action.GRANT else "revoked from"
+    return Blocked(
+        guard=Guard.BREAK_GLASS,
+        reason=f"break-glass account {change.user or change.principal_id}{where}; role "
+        f"'{role.display_name}' was not {done} it",
+        fix=f"remove the account from AD group '{change.group}'; break-glass accounts are "
+        "managed in the cloud only", role_name=role.display_name, group=change.group,
+        user=change.user, principal_id=change.principal_id,
+        would_grant=int(change.action is Action.GRANT),
+        would_revoke=int(change.action is Action.REVOKE),
+    )
+
+
+def _not_allowed(role: RoleDefinition, groups: Sequence[str],
+                 would: Sequence[RoleChange]) -> Blocked:
+    grants = sum(1 for c in would if c.action is Action.GRANT)
+    names = ", ".join(f"'{g}'" for g in groups if g) or "its AD group"
+    if is_privileged(role):
+        kind, fix = "privileged (isPrivileged) and not opted in", (
+            f"name '{role.display_name}' in ROLES_PRIVILEGED_OPT_IN if this privileged role is "
+            "really to follow AD, or remove the group from the roles OU")
+    else:
+        kind, fix = "not on the allow-list", (
+            f"add '{role.display_name}' to ROLES_ALLOW_LIST, or remove the group from the "
+            "roles OU")
+    return Blocked(
+        guard=Guard.NOT_ALLOWED,
+        reason=f"AD group {names} maps to role '{role.display_name}', which is {kind}; "
+        f"{grants} grant(s) and {len(would) - grants} revocation(s) were not made",
+        fix=fix, role_name=role.display_name, group=groups[0] if groups else "",
+        would_grant=grants, would_revoke=len(would) - grants,
+    )
+
+
+def hold(changes: Sequence[RoleChange], current_members: int, revoked: Iterable[str],
+         settings: RolesSettings) -> Hold | None:
+    """What the limits hold back: all grants above ``ROLES_MAX_GRANTS``; all revocations when
+    they take the window above ``ROLES_MAX_REVOCATIONS`` or (from
+    ``ROLES_SHARE_MIN_REVOCATIONS`` on) above ``ROLES_MAX_REVOCATION_SHARE``. ``revoked`` are
+    the keys released in the window; one planned again (still queued) counts once."""
+    grants = [c for c in changes if c.action is Action.GRANT]
+    revokes = [c for c in changes if c.action is Action.REVOKE]
+    revoked_recently = len(set(revoked) - {c.key for c in revokes})
+    held: list[RoleChange] = []
+    reasons: list[str] = []
+    if len(grants) > settings.max_grants:
+        held += grants
+        reasons.append(f"{len(grants)} grants, above ROLES_MAX_GRANTS={settings.max_grants}")
+    share = len(revokes) / current_members if current_members else 1.0
+    over_count = revoked_recently + len(revokes) > settings.max_revocations
+    over_share = (len(revokes) >= settings.share_min_revocations
+                  and share > settings.max_revocation_share)
+    if revokes and over_count:
+        reasons.append(
+            f"{len(revokes)} revocation(s) after {revoked_recently} in the last "
+            f"{settings.revocation_window_hours:g} h, above "
+            f"ROLES_MAX_REVOCATIONS={settings.max_revocations}")
+    if revokes and over_share:
+        reasons.append(
+            f"{len(revokes)} of {current_members} synced role member(s) revoked ({share:.0%}), "
+            f"above ROLES_MAX_REVOCATION_SHARE={settings.max_revocation_share:g}")
+    if revokes and (over_count or over_share):
+        held += revokes
+    return Hold(tuple(sorted(held)), tuple(reasons)) if held else None
+
+
+# -- mapping and planning -------------------------------------------------------------------
 def map_groups(
-    groups: Sequence[AdGroup],
-    definitions: Sequence[RoleDefinition],
-    settings: RolesSettings,
+    groups: Sequence[AdGroup], definitions: Sequence[RoleDefinition], settings: RolesSettings,
 ) -> tuple[list[MappedGroup], list[str]]:
     """Map each group to the role it names, or to the role ``ROLES_GROUP_MAP`` gives it.
 
@@ -270,10 +223,9 @@ def map_groups(
         by_template.setdefault((definition.template_id or definition.id).lower(), definition)
         by_template.setdefault(definition.id.lower(), definition)
     explicit = {_fold(group): template.lower() for group, template in settings.group_map.items()}
-
     mapped: list[MappedGroup] = []
     unknown: list[str] = []
-    for group in sorted(groups, key=lambda g: _fold(g.name)):
+    for group in sorted(groups, key=lambda g: (_fold(g.name), g.dn)):
         role: RoleDefinition | None
         if _fold(group.name) in explicit:
             role, how = by_template.get(explicit[_fold(group.name)]), "map"
@@ -282,209 +234,93 @@ def map_groups(
         if role is None:
             unknown.append(group.name)
             continue
-        mapped.append(MappedGroup(group, role, is_allowed(role, settings), how))
+        mapped.append(MappedGroup(group, role, is_allowed(role, settings), how,
+                                  is_privileged(role)))
     return mapped, unknown
 
 
-# -- the planner ----------------------------------------------------------------------------
+def _unread(entry: MappedGroup, read: GroupMembers | None) -> CycleStopped:
+    problem = read.problem if read is not None else "its members were not read"
+    return CycleStopped(
+        f"the members of AD group '{entry.group.name}' could not be read completely "
+        f"({problem}); no role was changed this cycle, since an unread group is not an "
+        "empty one", guard=Guard.READ_FAILED, user=entry.group.name,
+        fix="check the domain controller and the service account's read access; the next "
+        "cycle retries",
+    )
 
 
-def plan(
-    groups: Sequence[AdGroup],
-    definitions: Sequence[RoleDefinition],
-    members: Mapping[str, GroupMembers],
-    assignments: Sequence[Assignment],
-    users: Sequence[CloudUser],
-    settings: RolesSettings,
-) -> RolePlan:
+def plan(inputs: PlanInputs, settings: RolesSettings) -> RolePlan:
     """Decide the grants and revocations that make role membership follow AD group membership.
 
-    ``members`` is keyed by group name. ``assignments`` are the current assignments (or
-    eligibilities, in PIM mode) of any role; only those at directory scope ``/`` count.
-    Raises ``SafetyStop`` when a mapped group's membership was not read completely.
+    Only assignments at directory scope ``/`` count. Raises ``SafetyStop`` when a mapped
+    group's membership was not read completely.
     """
-    mapped, unknown = map_groups(groups, definitions, settings)
+    mapped, unknown = map_groups(inputs.groups, inputs.definitions, settings)
     for entry in mapped:
-        read = members.get(entry.group.name)
+        read = inputs.members.get(entry.group.dn)
         if read is None or not read.complete:
-            problem = read.problem if read is not None else "its members were not read"
-            raise SafetyStop(
-                f"the members of AD group '{entry.group.name}' could not be read completely "
-                f"({problem}); no role was changed this cycle, since an unread group is not "
-                "an empty one",
-                user=entry.group.name,
-                step=STEP,
-                fix="check the domain controller and the service account's read access; "
-                "the next cycle retries",
-            )
-
-    break_glass = settings.break_glass
-    users_by_id = {u.id.lower(): u for u in users}
-    synced_by_immutable = {
-        u.on_premises_immutable_id: u for u in users if u.synced and u.on_premises_immutable_id
-    }
-
-    # Several groups may map to one role (its own name and an explicit map): union them.
-    per_role: dict[str, list[MappedGroup]] = {}
+            raise _unread(entry, read)
+    glass = inputs.break_glass
+    users_by_id = {u.id.lower(): u for u in inputs.users}
+    synced = {u.immutable_id: u for u in inputs.users if u.synced and u.immutable_id}
+    per_role: dict[str, list[MappedGroup]] = {}  # several groups may name one role: a union
     for entry in mapped:
         per_role.setdefault(entry.role.id.lower(), []).append(entry)
 
     changes: list[RoleChange] = []
     blocked: list[Blocked] = []
     skipped: list[Skipped] = []
-    kept = 0
-    current_members = 0
-
+    kept = current_members = 0
     for role_key, entries in sorted(per_role.items()):
         role = entries[0].role
-        allowed = entries[0].allowed
-        desired: dict[str, tuple[CloudUser, str]] = {}  # principal id → (user, group)
+        desired: dict[str, RoleChange] = {}  # principal id → the grant it would get
         for entry in entries:
-            for immutable_id in sorted(members[entry.group.name].immutable_ids):
-                user = synced_by_immutable.get(immutable_id)
+            for immutable in sorted(inputs.members[entry.group.dn].immutable_ids):
+                user = synced.get(immutable)
                 if user is None:
-                    skipped.append(
-                        Skipped(
-                            f"AD member {immutable_id} of '{entry.group.name}' has no synced "
-                            "cloud user yet",
-                            role_name=role.display_name,
-                            group=entry.group.name,
-                            user=immutable_id,
-                        )
-                    )
+                    skipped.append(Skipped(
+                        f"AD member {immutable} of '{entry.group.name}' has no synced cloud "
+                        "user yet", role.display_name, entry.group.name, immutable))
                     continue
-                if user.id.lower() in break_glass:
-                    blocked.append(_break_glass(user, role, entry.group.name))
+                grant = _change(Action.GRANT, role, user, entry.group.name)
+                if glass.covers(user.id, user.upn):
+                    blocked.append(_break_glass(grant, role))
                     continue
-                desired.setdefault(user.id.lower(), (user, entry.group.name))
-
-        holders: dict[str, Assignment] = {}
-        for assignment in assignments:
-            if (
-                assignment.role_definition_id.lower() == role_key
-                and assignment.directory_scope_id == DIRECTORY_SCOPE
-            ):
-                holders.setdefault(assignment.principal_id.lower(), assignment)
-
-        role_changes: list[RoleChange] = []
-        for principal, (user, group) in desired.items():
-            if principal not in holders:
-                role_changes.append(_change(Action.GRANT, role, user, group))
-        for principal in holders:
+                desired.setdefault(user.id.lower(), grant)
+        holders = {a.principal_id.lower() for a in inputs.assignments
+                   if a.role_definition_id.lower() == role_key
+                   and a.directory_scope_id == DIRECTORY_SCOPE}
+        wanted = [c for p, c in desired.items() if p not in holders]
+        for principal in sorted(holders):
             holder = users_by_id.get(principal)
-            if principal in break_glass or holder is None or not holder.synced:
+            if holder is None or not holder.synced or glass.covers(principal, holder.upn):
                 kept += 1  # cloud-only, break-glass, group or service principal: not ours
                 continue
-            if allowed:
-                current_members += 1
+            current_members += entries[0].allowed
             if principal not in desired:
-                group = entries[0].group.name
-                role_changes.append(_change(Action.REVOKE, role, holder, group))
-
-        if allowed:
-            changes.extend(role_changes)
-        elif role_changes:
-            # Nothing to refuse when the role already matches its group: no alert then, but
-            # ``mapped`` still shows the group as not allowed (``cli roles plan``).
-            blocked.append(_not_allowed(role, entries, role_changes))
+                wanted.append(_change(Action.REVOKE, role, holder, entries[0].group.name))
+        refused: list[RoleChange] = []
+        for change in wanted:
+            user = users_by_id.get(change.principal_id.lower())
+            found = check_change(change, role, user, settings, glass)
+            if found is None:
+                changes.append(change)
+            elif found.guard is Guard.NOT_ALLOWED:
+                refused.append(change)
+            else:
+                blocked.append(found)
+        if refused:  # one alert per role, not one per member
+            blocked.append(_not_allowed(role, [e.group.name for e in entries], refused))
 
     ordered = tuple(sorted(changes))
-    held = _threshold(ordered, current_members, settings)
     return RolePlan(
-        changes=ordered,
-        blocked=tuple(blocked),
-        skipped=tuple(skipped),
-        mapped=tuple(mapped),
-        unknown_groups=tuple(unknown),
-        kept=kept,
-        current_members=current_members,
-        held=held,
+        changes=ordered, blocked=tuple(blocked), skipped=tuple(skipped), mapped=tuple(mapped),
+        unknown_groups=tuple(unknown), kept=kept, current_members=current_members,
+        held=hold(ordered, current_members, inputs.revoked, settings),
     )
 
 
-def _change(
-    action: Action,
-    role: RoleDefinition,
-    user: CloudUser,
-    group: str,
-) -> RoleChange:
-    return RoleChange(
-        action=action,
-        role_id=role.id,
-        principal_id=user.id,
-        role_name=role.display_name,
-        user=user.user_principal_name,
-        display_name=user.display_name,
-        group=group,
-    )
-
-
-def _break_glass(user: CloudUser, role: RoleDefinition, group: str) -> Blocked:
-    return Blocked(
-        guard=Guard.BREAK_GLASS,
-        reason=f"break-glass account {user.user_principal_name} is a member of AD group "
-        f"'{group}'; role '{role.display_name}' was not granted to it",
-        fix=f"remove the account from AD group '{group}'; break-glass accounts are managed "
-        "in the cloud only",
-        role_name=role.display_name,
-        group=group,
-        user=user.user_principal_name,
-        principal_id=user.id,
-        would_grant=1,
-    )
-
-
-def _not_allowed(
-    role: RoleDefinition, entries: Sequence[MappedGroup], would: Sequence[RoleChange]
-) -> Blocked:
-    grants = sum(1 for c in would if c.action is Action.GRANT)
-    revokes = len(would) - grants
-    names = ", ".join(f"'{e.group.name}'" for e in entries)
-    privileged = (role.template_id or role.id).lower() in PRIVILEGED_TEMPLATE_IDS
-    fix = (
-        f"name '{role.display_name}' in ROLES_PRIVILEGED_OPT_IN (and ROLES_ALLOW_LIST) if this "
-        "role is really to follow AD, or remove the group from the roles OU"
-        if privileged
-        else f"add '{role.display_name}' to ROLES_ALLOW_LIST, or remove the group from the "
-        "roles OU"
-    )
-    return Blocked(
-        guard=Guard.NOT_ALLOWED,
-        reason=f"AD group {names} maps to role '{role.display_name}', which is not on the "
-        f"allow-list; {grants} grant(s) and {revokes} revocation(s) were not made",
-        fix=fix,
-        role_name=role.display_name,
-        group=entries[0].group.name,
-        would_grant=grants,
-        would_revoke=revokes,
-    )
-
-
-def _threshold(
-    changes: Sequence[RoleChange], current_members: int, settings: RolesSettings
-) -> Blocked | None:
-    """Hold the plan when its revocations exceed the count or the share threshold.
-
-    Either limit suffices, as an emptied small group is as suspicious as a large purge.
-    """
-    revocations = sum(1 for c in changes if c.action is Action.REVOKE)
-    if revocations == 0:
-        return None
-    share = revocations / current_members if current_members else 1.0
-    over_count = revocations > settings.max_revocations
-    over_share = share > settings.max_revocation_share
-    if not (over_count or over_share):
-        return None
-    pid = plan_id(changes)
-    limits = (
-        f"ROLES_MAX_REVOCATIONS={settings.max_revocations}, "
-        f"ROLES_MAX_REVOCATION_SHARE={settings.max_revocation_share:g}"
-    )
-    return Blocked(
-        guard=Guard.THRESHOLD,
-        reason=f"plan {pid} revokes {revocations} of {current_members} synced role member(s) "
-        f"({share:.0%}), above the threshold ({limits}); it is held and nothing was changed",
-        fix=f"check the AD groups, then run `python -m shared.cli roles approve {pid}`, "
-        "or raise the threshold",
-        would_revoke=revocations,
-    )
+def _change(action: Action, role: RoleDefinition, user: CloudUser, group: str) -> RoleChange:
+    return RoleChange(action, role.id, user.id, role.display_name, user.upn, user.display_name,
+                      group)

@@ -12,6 +12,20 @@ from azure.identity.aio import ManagedIdentityCredential as AioManagedIdentityCr
 from azure.storage.queue import QueueServiceClient
 
 from .config import StorageSettings
+from .log import register_secret
+
+
+def _connection(storage: StorageSettings) -> str:
+    """The connection string, registered as a secret first (whole, and the account key or
+    SAS token in it), so that no log line or mail can carry it."""
+    assert storage.connection is not None
+    value = storage.connection.get_secret_value()
+    register_secret(value)
+    for part in value.split(";"):
+        name, _, secret = part.partition("=")
+        if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
+            register_secret(secret.strip())
+    return value
 
 
 def _credential(storage: StorageSettings) -> TokenCredential:
@@ -23,7 +37,7 @@ def _credential(storage: StorageSettings) -> TokenCredential:
 def table_service(storage: StorageSettings) -> TableServiceClient:
     """A table service client for the ledger, audit, cursors and role plans."""
     if storage.connection is not None:
-        return TableServiceClient.from_connection_string(storage.connection.get_secret_value())
+        return TableServiceClient.from_connection_string(_connection(storage))
     assert storage.table_service_uri is not None  # guaranteed by StorageSettings
     return TableServiceClient(storage.table_service_uri, credential=_credential(storage))
 
@@ -31,7 +45,7 @@ def table_service(storage: StorageSettings) -> TableServiceClient:
 def queue_service(storage: StorageSettings) -> QueueServiceClient:
     """A queue service client; messages are base64 text, as host.json declares."""
     if storage.connection is not None:
-        return QueueServiceClient.from_connection_string(storage.connection.get_secret_value())
+        return QueueServiceClient.from_connection_string(_connection(storage))
     assert storage.queue_service_uri is not None
     return QueueServiceClient(storage.queue_service_uri, credential=_credential(storage))
 
@@ -39,7 +53,7 @@ def queue_service(storage: StorageSettings) -> QueueServiceClient:
 def aio_table_service(storage: StorageSettings) -> AioTableServiceClient:
     """The async table client, for code on the event loop (the licence step's shortage rows)."""
     if storage.connection is not None:
-        return AioTableServiceClient.from_connection_string(storage.connection.get_secret_value())
+        return AioTableServiceClient.from_connection_string(_connection(storage))
     assert storage.table_service_uri is not None
     credential = (
         AioManagedIdentityCredential(client_id=storage.client_id)

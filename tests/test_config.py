@@ -92,14 +92,13 @@ def test_a_missing_setting_fails_naming_it(env_file: Path, missing: str) -> None
     assert str(caught.value) == f"setting {missing}: is required but not set"
 
 
-def test_privileged_roles_need_an_explicit_opt_in(
+def test_allow_list_and_privileged_opt_in_are_read_as_given(
     env_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Global Administrator is off the allow-list even when listed, until opted in."""
+    """The allow-list and the opt-in are kept as listed; which roles are privileged is the
+    tenant's isPrivileged, decided by the guards (tests/test_roles_plan.py), not by names here."""
     monkeypatch.setenv("ROLES_ALLOW_LIST", "Helpdesk Administrator,Global Administrator")
-    assert load_settings(env_file).roles.allowed_roles == {"Helpdesk Administrator"}
     monkeypatch.setenv("ROLES_PRIVILEGED_OPT_IN", "Global Administrator")
-    assert load_settings(env_file).roles.allowed_roles == {
-        "Helpdesk Administrator",
-        "Global Administrator",
-    }
+    roles = load_settings(env_file).roles
+    assert ({"Helpdesk Administrator", "Global Administrator"}, {"Global Administrator"}) == (
+        roles.allowed_roles, roles.opted_in_roles)

@@ -13,8 +13,9 @@ import pytest
 
 from lab.core import Lab
 from shared.config import Settings
+from shared.entra import immutable_id
 from shared.errors import PermanentError
-from shared.graph import GraphClient, immutable_id
+from shared.graph import GraphClient
 
 pytestmark = pytest.mark.lab
 

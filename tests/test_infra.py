@@ -420,6 +420,7 @@ ALL_PERMISSIONS = [
     "User.ReadWrite.All",
     "User.Read.All",
     "RoleManagement.ReadWrite.Directory",
+    "RoleManagement.Read.Directory",
     "RoleEligibilitySchedule.ReadWrite.Directory",
     "Mail.Send",
     "Directory.ReadWrite.All",
@@ -483,18 +484,22 @@ def test_graph_script_grants_only_the_licensing_permissions_by_default(tmp_path:
 
 
 def test_graph_script_adds_role_pim_and_mail_permissions_by_flag(tmp_path: Path) -> None:
-    """Pins that --pim (which implies --roles) and --mail-graph add exactly their permissions,
-    and --no-usage-location trades User.ReadWrite.All for User.Read.All."""
+    """Pins that --pim and --mail-graph add exactly their permissions (PIM mode: the
+    eligibility-schedule permission and role management read, never the right to write active
+    assignments), and --no-usage-location trades User.ReadWrite.All for User.Read.All."""
     _, calls = run_script(tmp_path, "--pim", "--mail-graph", "--no-usage-location")
     expected = {
         "LicenseAssignment.ReadWrite.All",
         "LicenseAssignment.Read.All",
         "User.Read.All",
-        "RoleManagement.ReadWrite.Directory",
+        "RoleManagement.Read.Directory",
         "RoleEligibilitySchedule.ReadWrite.Directory",
         "Mail.Send",
     }
     assert expected == granted(calls)
+    _, active = run_script(tmp_path, "--roles")
+    assert {"RoleManagement.ReadWrite.Directory"} == granted(active) - granted(
+        run_script(tmp_path)[1])
 
 
 def test_graph_script_keeps_what_is_held_and_prunes_extras(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from shared.config import ProvisioningSettings
+from shared.entra import immutable_id
 from shared.errors import PermanentError
-from shared.graph import immutable_id
 from shared.licensing import (
     AssignLicense,
     RemoveFromGroup,
@@ -113,10 +113,10 @@ def test_immutable_id_is_base64_of_little_endian_guid_bytes():
 def test_graph_user_json_maps_to_cloud_user():
     """The licence step reads Graph's JSON itself: every selected property is mapped, SKU ids
     become UUIDs, and properties Graph leaves out are None or empty, never an error."""
-    from shared.graph import _cloud_user
+    from shared.entra import CloudUser
 
     sku = uuid.UUID("6fd2c87f-b296-42f0-b197-1e91e994b900")
-    user = _cloud_user({
+    user = CloudUser.from_json({
         "id": "4a7c", "userPrincipalName": "ada@contoso.example", "mail": None,
         "usageLocation": "NL", "proxyAddresses": ["SMTP:ada@contoso.example"],
         "assignedLicenses": [{"skuId": str(sku), "disabledPlans": []}],
@@ -125,6 +125,6 @@ def test_graph_user_json_maps_to_cloud_user():
     })
     assert (user.id, user.upn, user.usage_location, user.sku_ids, user.sync_enabled,
             user.sam) == ("4a7c", "ada@contoso.example", "NL", frozenset({sku}), True, "ada")
-    bare = _cloud_user({"id": "5b8d"})
+    bare = CloudUser.from_json({"id": "5b8d"})
     assert (bare.usage_location, bare.proxy_addresses, bare.sku_ids, bare.sync_enabled) == (
         None, (), frozenset(), False)

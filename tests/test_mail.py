@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email
 import email.policy
+import socket
 import uuid
 from email.message import EmailMessage
 from pathlib import Path
@@ -23,9 +25,11 @@ from shared.config import (
     SmtpSettings,
 )
 from shared.errors import ConfigError, PermanentError, TransientError
+from shared.graph import graph_client_for
 from shared.identity import ca_file, credential
+from shared.log import register_secret
 from shared.mail import Attachment, Mail, Mailer, MailerSettings, graph_message, to_mime
-from shared.reports import ProvisionedRow, SkuSummary, render_digest
+from shared.reports import FailureReport, ProvisionedRow, SkuSummary, render_digest, render_error
 from shared.secrets import SecretProvider
 
 UNTIL = dt.datetime(2026, 3, 2, 7, 0, tzinfo=dt.UTC)
@@ -132,7 +136,7 @@ def test_digest_through_smtp_lands_as_eml(lab: Lab) -> None:
     """A digest sent over SMTP (STARTTLS, AUTH with the vault's password) is kept as one .eml
     with text and HTML parts and the attachment."""
     to = _unique()
-    _mailer(lab, "smtp").send(_digest(to))
+    asyncio.run(_mailer(lab, "smtp").send(_digest(to)))
     message = _received(lab, to)
     assert "Office 365 Provisioning Report" == message["Subject"]
     _assert_digest_parts(message)
@@ -143,7 +147,7 @@ def test_digest_through_graph_lands_as_eml(lab: Lab) -> None:
     """A digest sent with Graph sendMail is kept as one .eml with the text part Exchange derives,
     the HTML part and the attachment."""
     to = _unique()
-    _mailer(lab, "graph").send(_digest(to))
+    asyncio.run(_mailer(lab, "graph").send(_digest(to)))
     message = _received(lab, to)
     assert "graph" == message["X-Lab-Transport"]
     _assert_digest_parts(message)
@@ -154,7 +158,7 @@ def test_graph_unknown_sender_is_permanent(lab: Lab) -> None:
     """A MAIL_SENDER without a mailbox is a permanent error whose fix names MAIL_SENDER."""
     mailer = _mailer(lab, "graph", mail={"sender": f"nobody-{uuid.uuid4().hex[:6]}@contoso.example"})
     with pytest.raises(PermanentError) as caught:
-        mailer.send(_digest(_unique()))
+        asyncio.run(mailer.send(_digest(_unique())))
     assert "404 ErrorInvalidUser" in caught.value.reason
     assert "MAIL_SENDER" in caught.value.fix
 
@@ -163,7 +167,7 @@ def test_graph_unknown_sender_is_permanent(lab: Lab) -> None:
 def test_graph_invalid_recipient_is_permanent(lab: Lab) -> None:
     """Graph's ErrorInvalidRecipients becomes a permanent error that says to correct MAIL_TO."""
     with pytest.raises(PermanentError) as caught:
-        _mailer(lab, "graph").send(Mail("s", "<p>x</p>", "x", to=("not an address",)))
+        asyncio.run(_mailer(lab, "graph").send(Mail("s", "<p>x</p>", "x", to=("not an address",))))
     assert "ErrorInvalidRecipients" in caught.value.reason
     assert "MAIL_TO" in caught.value.fix
 
@@ -188,7 +192,7 @@ def test_smtp_rotated_password_is_read_again(lab: Lab) -> None:
     mailer._secrets.resolve(reference, setting="SMTP_PASSWORD")  # cache the stale value
     vault.set_secret(name, real)
     to = _unique()
-    mailer.send(_digest(to))
+    asyncio.run(mailer.send(_digest(to)))
     assert "Office 365 Provisioning Report" == _received(lab, to)["Subject"]
 
 
@@ -197,7 +201,7 @@ def test_smtp_wrong_password_is_permanent(lab: Lab) -> None:
     """Credentials the server refuses twice are a permanent error naming SMTP_USER's account."""
     mailer = _mailer(lab, "smtp", smtp={"password": SecretStr("wrong-" + uuid.uuid4().hex)})
     with pytest.raises(PermanentError) as caught:
-        mailer.send(_digest(_unique()))
+        asyncio.run(mailer.send(_digest(_unique())))
     assert lab.settings["SMTP_USER"] in caught.value.reason
     assert "SMTP_PASSWORD" in caught.value.fix
 
@@ -206,7 +210,7 @@ def test_smtp_wrong_password_is_permanent(lab: Lab) -> None:
 def test_smtp_untrusted_certificate_is_permanent(lab: Lab) -> None:
     """Without the lab CA in CA_BUNDLE the STARTTLS certificate is refused, fix names CA_BUNDLE."""
     with pytest.raises(PermanentError) as caught:
-        _mailer(lab, "smtp", ca=False).send(_digest(_unique()))
+        asyncio.run(_mailer(lab, "smtp", ca=False).send(_digest(_unique())))
     assert "CA_BUNDLE" in caught.value.fix
 
 
@@ -214,6 +218,91 @@ def test_smtp_untrusted_certificate_is_permanent(lab: Lab) -> None:
 def test_smtp_unreachable_is_transient(lab: Lab) -> None:
     """An SMTP server that does not answer is a transient error: the mail is tried again."""
     with pytest.raises(TransientError):
-        _mailer(lab, "smtp", smtp={"port": free_port(), "timeout_seconds": 2}).send(
-            _digest(_unique())
+        asyncio.run(_mailer(lab, "smtp", smtp={"port": free_port(), "timeout_seconds": 2}).send(
+            _digest(_unique())))
+
+
+def test_smtp_send_leaves_the_event_loop_free() -> None:
+    """An SMTP server that accepts the connection and never answers stalls only the send:
+    the event loop keeps running other work until the SMTP timeout makes it a TransientError."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)  # the handshake completes in the backlog; no greeting ever comes
+        mailer = Mailer(
+            MailerSettings(
+                MailSettings(transport="smtp", sender="a@b.example", to="c@d.example"),
+                SmtpSettings(host="127.0.0.1", port=silent.getsockname()[1],
+                             timeout_seconds=1.0),
+                GraphSettings(),
+                IdentitySettings(),
+            ),
+            SecretProvider(IdentitySettings(), KeyVaultSettings()),
         )
+
+        async def both() -> tuple[int, BaseException | None]:
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                for _ in range(10):
+                    await asyncio.sleep(0.05)
+                    ticks += 1
+
+            sent, _ = await asyncio.gather(mailer.send(Mail("s", "<p>h</p>", "t")), tick(),
+                                           return_exceptions=True)
+            return ticks, sent if isinstance(sent, BaseException) else None
+
+        ticks, error = asyncio.run(both())
+    assert (10, TransientError) == (ticks, type(error))
+
+
+@pytest.mark.lab
+def test_graph_mail_goes_through_the_service_graph_client(lab: Lab) -> None:
+    """sendMail is one more request of the event loop's one Graph client (its pipeline,
+    pacing and token), not a client of its own."""
+    mailer = _mailer(lab, "graph")
+    graph_settings = GraphSettings(_env_file=lab.settings_file)
+    identity = IdentitySettings(_env_file=lab.settings_file)
+    ca = ServiceSettings(_env_file=lab.settings_file).ca_bundle
+
+    async def send() -> int:
+        graph = graph_client_for(graph_settings, identity, ca)
+        before = graph.counters.requests
+        try:
+            await mailer.send(_digest(_unique()))
+            return graph.counters.requests - before
+        finally:
+            await graph.close()
+
+    assert 1 == asyncio.run(send())
+
+
+@pytest.mark.lab
+def test_secret_with_html_characters_is_masked_in_the_delivered_mail(lab: Lab) -> None:
+    """A secret containing & and < that reached a report is masked in both parts of the mail
+    the SMTP server received: autoescape's &amp;/&lt; form does not slip past the mask."""
+    secret = f"R&D<{uuid.uuid4().hex[:10]}>"
+    register_secret(secret)
+    to = _unique()
+    failure = FailureReport(username="anna", error=f"login failed with {secret}", fix="rotate it")
+    rendered = render_error(failure)
+    asyncio.run(_mailer(lab, "smtp").send(
+        Mail(rendered.subject, rendered.html, rendered.text, to=(to,))))
+    raw = [p.get_content() for p in _received(lab, to).walk() if not p.is_multipart()]
+    escaped = secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert [] == [part for part in raw if secret in part or escaped in part]
+    assert 2 == sum("***" in part for part in raw)
+
+
+@pytest.mark.lab
+def test_attachments_are_redacted_before_they_leave(lab: Lab) -> None:
+    """A secret inside an attached log file is masked in the attachment the server received."""
+    secret = f"att-{uuid.uuid4().hex}"
+    register_secret(secret)
+    to = _unique()
+    mail = Mail("log", "<p>see the log</p>", "see the log",
+                [Attachment("cycle.log", f"2026-03-02 bind with {secret}\n".encode(), "text/plain")],
+                to=(to,))
+    asyncio.run(_mailer(lab, "smtp").send(mail))
+    attached = [a.get_content() for a in _received(lab, to).iter_attachments()]
+    assert ["2026-03-02 bind with ***\n"] == attached

@@ -6,6 +6,7 @@ import assert_no_secrets``): pass every text a run produced and every secret the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -111,11 +112,12 @@ def test_no_secret_leaks_into_logs_errors_or_mail(lab: Lab, caplog: pytest.LogCa
             until=dt.datetime(2026, 3, 2, tzinfo=dt.UTC),
         )
         mail = Mail(digest.subject, digest.html, digest.text, to=(to,))
-        mailer("smtp").send(mail)
-        mailer("graph").send(mail)
+        asyncio.run(mailer("smtp").send(mail))
+        asyncio.run(mailer("graph").send(mail))
         caught: list[Exception] = []
         for attempt in (
-            lambda: mailer("smtp", password=SecretStr(secrets[0] + "-wrong")).send(mail),
+            lambda: asyncio.run(
+                mailer("smtp", password=SecretStr(secrets[0] + "-wrong")).send(mail)),
             lambda: provider.resolve(
                 SecretStr(
                     f"@Microsoft.KeyVault(SecretUri={lab.settings['KEY_VAULT_URL']}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import email
 import email.policy
 import time
@@ -20,24 +21,22 @@ from ldap3 import MODIFY_ADD, MODIFY_DELETE, Connection
 from lab.core import Lab
 from shared.config import RolesSettings, Settings
 from shared.directory import Directory
+from shared.entra import immutable_id
+from shared.errors import SafetyStop
 from shared.graph import GraphClient
+from shared.graph_roles import RoleGraph
 from shared.ledger import Audit
 from shared.mail import Mailer
-from shared.roles import Action, RoleChange
-from shared.rolesync import (
-    PLANS_TABLE,
-    CycleResult,
-    RoleGraph,
-    apply_change,
-    approve_plan,
-    immutable_id,
-    run_cycle,
-)
+from shared.messages import Step, WorkItem
+from shared.plans import PLANS_TABLE, PlanStore, approve_plan
+from shared.rolemodel import Action, Guard, Hold, RoleChange
+from shared.rolesync import CycleResult, apply_change, run_cycle
 from shared.secrets import SecretProvider
 from shared.storage import table_service
 
 pytestmark = pytest.mark.lab
 
+EXCHANGE = "29232cdf-9323-42fd-ade2-1d097af3e4de"
 HELPDESK = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
 GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"
 
@@ -85,49 +84,41 @@ def control(lab: Lab, path: str) -> None:
     response.raise_for_status()
 
 
-def holders(settings: Settings, role: str, *, eligible: bool = False) -> set[str]:
-    async def read() -> set[str]:
+def on_graph(settings: Settings, work: Callable[[GraphClient], Any]) -> Any:
+    """Run ``work`` with a Graph client of its own loop, closed afterwards."""
+    async def go() -> Any:
         client = GraphClient(settings.graph, settings.identity, settings.service.ca_bundle)
         try:
-            found = await RoleGraph(client).holders(role, eligible=eligible)
+            return await work(client)
         finally:
             await client.close()
-        return {a.principal_id for a in found}
 
-    return asyncio.run(read())
+    return asyncio.run(go())
+
+
+def holders(settings: Settings, role: str, *, eligible: bool = False) -> set[str]:
+    async def read(client: GraphClient) -> set[str]:
+        return {a.principal_id for a in await RoleGraph(client).holders(role, eligible=eligible)}
+
+    return set(on_graph(settings, read))
 
 
 def grant_directly(settings: Settings, role: str, principal: str) -> None:
     """What an administrator does in the portal: assign a role in the cloud."""
-
-    async def go() -> None:
-        client = GraphClient(settings.graph, settings.identity, settings.service.ca_bundle)
-        try:
-            assert await RoleGraph(client).assign(role, principal)
-        finally:
-            await client.close()
-
-    asyncio.run(go())
+    assert on_graph(settings, lambda client: RoleGraph(client).assign(role, principal))
 
 
 def cloud_id(settings: Settings, key: str, timeout: float = 30.0) -> str:
     """The cloud id of a user (by UPN, or by objectGUID once the lab's sync mirrored it)."""
-
-    async def find() -> str | None:
-        client = GraphClient(settings.graph, settings.identity, settings.service.ca_bundle)
-        try:
-            api = RoleGraph(client)
-            user = (await api.user(key) if "@" in key
-                    else await api.user_by_immutable_id(key))
-        finally:
-            await client.close()
+    async def find(client: GraphClient) -> str | None:
+        user = await (client.user(key) if "@" in key else client.user_by_immutable_id(key))
         return user.id if user else None
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = asyncio.run(find())
+        found = on_graph(settings, find)
         if found:
-            return found
+            return str(found)
         time.sleep(0.5)
     raise AssertionError(f"{key} did not reach the lab Graph within {timeout} s")
 
@@ -182,23 +173,28 @@ def service(settings: Settings, **kwargs: Any) -> Service:
     return Service(settings, SecretProvider.from_settings(settings), **kwargs)
 
 
+def granted(result: CycleResult) -> list[tuple[Action, str]]:
+    return sorted((r.change.action, r.change.principal_id) for r in result.applied
+                  if r.outcome == "applied")
+
+
 def test_group_member_gets_role_removal_revokes_cloud_only_stays_second_run_idle(
     lab: Lab, settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
     synced_user: Callable[[], tuple[str, str]],
 ) -> None:
-    """Adding a user to 'Helpdesk Administrator' grants the role, a second run changes
+    """Adding a user to 'Exchange Administrator' grants the role, a second run changes
     nothing, removing them revokes it, and a cloud-only holder of the role stays."""
     s = with_roles(settings, max_revocation_share=1.0)
     svc = service(s, audit=Audit(table_service(s.storage)))
     dn, uid = synced_user()
     cloud_only = cloud_id(s, f"cloudadmin@{lab.settings['LAB_TENANT']}.onmicrosoft.com")
-    grant_directly(s, HELPDESK, cloud_only)
-    add(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    grant_directly(s, EXCHANGE, cloud_only)
+    add(ad_admin, roles_env["Exchange Administrator"], dn)
 
     first = cycle(svc)
     assert [(Action.GRANT, uid, "applied")] == [
         (r.change.action, r.change.principal_id, r.outcome) for r in first.applied]
-    assert {uid, cloud_only} == holders(s, HELPDESK)
+    assert {uid, cloud_only} == holders(s, EXCHANGE)
     audited = {r["action"] for r in Audit(table_service(s.storage)).entries()
                if r["correlation_id"] == first.correlation_id}
     assert {"role_change_planned", "role_change_applied"} <= audited
@@ -206,11 +202,11 @@ def test_group_member_gets_role_removal_revokes_cloud_only_stays_second_run_idle
     second = cycle(svc)
     assert ((), []) == (second.plan.changes if second.plan else None, second.applied)
 
-    remove(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    remove(ad_admin, roles_env["Exchange Administrator"], dn)
     third = cycle(svc)
     assert [(Action.REVOKE, uid)] == [(r.change.action, r.change.principal_id)
                                       for r in third.applied]
-    assert {cloud_only} == holders(s, HELPDESK)
+    assert {cloud_only} == holders(s, EXCHANGE)
 
 
 def test_break_glass_in_group_gets_nothing_and_is_never_revoked(
@@ -222,16 +218,107 @@ def test_break_glass_in_group_gets_nothing_and_is_never_revoked(
     dn, uid = synced_user()
     s = with_roles(settings, break_glass_ids=uid, max_revocation_share=1.0)
     svc = service(s)
-    add(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    add(ad_admin, roles_env["Exchange Administrator"], dn)
     result = cycle(svc)
     assert ([], ["break-glass"]) == (
         result.applied, [b.guard.value for b in result.plan.blocked] if result.plan else [])
-    assert uid not in holders(s, HELPDESK)
+    assert uid not in holders(s, EXCHANGE)
 
-    grant_directly(s, HELPDESK, uid)
-    remove(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    grant_directly(s, EXCHANGE, uid)
+    remove(ad_admin, roles_env["Exchange Administrator"], dn)
     assert [] == cycle(svc).applied
-    assert uid in holders(s, HELPDESK)
+    assert uid in holders(s, EXCHANGE)
+
+
+def test_break_glass_named_by_upn_is_protected_and_an_unknown_entry_stops_the_cycle(
+    settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """ROLES_BREAK_GLASS_IDS given as a UPN is resolved and protects that account; an entry
+    that names nobody stops the cycle before any change, so nothing goes unprotected."""
+    dn, uid = synced_user()
+    upn = on_graph(settings, lambda client: client.user(uid)).upn
+    add(ad_admin, roles_env["Exchange Administrator"], dn)
+    protected = cycle(service(with_roles(settings, break_glass_ids=upn.upper())))
+    typo = f"nobody-{uuid.uuid4().hex[:6]}@{upn.split('@')[1]}"
+    stopped = cycle(service(with_roles(settings, break_glass_ids=f"{upn},{typo}")))
+    assert ([], [Guard.BREAK_GLASS]) == (
+        protected.applied, [b.guard for b in protected.plan.blocked] if protected.plan else [])
+    assert stopped.stopped is not None
+    assert typo in stopped.stopped.reason
+    assert ([], set()) == (stopped.applied, holders(settings, EXCHANGE) & {uid})
+
+
+def test_role_groups_are_read_by_their_dn_in_the_roles_ou(
+    settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    make_group: Callable[..., Any], synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """A group named 'Exchange Administrator' elsewhere under AD_BASE_DN neither stops the
+    cycle nor drives the role: only the group found in ROLES_OU does."""
+    stray_dn, stray = synced_user()
+    member_dn, member = synced_user()
+    make_group("Exchange Administrator", members=[stray_dn])
+    add(ad_admin, roles_env["Exchange Administrator"], member_dn)
+    result = cycle(service(with_roles(settings)))
+    assert (None, [(Action.GRANT, member)]) == (result.stopped, granted(result))
+    assert stray not in holders(settings, EXCHANGE)
+
+
+def test_nested_groups_count_only_by_opt_in_and_only_under_the_roles_ou(
+    settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    make_group: Callable[..., Any], synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """By default only direct members count, as Get-ADGroupMember reads them. With
+    ROLES_NESTED=true a nested group under ROLES_OU counts, one elsewhere does not."""
+    inside_dn, inside = synced_user()
+    outside_dn, outside = synced_user()
+    nested_in = f"CN=nested-{uuid.uuid4().hex[:8]},{settings.roles.ou}"
+    assert ad_admin.add(nested_in, ["top", "group"], {
+        "sAMAccountName": f"n{uuid.uuid4().hex[:12]}", "member": [inside_dn]}), ad_admin.result
+    try:
+        nested_out = make_group(members=[outside_dn])
+        add(ad_admin, roles_env["Exchange Administrator"], nested_in, nested_out.dn)
+        direct = cycle(service(with_roles(settings)))
+        nested = cycle(service(with_roles(settings, nested=True)))
+    finally:
+        assert ad_admin.delete(nested_in), ad_admin.result
+    assert ([], [(Action.GRANT, inside)]) == (granted(direct), granted(nested))
+    assert outside not in holders(settings, EXCHANGE)
+
+
+def test_role_the_tenant_marks_privileged_needs_the_opt_in(
+    lab: Lab, settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """Helpdesk Administrator is on the default allow-list, yet the lab tenant marks it
+    privileged (isPrivileged, read from Graph beta): it is blocked until opted in."""
+    dn, uid = synced_user()
+    add(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    blocked = cycle(service(with_roles(settings)))
+    opted = cycle(service(with_roles(settings, privileged_opt_in="Helpdesk Administrator")))
+    assert ([], [Guard.NOT_ALLOWED]) == (
+        blocked.applied, [b.guard for b in blocked.plan.blocked] if blocked.plan else [])
+    assert [(Action.GRANT, uid)] == granted(opted)
+
+
+def test_lab_graph_says_which_roles_are_privileged_on_beta_only(lab: Lab,
+                                                                 settings: Settings) -> None:
+    """As Graph does: beta's role definitions carry isPrivileged (and filter on it); v1.0's
+    have no such property, and a $select naming it there is a 400."""
+    beta = settings.graph.url.rsplit("/", 1)[0] + "/beta"
+    headers = {"Authorization": f"Bearer {lab.settings['AZURE_STATIC_TOKEN']}"}
+    path = "roleManagement/directory/roleDefinitions"
+    with httpx.Client(headers=headers) as http:
+        privileged = http.get(f"{beta}/{path}", params={"$filter": "isPrivileged eq true",
+                                                        "$select": "templateId,isPrivileged"})
+        v1 = http.get(f"{settings.graph.url}/{path}/{EXCHANGE}")
+        v1_select = http.get(f"{settings.graph.url}/{path}", params={"$select": "isPrivileged"})
+    templates = {d["templateId"] for d in privileged.json()["value"]}
+    assert {HELPDESK, GLOBAL_ADMIN} <= templates
+    assert EXCHANGE not in templates
+    assert "isPrivileged" not in v1.json()
+    assert (400, "Request_BadRequest") == (v1_select.status_code,
+                                           v1_select.json()["error"]["code"])
 
 
 def test_global_admin_group_without_opt_in_changes_nothing_and_alerts(
@@ -257,29 +344,93 @@ def test_global_admin_group_without_opt_in_changes_nothing_and_alerts(
     assert not cycle(service(s)).notified
 
 
+def test_held_revocations_wait_grants_go_on_and_approval_binds_to_the_held_set(
+    settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """Over the revocation limit, the revocations wait and the grants of the same cycle are
+    made. An approval releases exactly the set it names: when the held set grows, a new plan
+    is held, the old approval is void, and only approving the new one releases it."""
+    s = with_roles(settings, max_revocations=1, max_revocation_share=1.0)
+    svc = service(s)
+    group = roles_env["Exchange Administrator"]
+    (a_dn, a), (b_dn, b), (c_dn, c), (d_dn, d) = (synced_user() for _ in range(4))
+    add(ad_admin, group, a_dn, b_dn, c_dn)
+    assert 3 == len(cycle(svc).applied)
+
+    remove(ad_admin, group, a_dn, b_dn)
+    add(ad_admin, group, d_dn)
+    first = cycle(svc)
+    assert first.held is not None
+    assert ([(Action.GRANT, d)], {a, b}) == (granted(first), holders(s, EXCHANGE) & {a, b})
+    approve_plan(s, first.held.plan_id)
+
+    remove(ad_admin, group, c_dn)
+    grown = cycle(svc)
+    assert grown.held is not None
+    assert ([], {a, b, c}) == (granted(grown), holders(s, EXCHANGE) & {a, b, c})
+    store = PlanStore.open(s)
+    assert ("superseded", "held") == (store.get(first.held.plan_id).status,  # type: ignore[union-attr]
+                                      store.get(grown.held.plan_id).status)  # type: ignore[union-attr]
+    with pytest.raises(Exception, match="superseded"):
+        approve_plan(s, first.held.plan_id)
+
+    approve_plan(s, grown.held.plan_id)
+    released = cycle(svc)
+    assert [(Action.REVOKE, x) for x in sorted((a, b, c))] == granted(released)
+
+
+def test_approval_expires_and_revocations_count_in_the_window(
+    settings: Settings, roles_env: dict[str, str],
+) -> None:
+    """An approval releases its plan within ROLES_APPROVAL_HOURS (again, while its changes are
+    still queued) and expires after; released revocations count in the rolling window until it
+    has passed over them."""
+    store = PlanStore.open(with_roles(settings))
+    t0 = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
+    day = dt.timedelta(hours=24)
+    revoke = [RoleChange(Action.REVOKE, EXCHANGE, str(uuid.uuid4())) for _ in range(3)]
+    late, timely = Hold(tuple(revoke[:2]), ("test",)), Hold(tuple(revoke[2:]), ("test",))
+
+    store.hold(late, now=t0)
+    store.approve(late.plan_id, now=t0)
+    expired = store.release(late.plan_id, day, now=t0 + dt.timedelta(hours=25))
+    store.hold(timely, now=t0)
+    store.approve(timely.plan_id, now=t0)
+    released = store.release(timely.plan_id, day, now=t0 + dt.timedelta(hours=22))
+    again = store.release(timely.plan_id, day, now=t0 + dt.timedelta(hours=23))
+    assert (False, "expired", True, True) == (
+        expired, store.get(late.plan_id).status, released, again)  # type: ignore[union-attr]
+
+    store.spend(revoke, now=t0)
+    store.spend(revoke[:1], now=t0 + dt.timedelta(hours=1))  # sent again: counted once
+    assert [3, 0] == [len(store.revoked_since(t0 - dt.timedelta(hours=1))),
+                      len(store.revoked_since(t0 + dt.timedelta(minutes=1)))]
+
+
 @pytest.mark.slow
 def test_emptying_a_group_of_ten_is_held_until_that_plan_is_approved(
     settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
     synced_user: Callable[[], tuple[str, str]],
 ) -> None:
-    """With ROLES_MAX_REVOCATIONS=5, emptying a group of 10 holds the plan and revokes
-    nothing; approving that plan id lets the next cycle revoke all 10."""
+    """With ROLES_MAX_REVOCATIONS=5, emptying a group of 10 holds the revocations; approving
+    that plan id lets the next cycle revoke all 10."""
     s = with_roles(settings, max_revocations=5)
     svc = service(s)
     users = [synced_user() for _ in range(10)]
-    group = roles_env["Helpdesk Administrator"]
+    group = roles_env["Exchange Administrator"]
     add(ad_admin, group, *(dn for dn, _ in users))
     assert 10 == len(cycle(svc).applied)
 
     remove(ad_admin, group, *(dn for dn, _ in users))
     held = cycle(svc)
     assert held.held is not None
-    assert ([], 10) == (held.applied, len(holders(s, HELPDESK) & {u for _, u in users}))
+    assert ([], 10) == (held.applied, len(holders(s, EXCHANGE) & {u for _, u in users}))
 
     approve_plan(s, held.held.plan_id)
     released = cycle(svc)
     assert 10 == sum(1 for r in released.applied if r.outcome == "applied")
-    assert set() == holders(s, HELPDESK) & {u for _, u in users}
+    assert set() == holders(s, EXCHANGE) & {u for _, u in users}
 
 
 def test_ldap_failure_during_the_read_revokes_nothing(
@@ -289,12 +440,12 @@ def test_ldap_failure_during_the_read_revokes_nothing(
     """When the domain controller cannot be read the cycle stops: the role stays granted."""
     s = with_roles(settings, max_revocation_share=1.0)
     dn, uid = synced_user()
-    add(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    add(ad_admin, roles_env["Exchange Administrator"], dn)
     cycle(service(s))
     broken = cycle(service(s, ad_url="ldaps://127.0.0.1:9"))
     assert broken.stopped is not None
     assert ([], None) == (broken.applied, broken.plan)
-    assert uid in holders(s, HELPDESK)
+    assert uid in holders(s, EXCHANGE)
 
 
 def test_pim_mode_creates_eligibility_requests_not_assignments(
@@ -306,11 +457,11 @@ def test_pim_mode_creates_eligibility_requests_not_assignments(
     s = with_roles(settings, mode="eligible", pim_duration_days=30)
     svc = service(s)
     dn, uid = synced_user()
-    add(ad_admin, roles_env["Helpdesk Administrator"], dn)
+    add(ad_admin, roles_env["Exchange Administrator"], dn)
     result = cycle(svc)
     assert ["applied"] == [r.outcome for r in result.applied]
-    assert uid in holders(s, HELPDESK, eligible=True)
-    assert uid not in holders(s, HELPDESK)
+    assert uid in holders(s, EXCHANGE, eligible=True)
+    assert uid not in holders(s, EXCHANGE)
     assert [] == cycle(svc).applied
 
 
@@ -319,27 +470,57 @@ def test_apply_change_is_idempotent_and_rechecks_the_guards(
 ) -> None:
     """Granting twice is 'already' the second time, revoking a missing assignment is
     'already', and a queued grant of a role off the allow-list is refused."""
-    from shared.errors import SafetyStop
-
     s = with_roles(settings)
     _, uid = synced_user()
 
-    async def go() -> list[str]:
-        client = GraphClient(s.graph, s.identity, s.service.ca_bundle)
-        try:
-            grant = RoleChange(Action.GRANT, HELPDESK, uid)
-            revoke = RoleChange(Action.REVOKE, HELPDESK, uid)
-            outcomes = [(await apply_change(s, client, grant)).outcome,
-                        (await apply_change(s, client, grant)).outcome,
-                        (await apply_change(s, client, revoke)).outcome,
-                        (await apply_change(s, client, revoke)).outcome]
-            with pytest.raises(SafetyStop):
-                await apply_change(s, client, RoleChange(Action.GRANT, GLOBAL_ADMIN, uid))
-            return outcomes
-        finally:
-            await client.close()
+    async def go(client: GraphClient) -> list[str]:
+        grant = RoleChange(Action.GRANT, EXCHANGE, uid)
+        revoke = RoleChange(Action.REVOKE, EXCHANGE, uid)
+        outcomes = [(await apply_change(s, client, grant)).outcome,
+                    (await apply_change(s, client, grant)).outcome,
+                    (await apply_change(s, client, revoke)).outcome,
+                    (await apply_change(s, client, revoke)).outcome]
+        with pytest.raises(SafetyStop):
+            await apply_change(s, client, RoleChange(Action.GRANT, GLOBAL_ADMIN, uid))
+        return outcomes
 
-    assert ["applied", "already", "applied", "already"] == asyncio.run(go())
+    assert ["applied", "already", "applied", "already"] == on_graph(s, go)
+
+
+def test_a_role_message_is_applied_only_when_its_stored_plan_holds_it(
+    settings: Settings, roles_env: dict[str, str], ad_admin: Connection,
+    synced_user: Callable[[], tuple[str, str]],
+) -> None:
+    """A cycle records the changes it queues under its plan id; the queued grant naming that
+    plan is applied. The same grant naming another plan, and a revocation the plan never held,
+    are refused (a SafetyStop) and change nothing: a queue writer cannot invent a change."""
+    s = with_roles(settings)
+    svc = service(s)
+    dn, uid = synced_user()
+    add(ad_admin, roles_env["Exchange Administrator"], dn)
+    planned = asyncio.run(run_cycle(svc))
+    assert planned.plan is not None
+    pid = planned.plan.plan_id
+    [change] = planned.to_enqueue
+
+    def message(action: str, plan: str) -> WorkItem:
+        return WorkItem(user=uuid.UUID(uid), step=Step.ROLE, role=change.role_id,
+                        action=action, plan=plan)
+
+    async def go(client: GraphClient) -> list[str]:
+        refused = []
+        for forged in (message("grant", "0" * 16), message("revoke", pid)):
+            with pytest.raises(SafetyStop) as caught:
+                await apply_change(s, client, forged)
+            refused.append(caught.value.reason)
+        applied = await apply_change(s, client, message("grant", pid))
+        return [*refused, applied.outcome]
+
+    forged_grant, forged_revoke, outcome = on_graph(s, go)
+    assert "which holds no such change; nothing was changed" in forged_grant
+    assert f"a revoke of role {EXCHANGE} for {uid} named plan '{pid}'" in forged_revoke
+    assert "applied" == outcome
+    assert {uid} == holders(s, EXCHANGE)
 
 
 def test_lab_graph_answers_role_errors_as_graph_does(lab: Lab, settings: Settings,

@@ -10,8 +10,9 @@
 #
 #   --principal-id ID      object (principal) id of the user-assigned identity; azd prints it
 #                          as AZURE_IDENTITY_PRINCIPAL_ID (`azd env get-values`)
-#   --roles                admin-role sync is on (ROLES_ENABLED=true)
-#   --pim                  role sync grants PIM eligibility (ROLES_MODE=eligible); implies --roles
+#   --roles                admin-role sync is on with active assignments (ROLES_ENABLED=true,
+#                          ROLES_MODE=active)
+#   --pim                  role sync grants PIM eligibility instead (ROLES_MODE=eligible)
 #   --mail-graph           reports and alerts go through Graph sendMail (MAIL_TRANSPORT=graph)
 #   --no-usage-location    Entra Connect already syncs `c` to usageLocation, so the service never
 #                          has to write it: read users only
@@ -38,7 +39,7 @@ usage_location=true
 prune=false
 dry_run=false
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -81,15 +82,18 @@ else
   wanted+=("User.Read.All")
 fi
 
-if $roles; then
-  # Read role definitions and assignments, and create/remove directory role assignments so
-  # that role members follow the AD groups in ROLES_OU.
+if $roles && ! $pim; then
+  # Read role definitions (with isPrivileged) and assignments, and create/remove active
+  # directory role assignments so that role members follow the AD groups in ROLES_OU.
   wanted+=("RoleManagement.ReadWrite.Directory")
 fi
 
 if $pim; then
-  # Create and remove PIM eligibility (roleEligibilityScheduleRequests) instead of active
-  # assignments when ROLES_MODE=eligible.
+  # Read role definitions (with isPrivileged): PIM mode never writes active assignments, so it
+  # holds the read half of role management only, not RoleManagement.ReadWrite.Directory.
+  wanted+=("RoleManagement.Read.Directory")
+  # Create and remove PIM eligibility (roleEligibilityScheduleRequests, adminAssign and
+  # adminRemove) and read it back (roleEligibilitySchedules) when ROLES_MODE=eligible.
   wanted+=("RoleEligibilitySchedule.ReadWrite.Directory")
 fi
 

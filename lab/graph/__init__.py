@@ -26,9 +26,11 @@ there (``roles`` and ``mail`` already are: they are imported when the file exist
     async def role_definitions(graph: Graph, request: Request) -> Reply:
         return Reply(200, {"value": [...]})
 
-- ``route(method, template, *, ru=1, writes=None, throttled=True)``: ``template`` is relative
-  to ``/v1.0`` with ``{name}`` segments (``request.params["name"]``); ``ru`` is the documented
-  resource-unit cost (an int or ``fn(request) -> int``); writes cost 1 for non-GET unless given.
+- ``route(method, template, *, ru=1, writes=None, throttled=True, versions=("v1.0",))``:
+  ``template`` is relative to ``/v1.0`` (and ``/beta`` when ``versions`` names it; the handler
+  reads ``request.version``) with ``{name}`` segments (``request.params["name"]``); ``ru`` is
+  the documented resource-unit cost (an int or ``fn(request) -> int``); writes cost 1 for
+  non-GET unless given.
   Every route is then authenticated, delayed/failed/dropped by the fault knobs, charged to the
   budgets (429 + ``Retry-After`` when over), counted in ``GET /_lab/stats`` under
   ``"METHOD template"``, and reachable from ``$batch``. ``throttled=False`` is for paths with

@@ -2,9 +2,13 @@
 
 What the service calls, with Graph's documented shapes and errors:
 
-- ``roleDefinitions`` (list, ``$filter`` on displayName/templateId/id/isBuiltIn; get by id),
-  seeded with built-in roles and their real template ids (learn.microsoft.com, "Microsoft
-  Entra built-in roles");
+- ``roleDefinitions`` (list, ``$filter`` on displayName/templateId/id/isBuiltIn; ``$select``;
+  get by id), seeded with built-in roles and their real template ids (learn.microsoft.com,
+  "Microsoft Entra built-in roles"). ``isPrivileged`` exists on Graph's beta endpoint only
+  ("unifiedRoleDefinition resource type", graph-rest-beta: "isPrivileged ... Supports $filter
+  (eq)"; the v1.0 page of the same resource has no such property): ``/beta`` answers it, with
+  the tenant's value as the built-in roles page labels each role PRIVILEGED; ``/v1.0`` leaves
+  it out, and a ``$select`` naming it there is Graph's 400 for an unknown property;
 - ``roleAssignments``: list (a ``$filter`` on roleDefinitionId, principalId, directoryScopeId or
   id is required here; ``$expand=principal``; paged by 100), get, create (the same role,
   principal and scope again is 400 ``Request_BadRequest`` "A conflicting object ..."), delete
@@ -83,11 +87,24 @@ BUILT_IN_ROLES: tuple[tuple[str, str, str], ...] = (
      "Can read basic directory information."),
 )
 
+# The roles learn.microsoft.com/entra/identity/role-based-access-control/permissions-reference
+# labels PRIVILEGED (the tenant's isPrivileged on Graph beta), of those above.
+PRIVILEGED = frozenset({
+    "62e90394-69f5-4237-9190-012177145e10",  # Global Administrator
+    "e8611ab8-c189-46e8-94e1-60213ab1f814",  # Privileged Role Administrator
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13",  # Privileged Authentication Administrator
+    "729827e3-9c14-49f7-bb1b-9608f156bbb8",  # Helpdesk Administrator
+    "fe930be7-5e62-47db-91af-98c3a49a38b1",  # User Administrator
+    "f2ef992c-3afb-46b9-b7cf-a126ee74c451",  # Global Reader
+    "194ae4cb-b126-40b2-bd5b-6091b380977d",  # Security Administrator
+    "c4e39bd9-1100-46d3-8c65-fb160da0071f",  # Authentication Administrator
+})
 GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
 PAGE = 100
 ASSIGNMENT_FILTERS = frozenset({"id", "roleDefinitionId", "principalId", "directoryScopeId",
                                 "appScopeId"})
 DEFINITION_FILTERS = frozenset({"id", "displayName", "templateId", "isBuiltIn"})
+BETA_ONLY = frozenset({"isPrivileged"})
 ACTIONS = frozenset({"adminAssign", "adminUpdate", "adminRemove", "selfActivate",
                      "selfDeactivate", "adminExtend", "adminRenew", "selfExtend", "selfRenew"})
 _CLAUSE = re.compile(r"^\s*(\w+)\s+eq\s+('(?:[^']|'')*'|true|false)\s*$", re.IGNORECASE)
@@ -129,6 +146,7 @@ def _definition(template_id: str, name: str, description: str) -> JSON:
         "displayName": name,
         "isBuiltIn": True,
         "isEnabled": True,
+        "isPrivileged": template_id in PRIVILEGED,
         "resourceScopes": ["/"],
         "templateId": template_id,
         "version": "1",
@@ -243,17 +261,31 @@ def _role_or_404(role_id: str) -> JSON:
 # -- roleDefinitions ------------------------------------------------------------------------
 
 
-@route("GET", "roleManagement/directory/roleDefinitions")
+def _as_version(definition: JSON, request: Request) -> JSON:
+    """The definition as this endpoint shows it: without beta's properties on v1.0, and
+    with exactly the ``$select``ed properties when there is a ``$select``."""
+    shown = {k: v for k, v in definition.items()
+             if request.version == "beta" or k not in BETA_ONLY}
+    select = [n.strip() for n in request.query.get("$select", "").split(",") if n.strip()]
+    for name in select:
+        if name not in shown:
+            raise GraphError(400, "Request_BadRequest", f"Could not find a property named "
+                             f"'{name}' on type 'microsoft.graph.unifiedRoleDefinition'.")
+    return {k: shown[k] for k in select} if select else shown
+
+
+@route("GET", "roleManagement/directory/roleDefinitions", versions=("v1.0", "beta"))
 async def list_definitions(graph: Graph, request: Request) -> Reply:
-    clauses = _filter(request.query.get("$filter"), DEFINITION_FILTERS, "unifiedRoleDefinition")
-    items = [d for d in DEFINITIONS.values() if _matches(d, clauses)]
+    filters = DEFINITION_FILTERS | (BETA_ONLY if request.version == "beta" else frozenset())
+    clauses = _filter(request.query.get("$filter"), filters, "unifiedRoleDefinition")
+    items = [_as_version(d, request) for d in DEFINITIONS.values() if _matches(d, clauses)]
     path = "roleManagement/directory/roleDefinitions"
     return _page(request, path, items, path)
 
 
-@route("GET", "roleManagement/directory/roleDefinitions/{id}")
+@route("GET", "roleManagement/directory/roleDefinitions/{id}", versions=("v1.0", "beta"))
 async def get_definition(graph: Graph, request: Request) -> Reply:
-    return Reply(200, _role_or_404(request.params["id"]))
+    return Reply(200, _as_version(_role_or_404(request.params["id"]), request))
 
 
 # -- roleAssignments ------------------------------------------------------------------------

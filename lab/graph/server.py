@@ -3,6 +3,10 @@ throttling, counters, and the lab-only control path ``/_lab``.
 
 Graph paths are matched by our own registry (not aiohttp's router) so that ``$batch`` can
 dispatch each item through exactly the same code: same handler, same throttling, same counters.
+
+Routes serve ``/v1.0``; a route registered with ``versions=("v1.0", "beta")`` also serves
+``/beta`` (what the service reads only there: a role definition's ``isPrivileged``). Any other
+``/beta`` path is Graph's 400 for an unknown segment: the lab serves no more of beta than that.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Request:
     body: Any
     params: dict[str, str] = field(default_factory=dict)
     base_url: str = ""  # http://host:port/v1.0, for @odata.nextLink
+    version: str = "v1.0"  # or "beta"
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
@@ -77,6 +82,7 @@ class Route:
     ru: int | CostFn
     writes: int
     throttled: bool
+    versions: tuple[str, ...] = ("v1.0",)
 
 
 class Registry:
@@ -93,6 +99,7 @@ class Registry:
         ru: int | CostFn = 1,
         writes: int | None = None,
         throttled: bool = True,
+        versions: tuple[str, ...] = ("v1.0",),
     ) -> Callable[[Handler], Handler]:
         """Register ``handler`` for ``method template`` (``users/{id}/assignLicense``).
 
@@ -110,15 +117,18 @@ class Registry:
 
         def register(handler: Handler) -> Handler:
             self.routes.append(
-                Route(method, template, regex, handler, ru, write_cost, throttled)
+                Route(method, template, regex, handler, ru, write_cost, throttled, versions)
             )
             return handler
 
         return register
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    def match(self, method: str, path: str,
+              version: str = "v1.0") -> tuple[Route, dict[str, str]] | None:
         allowed = False
         for route in self.routes:
+            if version not in route.versions:
+                continue
             found = route.regex.match(path)
             if found:
                 if route.method == method:
@@ -184,13 +194,14 @@ class Graph:
         """Route, throttle, count and run one request; always returns a Reply."""
         key = f"{request.method} {request.path}"
         try:
-            found = registry.match(request.method, request.path)
+            found = registry.match(request.method, request.path, request.version)
             if found is None:
                 raise GraphError(400, "BadRequest", f"Resource not found for the segment "
                                  f"'{request.path.split('/')[0]}'.")
             matched, params = found
             request.params = params
-            key = f"{matched.method} {matched.template}"
+            beta = "beta/" if request.version == "beta" else ""
+            key = f"{matched.method} {beta}{matched.template}"
             self.stats.count(key, "requests")
             self.stats.count(key, "writes" if matched.writes else "reads")
             headers: dict[str, str] = {}
@@ -294,14 +305,15 @@ async def handle_graph(http: web.Request) -> web.StreamResponse:
             except ValueError:
                 return _json_response(Reply(400, graph_error_body(
                     "BadRequest", "Unable to read JSON request payload.")))
-    base = f"{http.scheme}://{http.host}/v1.0"
+    version = "beta" if http.path.startswith("/beta/") else "v1.0"
     request = Request(
         method=http.method,
         path=http.match_info["tail"].strip("/"),
         query=dict(http.query),
         headers={k.lower(): v for k, v in http.headers.items()},
         body=body,
-        base_url=base,
+        base_url=f"{http.scheme}://{http.host}/{version}",
+        version=version,
     )
     return _json_response(await graph.dispatch(request))
 
@@ -342,6 +354,7 @@ def make_app(graph: Graph) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[GRAPH_KEY] = graph
     app.router.add_route("*", "/v1.0/{tail:.*}", handle_graph)
+    app.router.add_route("*", "/beta/{tail:.*}", handle_graph)
     app.router.add_route("*", "/_lab/{tail:.*}", handle_control)
     return app
 

@@ -39,7 +39,7 @@ async def deliver(svc: Service, mail: Mail, **about: str) -> bool:
     if svc.settings.mail.transport == "none":
         return False
     try:
-        await svc.mailer().asend(mail)
+        await svc.mailer().send(mail)
     except ProvisioningError as exc:
         log.error("alert_mail_failed", reason=str(exc), **about)
         return False

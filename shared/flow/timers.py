@@ -117,7 +117,7 @@ async def report(svc: Service) -> Report:
     mail = render_digest([provisioned_row(r) for r in provisioned], skus,
                          since=last[:19] or None, until=now(), waiting=waiting)
     if svc.settings.mail.transport != "none":
-        await svc.mailer().asend(mail)
+        await svc.mailer().send(mail)
     newest = max(str(rows[-1]["RowKey"]) for rows in new.values() if rows)
     await io(svc.cursors.put, REPORT_CURSOR, newest.encode())
     log.info("report_sent", users=len(provisioned), waiting=len(waiting))
