@@ -312,6 +312,7 @@ class RelayLink:
     paths: tuple[str, ...]
     identity: IdentitySettings
     key_vault: KeyVaultSettings
+    ca_bundle: Path | None  # whom the relay's TLS is trusted by: public CAs plus CA_BUNDLE
 
 
 def _relay_link(values: dict[str, Any], field: str, endpoints: int) -> RelayLink:
@@ -319,12 +320,12 @@ def _relay_link(values: dict[str, Any], field: str, endpoints: int) -> RelayLink
     (``_env_file``) as the section; ConfigError naming the setting when it is incomplete."""
     source = {"_env_file": values["_env_file"]} if "_env_file" in values else {}
     sections: list[Any] = []
-    for section in (RelaySettings, IdentitySettings, KeyVaultSettings):
+    for section in (RelaySettings, IdentitySettings, KeyVaultSettings, ServiceSettings):
         try:
             sections.append(section(**source))
         except ValidationError as exc:
             raise ConfigError(*_setting_name(section, exc.errors()[0])) from None
-    relay, identity, key_vault = sections
+    relay, identity, key_vault, service = sections
     transport = "AD_TRANSPORT" if field == "ad_path" else "EXCHANGE_TRANSPORT"
     setting = f"RELAY_{field.upper()}"
     if relay.namespace is None:
@@ -338,7 +339,7 @@ def _relay_link(values: dict[str, Any], field: str, endpoints: int) -> RelayLink
                           f"{endpoints} domain controller(s); give one per DC, in the same order")
     if len(paths) != endpoints:
         raise ConfigError(setting, "names more than one hybrid connection; Exchange needs one")
-    return RelayLink(relay, paths, identity, key_vault)
+    return RelayLink(relay, paths, identity, key_vault, service.ca_bundle)
 
 
 class GraphSettings(_Section):

@@ -176,8 +176,7 @@ class Directory:
                           connect_timeout=self._ad.timeout_seconds)
         parts = urlsplit(url)
         name = parts.hostname or ""
-        forwarder = relay_forward.tunnel(link, index, name, parts.port or (636 if ssl_on else 389),
-                                         ca_bundle=self._ca_bundle)
+        forwarder = relay_forward.tunnel(link, index, name, parts.port or (636 if ssl_on else 389))
         host, port = forwarder.open()  # raises the relay's TransientError / PermanentError
         return Server(host, port=port, use_ssl=ssl_on, tls=HostNameTls(name, self._ca_bundle),
                       get_info=NONE, connect_timeout=self._ad.timeout_seconds)

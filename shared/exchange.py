@@ -232,8 +232,7 @@ class ExchangeClient:
         if link is not None:
             # Through the relay: the forwarder is an HTTP CONNECT proxy for this host:port
             # only, and requests checks the certificate against the host in EXCHANGE_URL.
-            forwarder = relay_forward.tunnel(link, 0, self._host, self._port,
-                                             ca_bundle=self._ca_bundle, http_connect=True)
+            forwarder = relay_forward.tunnel(link, 0, self._host, self._port, http_connect=True)
             forwarder.open()  # raises the relay's TransientError / PermanentError
             proxy = forwarder.proxy_url
         wsman = _WSMan(

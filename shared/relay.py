@@ -44,6 +44,7 @@ import socket
 import ssl
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, quote_plus
@@ -117,9 +118,8 @@ class Tokens:
     """The ``ServiceBusAuthorization`` value for a link's hybrid connections, kept until it is
     near its end. Blocking work (the identity endpoint, Key Vault) runs in a thread."""
 
-    def __init__(self, link: RelayLink, ca_bundle: Path | None) -> None:
+    def __init__(self, link: RelayLink) -> None:
         self._link = link
-        self._ca_bundle = ca_bundle
         self._credential: TokenCredential | None = None
         self._entra: AccessToken | None = None
         self._sas: dict[str, tuple[str, float]] = {}
@@ -155,7 +155,7 @@ class Tokens:
             return cached[0]
         if self._secrets is None:
             self._secrets = SecretProvider(self._link.identity, self._link.key_vault,
-                                           ca_bundle=self._ca_bundle)
+                                           ca_bundle=self._link.ca_bundle)
         relay = self._link.relay
         key = await self._secrets.aresolve(relay.sas_key, setting="RELAY_SAS_KEY")
         expiry = int(time.time()) + SAS_LIFETIME
@@ -174,6 +174,25 @@ class Tokens:
 
 
 # -- streams -----------------------------------------------------------------------------------
+
+# The relay says why it refused in the HTTP reason phrase ("There are no listeners connected
+# for the endpoint"), which aiohttp's handshake error does not keep; a trace hook does.
+_REASONS: ContextVar[list[str] | None] = ContextVar("relay_reasons", default=None)
+
+
+async def _keep_reason(_: aiohttp.ClientSession, __: object,
+                       params: aiohttp.TraceRequestEndParams) -> None:
+    reasons = _REASONS.get()
+    if reasons is not None:
+        reasons.append(params.response.reason or "")
+
+
+def trace_config() -> aiohttp.TraceConfig:
+    """The trace hook ``open_stream`` needs on its session, to read the relay's refusals."""
+    config = aiohttp.TraceConfig()
+    config.on_request_end.append(_keep_reason)
+    return config
+
 
 
 class Stream:
@@ -223,6 +242,8 @@ async def open_stream(endpoint: Endpoint, session: aiohttp.ClientSession, tokens
     """Connect to ``endpoint`` as a sender and pass azbridge's preamble; raise the
     ``ProvisioningError`` that says what to do when that fails."""
     timeout = endpoint.link.relay.timeout_seconds
+    reasons: list[str] = []
+    _REASONS.set(reasons)
     try:
         async with asyncio.timeout(timeout):
             header = await tokens.header(endpoint)
@@ -240,7 +261,7 @@ async def open_stream(endpoint: Endpoint, session: aiohttp.ClientSession, tokens
     except aiohttp.WSServerHandshakeError as exc:
         if exc.status == 401:
             tokens.forget()
-        raise refused(endpoint, exc.status, exc.message) from None
+        raise refused(endpoint, exc.status, reasons[-1] if reasons else exc.message) from None
     except aiohttp.ClientConnectorCertificateError:
         raise PermanentError(
             f"the TLS certificate of relay {endpoint.namespace} is not trusted",

@@ -37,7 +37,6 @@ import time
 from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -45,7 +44,16 @@ import aiohttp
 from .config import RelayLink
 from .errors import ProvisioningError
 from .log import get_logger
-from .relay import STEP, Endpoint, Health, Stream, Tokens, client_tls, open_stream
+from .relay import (
+    STEP,
+    Endpoint,
+    Health,
+    Stream,
+    Tokens,
+    client_tls,
+    open_stream,
+    trace_config,
+)
 
 log = get_logger(__name__)
 
@@ -95,18 +103,18 @@ class RelayLoop:
         """The loop's HTTP session (one WebSocket per stream; no pool limit)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=True))
+                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                trace_configs=[trace_config()])
         return self._session
 
 
 class Forwarder:
     """A TCP listener on 127.0.0.1 that relays each accepted connection to one endpoint."""
 
-    def __init__(self, endpoint: Endpoint, tokens: Tokens, ca_bundle: Path | None, *,
-                 http_connect: bool) -> None:
+    def __init__(self, endpoint: Endpoint, tokens: Tokens, *, http_connect: bool) -> None:
         self.endpoint = endpoint
         self._tokens = tokens
-        self._tls = client_tls(ca_bundle)
+        self._tls = client_tls(endpoint.link.ca_bundle)
         self._http_connect = http_connect
         self._preopened: deque[Stream] = deque()
         self._server: asyncio.Server | None = None
@@ -247,21 +255,21 @@ async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, strea
 # -- the registry --------------------------------------------------------------------------------
 
 _forwarders: dict[tuple[Any, ...], Forwarder] = {}
-_tokens: dict[tuple[RelayLink, Path | None], Tokens] = {}
+_tokens: dict[RelayLink, Tokens] = {}
 _registry_lock = threading.Lock()
 
 
-def tunnel(link: RelayLink, index: int, host: str, port: int, *, ca_bundle: Path | None,
+def tunnel(link: RelayLink, index: int, host: str, port: int, *,
            http_connect: bool = False) -> Forwarder:
     """The process's forwarder to the ``index``-th hybrid connection of ``link``, whose bridge
     forwards to ``host:port``; made and started on first use."""
-    key = (link, index, host.lower(), port, ca_bundle, http_connect)
+    key = (link, index, host.lower(), port, http_connect)
     with _registry_lock:
         forwarder = _forwarders.get(key)
         if forwarder is None:
-            tokens = _tokens.setdefault((link, ca_bundle), Tokens(link, ca_bundle))
+            tokens = _tokens.setdefault(link, Tokens(link))
             endpoint = Endpoint(link, link.paths[index], host, port)
-            forwarder = Forwarder(endpoint, tokens, ca_bundle, http_connect=http_connect)
+            forwarder = Forwarder(endpoint, tokens, http_connect=http_connect)
             RelayLoop.get().run(forwarder.start(), 10)
             _forwarders[key] = forwarder
             log.info("relay_forwarder_started", step=STEP, relay=endpoint.namespace,
