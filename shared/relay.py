@@ -14,7 +14,7 @@ module speaks it with aiohttp's WebSocket client:
 3. The listener on the premises is Azure Relay Bridge (azbridge) 0.16.1, whose remote forward
    expects a preamble on every stream (``RemoteForwardBridge.HandleRelayConnectionAsync``):
    the sender writes ``1, 0, 0`` (version 1.0, stream mode), one length byte and the UTF-8
-   port name (the target port as text, azbridge's default name for ``-R relay:host:port``);
+   port name (the target port as text, azbridge's default name for ``-T relay:host:port``);
    the bridge answers ``1, 0, 0`` and then passes bytes, or ``0, 0, x`` and closes, or closes
    without a word when it has no forward of that name.
 
@@ -365,7 +365,7 @@ def _unanswered(endpoint: Endpoint) -> ProvisioningError:
         f"preamble (port name '{endpoint.port_name}')", step=STEP,
         fix=f"if this repeats, check that the bridge forwards '{endpoint.path}' to "
         f"{endpoint.target_host}:{endpoint.target_port} with a remote forward of that port "
-        f"(azbridge -R {endpoint.path}:{endpoint.target_host}:{endpoint.target_port})",
+        f"(azbridge -T {endpoint.path}:{endpoint.target_host}:{endpoint.target_port})",
     )
 
 

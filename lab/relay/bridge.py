@@ -1,5 +1,5 @@
 """The lab's on-premises listener: it behaves as Azure Relay Bridge (azbridge) 0.16.1 does with
-remote forwards (``azbridge -R relay:host:port``, or ``RemoteForward`` in its config), written
+remote forwards (``azbridge -T relay:host:port``, or ``RemoteForward`` in its config), written
 from its public source (Azure/azure-relay-bridge, tag v0.16.1), not copied from it.
 
 Per hybrid connection it keeps a listener control channel open to the relay (reconnecting
