@@ -13,7 +13,9 @@ the one of the DC or Exchange server named in AD_URL / EXCHANGE_URL.
   checks the certificate against the host in EXCHANGE_URL as on a direct connection.
   ``pin_session`` builds pypsrp's requests session up front with ``trust_env`` off, so no
   ``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE`` or ``.netrc`` in the environment can
-  send the traffic elsewhere or change whom it trusts.
+  send the traffic elsewhere or change whom it trusts. It also gives the tunnelled connection
+  urllib3's usual ``TCP_NODELAY``, which urllib3 leaves off a socket it opens to a proxy: with
+  Nagle on, a request body waited for the forwarder's delayed ACK, 40 ms a request.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ldap3 import Tls
+from urllib3.connection import HTTPConnection
 
 from .identity import tls_context
 
@@ -52,4 +55,6 @@ def pin_session(transport: Any) -> None:
     the environment from then on (``transport`` is ``WSMan.transport``)."""
     session = transport._build_session()
     session.trust_env = False
+    session.get_adapter("https://").proxy_manager_for(
+        transport.proxy, socket_options=HTTPConnection.default_socket_options)
     transport.session = session
