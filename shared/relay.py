@@ -29,8 +29,9 @@ What can go wrong, as the handlers see it (``shared.errors``)::
                           the relay's TLS certificate not trusted; the bridge refused the
                           preamble's version or mode
 
-``Health`` logs one ``relay_unreachable`` line when an endpoint's streams start failing and
-one ``relay_restored`` line when they work again, whatever the number of users in between.
+``shared.relay_forward.Health`` logs one ``relay_unreachable`` line when an endpoint's streams
+start failing and one ``relay_restored`` line when they work again, whatever the number of users
+in between.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import ssl
 import time
 import uuid
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -378,38 +379,6 @@ def _bridge_refused(endpoint: Endpoint, answer: tuple[int, ...]) -> Provisioning
         fix=f"run {BRIDGE_VERSION} (or a release with the same preamble) with a TCP remote "
         f"forward for '{endpoint.path}'",
     )
-
-
-# -- health ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Health:
-    """Whether an endpoint's streams open: one log line when they stop, one when they work
-    again. Used on the relay's event loop only."""
-
-    down_since: dict[tuple[str, str], float] = field(default_factory=dict)
-    failures: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    def failed(self, endpoint: Endpoint, error: ProvisioningError) -> None:
-        key = (endpoint.namespace, endpoint.path)
-        self.failures[key] = self.failures.get(key, 0) + 1
-        if key in self.down_since:
-            return
-        self.down_since[key] = time.monotonic()
-        log.warning("relay_unreachable", step=STEP, relay=endpoint.namespace,
-                    hybrid_connection=endpoint.path, error=str(error),
-                    transient=isinstance(error, TransientError))
-
-    def succeeded(self, endpoint: Endpoint) -> None:
-        key = (endpoint.namespace, endpoint.path)
-        since = self.down_since.pop(key, None)
-        if since is None:
-            return
-        log.warning("relay_restored", step=STEP, relay=endpoint.namespace,
-                    hybrid_connection=endpoint.path,
-                    outage_seconds=round(time.monotonic() - since, 1),
-                    failed_streams=self.failures.pop(key, 0))
 
 
 def client_tls(ca_bundle: Path | None) -> ssl.SSLContext:

@@ -37,17 +37,17 @@ import time
 from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
 
 from .config import RelayLink
-from .errors import ProvisioningError
+from .errors import ProvisioningError, TransientError
 from .log import get_logger
 from .relay import (
     STEP,
     Endpoint,
-    Health,
     Stream,
     Tokens,
     client_tls,
@@ -61,6 +61,38 @@ T = TypeVar("T")
 CHUNK = 64 * 1024  # what azbridge pumps at a time, too
 PREOPENED_TTL = 15.0  # a stream opened for a connection that never came is closed after this
 MAX_CONNECT_REQUEST = 8 * 1024
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Health:
+    """Whether an endpoint's streams open: one log line when they stop, one when they work
+    again. Used on the relay's event loop only."""
+
+    down_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def failed(self, endpoint: Endpoint, error: ProvisioningError) -> None:
+        key = (endpoint.namespace, endpoint.path)
+        self.failures[key] = self.failures.get(key, 0) + 1
+        if key in self.down_since:
+            return
+        self.down_since[key] = time.monotonic()
+        log.warning("relay_unreachable", step=STEP, relay=endpoint.namespace,
+                    hybrid_connection=endpoint.path, error=str(error),
+                    transient=isinstance(error, TransientError))
+
+    def succeeded(self, endpoint: Endpoint) -> None:
+        key = (endpoint.namespace, endpoint.path)
+        since = self.down_since.pop(key, None)
+        if since is None:
+            return
+        log.warning("relay_restored", step=STEP, relay=endpoint.namespace,
+                    hybrid_connection=endpoint.path,
+                    outage_seconds=round(time.monotonic() - since, 1),
+                    failed_streams=self.failures.pop(key, 0))
 
 
 class RelayLoop:

@@ -69,7 +69,7 @@ def test_the_flow_end_to_end(lab: Lab, service: flow.Service) -> None:
     """Pins the flow over both paths: seeded users end as remote mailboxes, licensed, in
     neither group, licensed once; through the relay every on-premises call used relay
     streams, on the direct path none did."""
-    sams = seed(lab, 12)
+    sams = seed(lab, 8)
     before = _streams(lab)
     summary = asyncio.run(run_once(service, limit=240))
     used = _streams(lab) - before
@@ -85,7 +85,7 @@ def test_listener_killed_mid_cycle(lab: Lab, service: flow.Service) -> None:
     `run --once`: every user ends provisioned exactly once (no licence written twice, no
     second cloud mailbox), and the worker logged one relay_unreachable and one relay_restored
     line per hybrid connection that failed, whatever the number of users in flight."""
-    sams = seed(lab, 20)
+    sams = seed(lab, 16)
     guids = {service.directory().user_by_sam(sam).guid for sam in sams}
     result: dict[str, Any] = {}
 
