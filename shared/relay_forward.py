@@ -164,7 +164,13 @@ class Forwarder:
         """Open one stream for the connection the caller is about to make; return where to
         connect. Raises the relay's ``TransientError`` / ``PermanentError``."""
         timeout = self.endpoint.link.relay.timeout_seconds * 2 + 5
-        self._relay.run(self._preopen(), timeout)
+        try:
+            self._relay.run(self._preopen(), timeout)
+        except TimeoutError:  # the relay loop itself is stuck: say so, never hang a worker
+            raise TransientError(
+                f"no stream to {self.endpoint.describe()} within {timeout:g} s", step=STEP,
+                fix="nothing to do if it passes; the worker's relay loop is overloaded",
+            ) from None
         return self.address
 
     @property
