@@ -185,7 +185,8 @@ def main() -> None:
     ])
     RESULTS.with_suffix(".md").write_text(markdown)
     print(markdown)
-    print(f"written: {RESULTS.relative_to(REPO)} and {RESULTS.with_suffix('.md').relative_to(REPO)}")
+    markdown_file = RESULTS.with_suffix(".md").relative_to(REPO)
+    print(f"written: {RESULTS.relative_to(REPO)} and {markdown_file}")
     sys.stdout.flush()
 
 
