@@ -26,7 +26,14 @@ param principalType string = 'User'
 
 // ---- hosting -----------------------------------------------------------------------------
 
-@description('App Service plan SKU. P0v3 (Dedicated, default) runs with storage shared keys off; EP1-EP3 (Elastic Premium) need an Azure Files content share, which needs a storage key.')
+@description('flex: Flex Consumption (default; scales to zero but for the poll timer\'s always-ready instances). dedicated: an App Service plan (dedicatedSku), always on.')
+@allowed([
+  'flex'
+  'dedicated'
+])
+param hosting string = 'flex'
+
+@description('App Service plan SKU when hosting is dedicated.')
 @allowed([
   'P0v3'
   'P1v3'
@@ -38,21 +45,25 @@ param principalType string = 'User'
   'B1'
   'B2'
   'B3'
-  'EP1'
-  'EP2'
-  'EP3'
 ])
-param planSku string = 'P0v3'
+param dedicatedSku string = 'P0v3'
 
-@description('How the app reaches Exchange and the domain controllers: hybridConnections (Azure Relay + Hybrid Connection Manager on premises) or vnet (regional VNet integration over a site-to-site VPN or ExpressRoute).')
+@description('Flex: always-ready instances kept for the poll timer (0 lets it scale to zero).')
+@minValue(0)
+param alwaysReadyInstances int = 1
+
+@description('How the app reaches Exchange and the domain controllers: relay (Azure Relay hybrid connections, a bridge on premises, outbound 443 only) or vnet (regional VNet integration over a site-to-site VPN or ExpressRoute).')
 @allowed([
-  'hybridConnections'
+  'relay'
   'vnet'
 ])
-param connectivity string = 'hybridConnections'
+param connectivity string = 'relay'
 
-@description('Subnet resource id for VNet integration (delegated to Microsoft.Web/serverFarms, with the Microsoft.Storage and Microsoft.KeyVault service endpoints). Required when connectivity is vnet.')
+@description('Subnet resource id for VNet integration (delegated to Microsoft.App/environments for Flex Consumption, Microsoft.Web/serverFarms for dedicated; with the Microsoft.Storage and Microsoft.KeyVault service endpoints). Required when connectivity is vnet.')
 param vnetSubnetId string = ''
+
+@description('Object id of the principal the on-premises bridge (azbridge) signs in as; gets Azure Relay Listener on the hybrid connections. Empty: assign it later.')
+param bridgePrincipalId string = ''
 
 // ---- on-premises endpoints -----------------------------------------------------------------
 
@@ -65,7 +76,7 @@ param exchangePort int = 5986
 @description('Path of the Exchange PowerShell endpoint.')
 param exchangePath string = '/PowerShell'
 
-@description('Comma-separated domain controller host names (LDAPS). One hybrid connection is made for each; AD_URL lists them in this order.')
+@description('Comma-separated domain controller host names (LDAPS). One hybrid connection is made for each; AD_URL and RELAY_AD_PATH list them in this order.')
 @minLength(1)
 param domainControllers string
 
@@ -179,8 +190,7 @@ var token = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
 }
-var useRelay = connectivity == 'hybridConnections'
-var elastic = startsWith(planSku, 'EP')
+var useRelay = connectivity == 'relay'
 
 var exchangeEndpoint = [
   {
@@ -195,6 +205,7 @@ var dcEndpoints = [for (dc, i) in dcHosts: {
   host: dc
   port: ldapsPort
 }]
+var dcPaths = [for (dc, i) in dcHosts: 'ldaps-${i + 1}']
 var endpoints = concat(exchangeEndpoint, dcEndpoints)
 var ldapUrls = [for dc in dcHosts: 'ldaps://${dc}:${ldapsPort}']
 
@@ -248,17 +259,7 @@ module storage 'modules/storage.bicep' = {
     location: location
     tags: tags
     principalId: identity.outputs.principalId
-    contentShare: elastic
     allowedSubnetId: useRelay ? '' : vnetSubnetId
-  }
-}
-
-module contentShare 'modules/contentshare.bicep' = if (elastic) {
-  name: 'contentshare'
-  scope: rg
-  params: {
-    storageName: storage.outputs.name
-    keyVaultName: keyVault.outputs.name
   }
 }
 
@@ -270,6 +271,8 @@ module relay 'modules/relay.bicep' = if (useRelay) {
     location: location
     tags: tags
     endpoints: endpoints
+    senderPrincipalId: identity.outputs.principalId
+    listenerPrincipalId: bridgePrincipalId
   }
 }
 
@@ -278,11 +281,9 @@ module relay 'modules/relay.bicep' = if (useRelay) {
 var secretBase = '${keyVault.outputs.uri}secrets'
 
 // Every app setting of shared/config.py that production needs; the rest keep their defaults
-// and are listed as optional in docs/configuration.md.
+// and are listed as optional in docs/configuration.md. Flex Consumption sets the runtime in
+// functionAppConfig and takes no FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION.
 var appSettingsHost = {
-  FUNCTIONS_EXTENSION_VERSION: '~4'
-  FUNCTIONS_WORKER_RUNTIME: 'python'
-  SCM_DO_BUILD_DURING_DEPLOYMENT: 'true'
   AzureWebJobsStorage__accountName: storage.outputs.name
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identity.outputs.clientId
@@ -293,15 +294,23 @@ var appSettingsHost = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.outputs.clientId};Authorization=AAD'
 }
 
-// Elastic Premium only: the Azure Files content share, its connection string from Key Vault
-// (the reference cannot be validated at create time, hence SKIP_CONTENTSHARE_VALIDATION), and,
-// behind a storage firewall, routing the share over the integrated VNet.
-var appSettingsContentShare = elastic ? {
-  WEBSITE_CONTENTAZUREFILECONNECTIONSTRING: '@Microsoft.KeyVault(SecretUri=${contentShare.outputs.secretUri})'
-  WEBSITE_CONTENTSHARE: contentShare.outputs.shareName
-  WEBSITE_SKIP_CONTENTSHARE_VALIDATION: '1'
-  WEBSITE_CONTENTOVERVNET: useRelay ? '0' : '1'
+var appSettingsDedicated = hosting == 'dedicated' ? {
+  FUNCTIONS_EXTENSION_VERSION: '~4'
+  FUNCTIONS_WORKER_RUNTIME: 'python'
+  SCM_DO_BUILD_DURING_DEPLOYMENT: 'true'
 } : {}
+
+// Through Azure Relay: one hybrid connection per endpoint, the token from the identity.
+var appSettingsRelay = useRelay ? {
+  EXCHANGE_TRANSPORT: 'relay'
+  AD_TRANSPORT: 'relay'
+  RELAY_NAMESPACE: relay.outputs.host
+  RELAY_EXCHANGE_PATH: 'exchange'
+  RELAY_AD_PATH: join(dcPaths, ',')
+} : {
+  EXCHANGE_TRANSPORT: 'direct'
+  AD_TRANSPORT: 'direct'
+}
 
 var appSettingsService = {
   AZURE_CREDENTIAL: 'managed-identity'
@@ -356,12 +365,13 @@ module app 'modules/functionapp.bicep' = {
     planName: 'plan-o365prov-${token}'
     location: location
     tags: tags
-    planSku: planSku
+    hosting: hosting
+    dedicatedSku: dedicatedSku
+    alwaysReadyInstances: alwaysReadyInstances
+    deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     identityId: identity.outputs.id
-    appSettings: union(appSettingsHost, appSettingsContentShare, appSettingsService, appSettingsSmtp, appSettingsCaBundle)
+    appSettings: union(appSettingsHost, appSettingsDedicated, appSettingsRelay, appSettingsService, appSettingsSmtp, appSettingsCaBundle)
     vnetSubnetId: useRelay ? '' : vnetSubnetId
-    relayNamespaceName: useRelay ? relay.outputs.name : ''
-    endpoints: useRelay ? endpoints : []
   }
 }
 

@@ -325,8 +325,9 @@ def run(lab: Lab) -> None:
         "LAB_AD_URL": f"ldaps://{host}:636",
         "LAB_AD_HOST": host,
         "LAB_AD_CA_CERT": str(ca_cert),
-        "AD_URL": f"ldaps://{host}:636",
     })
+    if lab.settings.get("AD_TRANSPORT") != "relay":  # through the relay AD_URL names the DC
+        lab.settings["AD_URL"] = f"ldaps://{host}:636"
     lab.endpoint("ad", "ldaps", f"ldaps://{host}:636")
     lab.endpoint("ad", "ldap", f"ldap://{host}:389")
     lab.save()  # a restart may move the DC: settings.env must say where it is now

@@ -16,6 +16,21 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .core import Lab
 
 _KEY_PEM = serialization.PrivateFormat.TraditionalOpenSSL
+# Through the relay the service names Exchange as an on-premises client would, by a host name
+# that resolves nowhere here; its certificate must carry that name (the DC's carries its own).
+EXCHANGE_HOSTNAME = "exchange.o365lab.example"
+HOST_NAMES = {"exchange": (EXCHANGE_HOSTNAME,)}
+
+
+def _names(cert_path: Path) -> set[str]:
+    """The DNS names and IP addresses a certificate is issued for."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    return set(san.get_values_for_type(x509.DNSName)) | ips
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -53,9 +68,11 @@ def ca(lab: Lab) -> tuple[Path, Path]:
 
 
 def issue(lab: Lab, name: str, hosts: list[str]) -> tuple[Path, Path]:
-    """A server certificate for ``hosts`` (DNS names or IP addresses) signed by the lab CA."""
+    """A server certificate for ``hosts`` (DNS names or IP addresses, plus the names in
+    ``HOST_NAMES``) signed by the lab CA; kept while it still covers them."""
+    hosts = [*hosts, *(h for h in HOST_NAMES.get(name, ()) if h not in hosts)]
     cert_path, key_path = lab.path("ca", f"{name}.pem"), lab.path("ca", f"{name}.key")
-    if cert_path.exists() and key_path.exists():
+    if cert_path.exists() and key_path.exists() and set(hosts) <= _names(cert_path):
         return cert_path, key_path
     ca_cert_path, ca_key_path = ca(lab)
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -54,6 +55,12 @@ DEFAULT_ROLE_ALLOW_LIST = (
 _NCRONTAB = re.compile(r"^\S+( \S+){5}$")
 _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 _UPN = re.compile(r"^[^@\s]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+# A relay namespace: its name (``contoso-relay``), its host name, or host:port (the lab's).
+_NAMESPACE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9-]+)*(:\d{1,5})?$")
+# Hybrid connection names: letters, digits, '.', '-', '_' (and '/' for nested paths).
+_HC_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,259}$")
+RELAY_SUFFIX = "servicebus.windows.net"
+Transport = Literal["direct", "relay"]
 
 
 class _Section(BaseSettings):
@@ -107,6 +114,20 @@ class AdSettings(_Section):
     timeout_seconds: float = Field(10.0, gt=0)
     page_size: int = Field(1000, ge=1, le=5000)
     range_step: int = Field(1500, ge=10, le=5000)
+    transport: Transport = Field(
+        "direct", description="direct (routed network, VNet integration) or relay (Azure Relay)"
+    )
+    _relay: RelayLink | None = PrivateAttr(None)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        if self.transport == "relay":
+            self._relay = _relay_link(values, "ad_path", len(self.urls))
+
+    @property
+    def relay(self) -> RelayLink | None:
+        """How the DCs are reached when AD_TRANSPORT=relay: one hybrid connection per DC."""
+        return self._relay
 
     @field_validator("url")
     @classmethod
@@ -181,6 +202,20 @@ class ExchangeSettings(_Section):
         description="concurrent PowerShell sessions per worker; Exchange's default throttling "
         "policy allows 18 per user",
     )
+    transport: Transport = Field(
+        "direct", description="direct (routed network, VNet integration) or relay (Azure Relay)"
+    )
+    _relay: RelayLink | None = PrivateAttr(None)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        if self.transport == "relay":
+            self._relay = _relay_link(values, "exchange_path", 1)
+
+    @property
+    def relay(self) -> RelayLink | None:
+        """How Exchange is reached when EXCHANGE_TRANSPORT=relay."""
+        return self._relay
 
     @field_validator("url")
     @classmethod
@@ -213,6 +248,106 @@ class IdentitySettings(_Section):
         if self.credential == "static" and self.static_token is None:
             raise ValueError("AZURE_STATIC_TOKEN: is needed when AZURE_CREDENTIAL=static")
         return self
+
+
+class RelaySettings(_Section):
+    """Azure Relay hybrid connections, the path to the premises when a peer's transport is
+    ``relay``: the app is the sender, a bridge on the premises the listener (docs/relay-bridge.md).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_")
+
+    namespace: str | None = Field(
+        None, description="the namespace: its name (contoso-relay), or its full host name"
+    )
+    exchange_path: str | None = Field(None, description="hybrid connection to Exchange")
+    ad_path: str | None = Field(
+        None, description="hybrid connections to the DCs, comma-separated, in AD_URL's order"
+    )
+    auth: Literal["entra", "sas"] = Field(
+        "entra", description="entra: the app's identity; sas: a key, when local auth is on"
+    )
+    sas_key_name: str | None = None
+    sas_key: SecretStr | None = None
+    timeout_seconds: float = Field(30.0, gt=0, description="opening one stream, token included")
+    idle_seconds: float = Field(240.0, gt=0, description="a stream idle this long is closed")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            value = value.strip().removeprefix("sb://").removeprefix("https://").rstrip("/")
+            if not _NAMESPACE.match(value):
+                raise ValueError(f"'{value}' is not a relay namespace name or host name")
+            return value
+        return None
+
+    @field_validator("exchange_path", "ad_path")
+    @classmethod
+    def _paths(cls, value: str | None) -> str | None:
+        for path in _csv(value):
+            if not _HC_PATH.match(path):
+                raise ValueError(f"'{path}' is not a hybrid connection name")
+        return value
+
+    @model_validator(mode="after")
+    def _sas_complete(self) -> RelaySettings:
+        if self.auth == "sas" and not (self.sas_key_name and self.sas_key):
+            raise ValueError(
+                "RELAY_AUTH: 'sas' needs RELAY_SAS_KEY_NAME and RELAY_SAS_KEY (a Key Vault "
+                "reference); the default 'entra' uses the app's identity instead"
+            )
+        return self
+
+    @property
+    def host(self) -> str:
+        """The namespace's host name (``contoso-relay.servicebus.windows.net``), with a port
+        when one was given."""
+        assert self.namespace is not None
+        name = self.namespace
+        return name if "." in name.split(":")[0] else f"{name}.{RELAY_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class RelayLink:
+    """How one peer is reached through Azure Relay: the relay settings, one hybrid connection
+    per endpoint of the peer (in the order of its URLs), and the identity that sends.
+
+    AD and Exchange settings carry their link themselves (``AdSettings.relay``), read from the
+    same place as they are, so a client given its section alone can open its streams."""
+
+    relay: RelaySettings
+    paths: tuple[str, ...]
+    identity: IdentitySettings
+    key_vault: KeyVaultSettings
+    ca_bundle: Path | None  # whom the relay's TLS is trusted by: public CAs plus CA_BUNDLE
+
+
+def _relay_link(values: dict[str, Any], field: str, endpoints: int) -> RelayLink:
+    """The relay link of a section whose transport is ``relay``, read from the same source
+    (``_env_file``) as the section; ConfigError naming the setting when it is incomplete."""
+    source = {"_env_file": values["_env_file"]} if "_env_file" in values else {}
+    sections: list[Any] = []
+    for section in (RelaySettings, IdentitySettings, KeyVaultSettings, ServiceSettings):
+        try:
+            sections.append(section(**source))
+        except ValidationError as exc:
+            raise ConfigError(*_setting_name(section, exc.errors()[0])) from None
+    relay, identity, key_vault, service = sections
+    transport = "AD_TRANSPORT" if field == "ad_path" else "EXCHANGE_TRANSPORT"
+    setting = f"RELAY_{field.upper()}"
+    if relay.namespace is None:
+        raise ConfigError("RELAY_NAMESPACE", f"is needed when {transport}=relay")
+    paths = _csv(getattr(relay, field))
+    if not paths:
+        raise ConfigError(setting, f"is needed when {transport}=relay: the hybrid connection "
+                          "name" + (", one per DC in AD_URL's order" if endpoints > 1 else ""))
+    if len(paths) != endpoints and field == "ad_path":
+        raise ConfigError(setting, f"names {len(paths)} hybrid connection(s) but AD_URL names "
+                          f"{endpoints} domain controller(s); give one per DC, in the same order")
+    if len(paths) != endpoints:
+        raise ConfigError(setting, "names more than one hybrid connection; Exchange needs one")
+    return RelayLink(relay, paths, identity, key_vault, service.ca_bundle)
 
 
 class GraphSettings(_Section):
@@ -379,6 +514,7 @@ class Settings:
     roles: RolesSettings
     schedules: ScheduleSettings
     service: ServiceSettings
+    relay: RelaySettings
 
 
 _SECTIONS: dict[str, type[_Section]] = {
@@ -394,6 +530,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "roles": RolesSettings,
     "schedules": ScheduleSettings,
     "service": ServiceSettings,
+    "relay": RelaySettings,
 }
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, NONE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import (
@@ -44,10 +45,12 @@ from ldap3.core.exceptions import (
 from ldap3.protocol.microsoft import dir_sync_control, extended_dn_control
 from ldap3.utils.conv import escape_bytes, escape_filter_chars
 
+from . import relay_forward
 from .config import AdSettings, ProvisioningSettings
 from .dn import is_dn
 from .entra import immutable_id
-from .errors import PermanentError, TransientError
+from .errors import PermanentError, ProvisioningError, TransientError
+from .relay_tls import HostNameTls
 
 T = TypeVar("T")
 
@@ -164,11 +167,31 @@ class Directory:
             ca_certs_file=str(self._ca_bundle) if self._ca_bundle else None,
         )
 
+    def _server(self, url: str, index: int) -> Server:
+        """The ldap3 Server for ``url``: the DC itself, or with AD_TRANSPORT=relay the local
+        forwarder of its hybrid connection, its certificate checked against the DC's name."""
+        ssl_on = url.startswith("ldaps://")
+        link = self._ad.relay
+        if link is None:
+            return Server(url, use_ssl=ssl_on, tls=self._tls(), get_info=NONE,
+                          connect_timeout=self._ad.timeout_seconds)
+        parts = urlsplit(url)
+        name = parts.hostname or ""
+        forwarder = relay_forward.tunnel(link, index, name, parts.port or (636 if ssl_on else 389))
+        host, port = forwarder.open()  # raises the relay's TransientError / PermanentError
+        return Server(host, port=port, use_ssl=ssl_on, tls=HostNameTls(name, self._ca_bundle),
+                      get_info=NONE, connect_timeout=self._ad.timeout_seconds)
+
     def _open(self) -> Connection:
         unreachable: list[str] = []
-        for url in self._ad.urls:
-            server = Server(url, use_ssl=url.startswith("ldaps://"), tls=self._tls(),
-                            get_info=NONE, connect_timeout=self._ad.timeout_seconds)
+        relay_errors: list[ProvisioningError] = []
+        for index, url in enumerate(self._ad.urls):
+            try:
+                server = self._server(url, index)
+            except TransientError as exc:  # the relay: another DC may still be reachable
+                relay_errors.append(exc)
+                unreachable.append(f"{url} ({exc.reason})")
+                continue
             conn = Connection(
                 server, user=self._ad.user, password=self._password,
                 receive_timeout=math.ceil(self._ad.timeout_seconds), raise_exceptions=False,
@@ -210,6 +233,8 @@ class Directory:
                     "expired)",
                 )
             return conn
+        if relay_errors and len(relay_errors) == len(unreachable):
+            raise relay_errors[0]  # its reason and fix say what to do about the relay
         raise TransientError(
             f"no domain controller answered: {', '.join(unreachable)}",
             step="connect to Active Directory",

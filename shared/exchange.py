@@ -40,9 +40,11 @@ from pypsrp.exceptions import (
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import NAMESPACES, WSMan
 
+from . import relay_forward
 from .config import ExchangeSettings
 from .errors import PermanentError, ProvisioningError, TransientError
 from .log import get_logger, redact
+from .relay_tls import pin_session
 
 log = get_logger(__name__)
 
@@ -230,6 +232,14 @@ class ExchangeClient:
     # -- pool ---------------------------------------------------------------------------
     def _connect(self) -> RunspacePool:
         timeout = self._settings.timeout_seconds
+        proxy = None
+        link = self._settings.relay
+        if link is not None:
+            # Through the relay: the forwarder is an HTTP CONNECT proxy for this host:port
+            # only, and requests checks the certificate against the host in EXCHANGE_URL.
+            forwarder = relay_forward.tunnel(link, 0, self._host, self._port, http_connect=True)
+            forwarder.open()  # raises the relay's TransientError / PermanentError
+            proxy = forwarder.proxy_url
         wsman = _WSMan(
             self._host,
             port=self._port,
@@ -246,7 +256,10 @@ class ExchangeClient:
             operation_timeout=max(1, int(timeout) - 5),
             reconnection_retries=0,
             reconnection_backoff=0.5,
+            proxy=proxy,
         )
+        if proxy is not None:
+            pin_session(wsman.transport)  # no environment proxy or CA file may interfere
         pool = RunspacePool(wsman, configuration_name=self._settings.configuration_name)
         try:
             pool.open()
@@ -290,6 +303,9 @@ class ExchangeClient:
                 for name, value in parameters:
                     shell.add_parameter(name, value)
                 output = shell.invoke()
+            except ProvisioningError:  # the relay said what is wrong; the pool never opened
+                self._discard(polite=False)
+                raise
             except (AuthenticationError, requests.exceptions.RequestException, WinRMError,
                     OSError) as exc:
                 # Delete the shell on the server unless it stopped answering: an abandoned

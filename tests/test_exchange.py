@@ -140,7 +140,7 @@ def test_user_named_like_code_is_matched_by_name_only(client, make_user, ad, set
 
 
 def _pool(lab: Lab, **kw: Any) -> RunspacePool:
-    url = urlparse(lab.settings["EXCHANGE_URL"])
+    url = urlparse(lab.settings["LAB_EXCHANGE_URL"])  # the endpoint itself, never the relay
     wsman = WSMan(url.hostname, port=url.port, path="PowerShell", ssl=True,
                   username=lab.settings["EXCHANGE_USER"],
                   password=kw.pop("password", lab.settings["LAB_EXCHANGE_PASSWORD"]),

@@ -45,6 +45,8 @@ BUILT_IN_ROLES = {
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
     "b86a8fe4-44ce-4948-aee5-eccb2c155cd7": "Key Vault Secrets Officer",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+    "26baccc8-eea7-41f1-98f4-1762cc7f685d": "Azure Relay Sender",
+    "26e0b698-aa6d-4085-9386-aadae190014d": "Azure Relay Listener",
 }
 GUID = re.compile(r"'([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'")
 
@@ -240,12 +242,7 @@ def test_identity_based_storage_and_key_vault_references() -> None:
         "KEY_VAULT_URL",
     ):
         assert name in settings
-    for name in (
-        "AD_PASSWORD",
-        "EXCHANGE_PASSWORD",
-        "SMTP_PASSWORD",
-        "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-    ):
+    for name in ("AD_PASSWORD", "EXCHANGE_PASSWORD", "SMTP_PASSWORD"):
         assert KEY_VAULT_REFERENCE.match(settings[name]), name
 
 
@@ -274,42 +271,89 @@ def test_no_secret_value_in_the_bicep() -> None:
     assert [n for n in parameters if re.search(r"(?i)password|secret|key$", n)] == []
 
 
-def test_app_runs_on_a_hybrid_connection_plan_hardened() -> None:
-    """Pins the hosting choices: Linux Python 3.11, HTTPS only, FTP off, TLS 1.2, Key Vault
-    references through the user-assigned identity, and only plans that support hybrid
-    connections (no Consumption Y1, no Flex Consumption FC1)."""
-    app = parse(INFRA / "modules" / "functionapp.bicep")["resources"]
-    site = app["site"]["config"]
+def test_app_runs_on_flex_consumption_hardened() -> None:
+    """Pins the hosting choices: Flex Consumption by default (FC1, Python 3.11 in
+    functionAppConfig, the package read from blob storage with the user-assigned identity,
+    always-ready instances for the poll timer), Dedicated as the alternative; HTTPS only, FTP
+    off, TLS 1.2, Key Vault references through the identity; Elastic Premium (which needs a
+    storage key for its content share) is gone."""
+    app = parse(INFRA / "modules" / "functionapp.bicep")
+    resources = app["resources"]
+    site = resources["site"]["config"]
+    text = (INFRA / "modules" / "functionapp.bicep").read_text()
     config_ = site["properties"]["siteConfig"]
     assert site["kind"] == "functionapp,linux"
-    assert config_["linuxFxVersion"] == "Python|3.11"
     assert (config_["ftpsState"], config_["minTlsVersion"]) == ("Disabled", "1.2")
     assert site["properties"]["httpsOnly"] is True
     assert site["properties"]["keyVaultReferenceIdentity"] == "identityId"
-    assert {"ftp", "scm"} == {app[k]["config"]["name"] for k in ("ftpPublishing", "scmPublishing")}
     assert all(
-        app[k]["config"]["properties"]["allow"] is False for k in ("ftpPublishing", "scmPublishing")
+        resources[k]["config"]["properties"]["allow"] is False
+        for k in ("ftpPublishing", "scmPublishing")
     )
-    skus = parse(INFRA / "main.bicep")["parameters"]["planSku"]
-    allowed = json.dumps(skus["decorators"])
-    assert not re.search(r'"(Y1|FC1)"', allowed)
-    assert '"EP1"' in allowed and '"P0v3"' in allowed
+    flex = app["variables"]["flexConfig"]["value"]
+    assert (flex["runtime"]["name"], flex["runtime"]["version"]) == ("python", "3.11")
+    authentication = flex["deployment"]["storage"]["authentication"]
+    assert authentication["type"] == "UserAssignedIdentity"
+    assert "name: 'function:poll_provision_group'" in text
+    assert "name: 'FC1'" in text and "tier: 'FlexConsumption'" in text
+    hosting = parse(INFRA / "main.bicep")["parameters"]["hosting"]
+    assert hosting["default"] == "flex"
+    assert re.findall(r'"(flex|dedicated)"', json.dumps(hosting["decorators"])) == [
+        "flex", "dedicated"]
+    assert "EP1" not in (INFRA / "main.bicep").read_text()
 
 
-def test_hybrid_connection_per_endpoint_with_split_rights() -> None:
-    """Pins the relay shape App Service needs: client authorisation on, an `endpoint`
-    metadata item, and separate send-only (app) and listen-only (on-premises HCM) rules."""
+def test_no_app_service_hybrid_connection_and_no_key_in_infra() -> None:
+    """Pins that the App Service hybrid-connection resources (Windows only) are gone, and that
+    no Bicep file reads a key: no listKeys(), no SAS rule, no shared-key storage access."""
+    for path in bicep_files():
+        text = path.read_text()
+        assert "hybridConnectionNamespaces" not in text, path.name
+        assert "listKeys" not in text and "authorizationRules" not in text, path.name
+        assert "sendKeyValue" not in text, path.name
+
+
+def test_relay_is_entra_only_with_the_sender_role_on_each_hybrid_connection() -> None:
+    """Pins the relay: local (SAS) authentication off, one hybrid connection per endpoint that
+    requires client authorisation, and the app identity given Azure Relay Sender on exactly
+    those (the bridge's principal Azure Relay Listener), each named guid(scope, principal,
+    role)."""
     relay = parse(INFRA / "modules" / "relay.bicep")["resources"]
-    properties = relay["connections"]["config"]["config"]["properties"]
-    assert properties["requiresClientAuthorization"] is True
-    assert "'endpoint'" in (INFRA / "modules" / "relay.bicep").read_text()
-    rights = {
-        relay[k]["config"]["config"]["name"]: relay[k]["config"]["config"]["properties"]["rights"]
-        for k in ("senders", "listeners")
-    }
-    assert rights == {"app-send": ["Send"], "hcm-listen": ["Listen"]}
+    namespace = relay["namespace"]["config"]["properties"]
+    connection = relay["connections"]["config"]["config"]["properties"]
+    assert (namespace["disableLocalAuth"], connection["requiresClientAuthorization"]) == (
+        True, True)
+    text = (INFRA / "modules" / "relay.bicep").read_text()
+    for resource, principal, role in (("senders", "senderPrincipalId", "azureRelaySender"),
+                                      ("listeners", "listenerPrincipalId", "azureRelayListener")):
+        body = relay[resource]["config"]
+        while "config" in body:
+            body = body["config"]
+        assert f"scope: connections[i]\n  properties: {{\n    principalId: {principal}" in text
+        assert f"guid(connections[i].id, {principal}, {role})" in text, resource
+        assert body["properties"]["principalType"] == "ServicePrincipal"
     main = (INFRA / "main.bicep").read_text()
     assert "exchangePort int = 5986" in main and "ldapsPort int = 636" in main
+    assert "senderPrincipalId: identity.outputs.principalId" in main
+
+
+def test_relay_app_settings_match_the_hybrid_connections() -> None:
+    """Pins the app settings of the relay path: both transports relay, the namespace's host,
+    'exchange' for Exchange and ldaps-1..N for the DCs in AD_URL's order, as relay.bicep names
+    the hybrid connections."""
+    main = (INFRA / "main.bicep").read_text()
+    relay_block = main.split("var appSettingsRelay = useRelay ? {", 1)[1].split("} : {", 1)[0]
+    expected = {
+        "EXCHANGE_TRANSPORT": "'relay'",
+        "AD_TRANSPORT": "'relay'",
+        "RELAY_NAMESPACE": "relay.outputs.host",
+        "RELAY_EXCHANGE_PATH": "'exchange'",
+        "RELAY_AD_PATH": "join(dcPaths, ',')",
+    }
+    actual = dict(re.findall(r"^\s+([A-Z_]+): (.+)$", relay_block, re.M))
+    assert expected == actual
+    assert "name: 'ldaps-${i + 1}'" in main and "'ldaps-${i + 1}']" in main
+    assert "name: 'exchange'" in main
 
 
 def test_role_assignments_are_guid_named_least_privileged_built_ins() -> None:
@@ -347,15 +391,16 @@ def test_key_vault_is_rbac_with_purge_protection() -> None:
 
 
 def test_storage_and_monitoring_defaults() -> None:
-    """Pins TLS 1.2, no public blob access, shared keys tied to Elastic Premium only, and
-    Application Insights with local authentication disabled."""
+    """Pins TLS 1.2, no public blob access, shared keys off, the Flex deployment container,
+    and Application Insights with local authentication disabled."""
     storage = parse(INFRA / "modules" / "storage.bicep")["resources"]["storage"]["config"]
     properties = storage["properties"]
     assert (properties["minimumTlsVersion"], properties["allowBlobPublicAccess"]) == (
         "TLS1_2",
         False,
     )
-    assert properties["allowSharedKeyAccess"] == "contentShare"
+    assert properties["allowSharedKeyAccess"] is False
+    assert "name: 'deployments'" in (INFRA / "modules" / "storage.bicep").read_text()
     insights = parse(INFRA / "modules" / "monitoring.bicep")["resources"]["appInsights"]["config"]
     assert insights["properties"]["DisableLocalAuth"] is True
     assert "workspace" in json.dumps(insights["properties"]["WorkspaceResourceId"])

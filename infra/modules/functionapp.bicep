@@ -1,16 +1,30 @@
-// The Functions app: Linux, Python 3.11, on a plan that supports hybrid connections (Premium
-// v3, Standard, Basic or Elastic Premium; Consumption and Flex Consumption do not). HTTPS only,
-// FTP and basic publishing credentials off, TLS 1.2. Key Vault references resolve with the
-// user-assigned identity. On-premises endpoints are reached either through hybrid connections
-// (one per endpoint) or through regional VNet integration.
+// The Functions app: Linux, Python 3.11, HTTPS only, FTP and basic publishing credentials off,
+// TLS 1.2; Key Vault references resolve with the user-assigned identity.
+//
+// hosting = 'flex' (default): the Flex Consumption plan ("Azure Functions Flex Consumption plan
+// hosting", learn.microsoft.com, azure-functions/flex-consumption-plan). The package is deployed
+// to a blob container read with the managed identity (no storage key anywhere), the runtime is
+// set in functionAppConfig (Flex takes no FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION
+// app settings), and functions scale one by one; the poll timer keeps always-ready instances so
+// its five-minute schedule never waits for a cold start. Flex supports VNet integration.
+// hosting = 'dedicated': an App Service plan (Premium v3, Standard or Basic), always on.
+// Neither uses App Service Hybrid Connections (Windows only): the app opens Azure Relay streams
+// itself (modules/relay.bicep), or reaches the premises through VNet integration.
 
 param name string
 param planName string
 param location string
 param tags object = {}
 
-@description('Plan SKU. EP* is Elastic Premium (needs an Azure Files content share); the others are Dedicated.')
-param planSku string
+@description('flex (Flex Consumption, default) or dedicated (an App Service plan).')
+@allowed([
+  'flex'
+  'dedicated'
+])
+param hosting string = 'flex'
+
+@description('App Service plan SKU when hosting is dedicated.')
+param dedicatedSku string = 'P0v3'
 
 @description('Resource id of the user-assigned identity.')
 param identityId string
@@ -18,20 +32,22 @@ param identityId string
 @description('App settings as an object: setting name to value.')
 param appSettings object
 
-@description('Subnet for regional VNet integration; empty when hybrid connections are used.')
+@description('Subnet for regional VNet integration; empty when the app goes through Azure Relay.')
 param vnetSubnetId string = ''
 
-@description('Relay namespace holding the hybrid connections; empty with VNet integration.')
-param relayNamespaceName string = ''
+@description('Flex: blob container URL the package is deployed to (read with the identity).')
+param deploymentContainerUrl string = ''
 
-@description('Hybrid connection endpoints: [{ name: string, host: string, port: int }].')
-param endpoints array = []
+@description('Flex: always-ready instances for the poll timer (0 lets it scale to zero).')
+@minValue(0)
+param alwaysReadyInstances int = 1
 
-var elastic = startsWith(planSku, 'EP')
+@description('Flex: most instances per function.')
+@minValue(1)
+param maximumInstances int = 10
+
+var flex = hosting == 'flex'
 var tiers = {
-  EP1: 'ElasticPremium'
-  EP2: 'ElasticPremium'
-  EP3: 'ElasticPremium'
   B1: 'Basic'
   B2: 'Basic'
   B3: 'Basic'
@@ -47,28 +63,56 @@ var settingsList = [for setting in items(appSettings): {
   name: setting.key
   value: string(setting.value)
 }]
+var flexConfig = {
+  deployment: {
+    storage: {
+      type: 'blobContainer'
+      value: deploymentContainerUrl
+      authentication: {
+        type: 'UserAssignedIdentity'
+        userAssignedIdentityResourceId: identityId
+      }
+    }
+  }
+  scaleAndConcurrency: {
+    maximumInstanceCount: maximumInstances
+    instanceMemoryMB: 2048
+    alwaysReady: alwaysReadyInstances > 0 ? [
+      {
+        name: 'function:poll_provision_group'
+        instanceCount: alwaysReadyInstances
+      }
+    ] : []
+  }
+  runtime: {
+    name: 'python'
+    version: '3.11'
+  }
+}
 
-resource plan 'Microsoft.Web/serverfarms@2023-12-01' = {
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   #checkov:skip=CKV_AZURE_225:Zone redundancy needs three instances; not worth it for a batch service whose state is in AD and storage
   name: planName
   location: location
   tags: tags
-  kind: elastic ? 'elastic' : 'linux'
-  sku: {
-    name: planSku
-    tier: tiers[planSku]
+  kind: flex ? 'functionapp' : 'linux'
+  sku: flex ? {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  } : {
+    name: dedicatedSku
+    tier: tiers[dedicatedSku]
   }
   properties: {
     reserved: true
-    maximumElasticWorkerCount: elastic ? 3 : null
   }
 }
 
-resource site 'Microsoft.Web/sites@2023-12-01' = {
+resource site 'Microsoft.Web/sites@2024-04-01' = {
   #checkov:skip=CKV_AZURE_17:The app has no HTTP triggers, so there is no caller to present a client certificate
   #checkov:skip=CKV_AZURE_213:No HTTP endpoint to probe; the host's health shows in Application Insights and the alerts in docs/operations.md
-  #checkov:skip=CKV_AZURE_222:azd deploys over the SCM endpoint with an Entra token; the app serves no public HTTP traffic
-  #checkov:skip=CKV_AZURE_212:One instance suffices for a service that polls AD every few minutes; queued work survives a restart
+  #checkov:skip=CKV_AZURE_222:azd deploys with an Entra token (to the deployment container on Flex, over SCM on Dedicated); the app serves no public HTTP traffic
+  #checkov:skip=CKV_AZURE_212:One instance suffices for a service that polls AD every few minutes; queued work survives a restart, and Flex scales out by itself
   name: name
   location: location
   tags: union(tags, {
@@ -87,9 +131,10 @@ resource site 'Microsoft.Web/sites@2023-12-01' = {
     clientCertEnabled: false
     keyVaultReferenceIdentity: identityId
     virtualNetworkSubnetId: empty(vnetSubnetId) ? null : vnetSubnetId
+    functionAppConfig: flex ? flexConfig : null
     siteConfig: {
-      linuxFxVersion: 'Python|3.11'
-      alwaysOn: !elastic
+      linuxFxVersion: flex ? null : 'Python|3.11'
+      alwaysOn: !flex
       ftpsState: 'Disabled'
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
@@ -101,7 +146,7 @@ resource site 'Microsoft.Web/sites@2023-12-01' = {
   }
 }
 
-resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: site
   name: 'ftp'
   properties: {
@@ -109,29 +154,13 @@ resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
   }
 }
 
-resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: site
   name: 'scm'
   properties: {
     allow: false
   }
 }
-
-// One relay per endpoint. The send key is read from the connection's send-only rule at deploy
-// time; App Service stores it and presents it to Azure Relay. Relay accepts only SAS keys here.
-resource relays 'Microsoft.Web/sites/hybridConnectionNamespaces/relays@2023-12-01' = [for endpoint in endpoints: if (!empty(relayNamespaceName)) {
-  name: '${site.name}/${relayNamespaceName}/${endpoint.name}'
-  properties: {
-    serviceBusNamespace: relayNamespaceName
-    serviceBusSuffix: '.servicebus.windows.net'
-    relayName: endpoint.name
-    relayArmUri: resourceId('Microsoft.Relay/namespaces/hybridConnections', relayNamespaceName, endpoint.name)
-    hostname: endpoint.host
-    port: endpoint.port
-    sendKeyName: 'app-send'
-    sendKeyValue: listKeys(resourceId('Microsoft.Relay/namespaces/hybridConnections/authorizationRules', relayNamespaceName, endpoint.name, 'app-send'), '2021-11-01').primaryKey
-  }
-}]
 
 output name string = site.name
 output defaultHostName string = site.properties.defaultHostName

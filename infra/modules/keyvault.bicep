@@ -28,8 +28,8 @@ var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
 var keyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  #checkov:skip=CKV_AZURE_109:With hybrid connections App Service resolves Key Vault references over the public endpoint; access is by Entra RBAC only. With VNet integration the firewall denies all but the app subnet
-  #checkov:skip=CKV_AZURE_189:Same reason: public network access is what lets App Service resolve references without a private endpoint
+  #checkov:skip=CKV_AZURE_109:Through Azure Relay the app resolves Key Vault references over the public endpoint; access is by Entra RBAC only. With VNet integration the firewall denies all but the app subnet
+  #checkov:skip=CKV_AZURE_189:Same reason: public network access is what lets the app resolve references without a private endpoint
   name: name
   location: location
   tags: tags

@@ -1,16 +1,33 @@
-// Azure Relay namespace with one hybrid connection per on-premises endpoint (Exchange WinRM,
-// each domain controller's LDAPS). App Service needs client authorisation on and an
-// `endpoint` metadata item naming host:port. Two rules per connection: the app only sends,
-// the Hybrid Connection Manager on premises only listens.
+// Azure Relay namespace with one hybrid connection per on-premises endpoint (Exchange's WinRM or
+// /PowerShell endpoint, each domain controller's LDAPS). The app opens streams on them itself,
+// as a sender of the Hybrid Connections protocol (shared/relay.py): App Service's own Hybrid
+// Connections feature is Windows-only ("Azure Functions networking options": "Linux apps aren't
+// supported"), and Python function apps run only on Linux.
+//
+// Authentication is Microsoft Entra ID only: local (SAS) authentication is disabled on the
+// namespace and no SAS rule is created. The app's identity gets the built-in role "Azure Relay
+// Sender" on exactly these hybrid connections; the bridge on the premises (azbridge) gets
+// "Azure Relay Listener" on them when its principal is given ("Azure Relay authentication and
+// authorization", learn.microsoft.com, azure-relay/relay-authentication-and-authorization).
 
 param name string
 param location string
 param tags object = {}
 
-@description('On-premises endpoints: [{ name: string, host: string, port: int }].')
+@description('On-premises endpoints: [{ name: string, host: string, port: int }]; one hybrid connection each.')
 param endpoints array
 
-resource namespace 'Microsoft.Relay/namespaces@2021-11-01' = {
+@description('Principal id of the app identity (gets Azure Relay Sender on each hybrid connection).')
+param senderPrincipalId string
+
+@description('Object id of the principal the on-premises bridge signs in as (a service principal, or an Arc-enabled server\'s identity); gets Azure Relay Listener on each hybrid connection. Empty: assign it later (docs/relay-bridge.md).')
+param listenerPrincipalId string = ''
+
+// Built-in role definitions (ids are the same in every tenant).
+var azureRelaySender = '26baccc8-eea7-41f1-98f4-1762cc7f685d'
+var azureRelayListener = '26e0b698-aa6d-4085-9386-aadae190014d'
+
+resource namespace 'Microsoft.Relay/namespaces@2024-01-01' = {
   name: name
   location: location
   tags: tags
@@ -18,13 +35,20 @@ resource namespace 'Microsoft.Relay/namespaces@2021-11-01' = {
     name: 'Standard'
     tier: 'Standard'
   }
+  properties: {
+    // Entra ID only: a SAS key (RootManageSharedAccessKey is created with every namespace)
+    // would be a secret that never expires; the app's fallback RELAY_AUTH=sas needs this on.
+    disableLocalAuth: true
+    publicNetworkAccess: 'Enabled'
+  }
 }
 
-resource connections 'Microsoft.Relay/namespaces/hybridConnections@2021-11-01' = [for endpoint in endpoints: {
+resource connections 'Microsoft.Relay/namespaces/hybridConnections@2024-01-01' = [for endpoint in endpoints: {
   parent: namespace
   name: endpoint.name
   properties: {
     requiresClientAuthorization: true
+    // For people reading the portal: where the bridge on the premises forwards this one to.
     userMetadata: string([
       {
         key: 'endpoint'
@@ -34,25 +58,26 @@ resource connections 'Microsoft.Relay/namespaces/hybridConnections@2021-11-01' =
   }
 }]
 
-resource senders 'Microsoft.Relay/namespaces/hybridConnections/authorizationRules@2021-11-01' = [for (endpoint, i) in endpoints: {
-  parent: connections[i]
-  name: 'app-send'
+resource senders 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (endpoint, i) in endpoints: {
+  name: guid(connections[i].id, senderPrincipalId, azureRelaySender)
+  scope: connections[i]
   properties: {
-    rights: [
-      'Send'
-    ]
+    principalId: senderPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', azureRelaySender)
   }
 }]
 
-resource listeners 'Microsoft.Relay/namespaces/hybridConnections/authorizationRules@2021-11-01' = [for (endpoint, i) in endpoints: {
-  parent: connections[i]
-  name: 'hcm-listen'
+resource listeners 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (endpoint, i) in endpoints: if (!empty(listenerPrincipalId)) {
+  name: guid(connections[i].id, listenerPrincipalId, azureRelayListener)
+  scope: connections[i]
   properties: {
-    rights: [
-      'Listen'
-    ]
+    principalId: listenerPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', azureRelayListener)
   }
 }]
 
 output name string = namespace.name
 output id string = namespace.id
+output host string = '${namespace.name}.servicebus.windows.net'

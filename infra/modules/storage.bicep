@@ -1,8 +1,7 @@
-// Storage for the Functions host (blob leases and keys) and for the service's queues and
-// tables. Everything connects with the app's identity; shared-key access stays off unless the
-// plan is Elastic Premium, whose Azure Files content share accepts only a key (Microsoft
-// documents no identity-based connection for it); modules/contentshare.bicep then puts the
-// key into Key Vault and the app reads it through a Key Vault reference.
+// Storage for the Functions host (blob leases and keys), the Flex Consumption deployment
+// container, and the service's queues and tables. Everything connects with the app's identity;
+// shared-key access is off: no plan deployed here needs a key (Flex reads its package with the
+// identity; no Azure Files content share is used).
 
 param name string
 param location string
@@ -10,9 +9,6 @@ param tags object = {}
 
 @description('Principal id of the app identity.')
 param principalId string
-
-@description('True on Elastic Premium (EP*) plans, whose Azure Files content share (modules/contentshare.bicep) needs shared-key access.')
-param contentShare bool = false
 
 @description('Subnet allowed through the storage firewall when the app uses VNet integration; empty keeps the public endpoint open to identity-authenticated callers.')
 param allowedSubnetId string = ''
@@ -47,7 +43,8 @@ var storageQueueDataReader = '19e7f393-937e-4f77-808e-94535e297925'
 var storageQueueDataMessageProcessor = '8a0f0c08-91a1-4084-bc3d-661d67233fed'
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 
-// Blob Data Owner: the host keeps its locks, timer schedules and function keys in blobs.
+// Blob Data Owner: the host keeps its locks, timer schedules and function keys in blobs, and
+// Flex Consumption reads the deployment package from the 'deployments' container.
 // Queue Data Reader + Message Processor: what Microsoft documents for queue triggers.
 // Queue Data Contributor: sending messages and creating a -poison queue the host finds missing.
 // Table Data Contributor: ledger, audit, cursors and role plans.
@@ -61,8 +58,8 @@ var roles = [
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   #checkov:skip=CKV_AZURE_206:Replication is a cost choice; the data is rebuilt from AD (the source of truth) by the reconcile timer
-  #checkov:skip=CKV_AZURE_35:With hybrid connections the app has no fixed outbound network to allow, so the firewall is open and every caller must present an Entra token (shared keys off); with VNet integration defaultAction is Deny and only the app subnet is allowed
-  #checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: the public endpoint is the only way in without VNet integration; blob public access is off and shared keys are off on Dedicated plans
+  #checkov:skip=CKV_AZURE_35:Through Azure Relay the app has no fixed outbound network to allow, so the firewall is open and every caller must present an Entra token (shared keys off); with VNet integration defaultAction is Deny and only the app subnet is allowed
+  #checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: the public endpoint is the only way in without VNet integration; blob public access is off and shared keys are off
   name: name
   location: location
   tags: tags
@@ -74,7 +71,7 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
     allowBlobPublicAccess: false
-    allowSharedKeyAccess: contentShare
+    allowSharedKeyAccess: false
     defaultToOAuthAuthentication: true
     allowCrossTenantReplication: false
     publicNetworkAccess: 'Enabled'
@@ -99,6 +96,15 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
       enabled: true
       days: 7
     }
+  }
+}
+
+// Flex Consumption deploys the app's package here and reads it with the identity.
+resource deployments 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: 'deployments'
+  properties: {
+    publicAccess: 'None'
   }
 }
 
@@ -134,5 +140,6 @@ resource assignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for
 
 output name string = storage.name
 output blobServiceUri string = storage.properties.primaryEndpoints.blob
+output deploymentContainerUrl string = '${storage.properties.primaryEndpoints.blob}${deployments.name}'
 output queueServiceUri string = storage.properties.primaryEndpoints.queue
 output tableServiceUri string = storage.properties.primaryEndpoints.table
