@@ -280,7 +280,7 @@ module relay 'modules/relay.bicep' = if (useRelay) {
 // password version is picked up without redeploying.
 var secretBase = '${keyVault.outputs.uri}secrets'
 
-// Every app setting of shared/config.py that production needs; the rest keep their defaults
+// Every app setting of shared/config/ that production needs; the rest keep their defaults
 // and are listed as optional in docs/configuration.md. Flex Consumption sets the runtime in
 // functionAppConfig and takes no FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION.
 var appSettingsHost = {

@@ -1,18 +1,10 @@
-"""Active Directory over LDAPS (ldap3): the service's only LDAP code.
+"""Active Directory (ldap3): users, groups and membership, as the service reads and writes
+them. The connection itself (bind, TLS, the relay, errors) is ``shared.ldap``'s; group changes
+over DirSync are ``shared.dirsync``'s.
 
-One connection, bound as the service account, reused and re-opened once when it breaks.
-Certificates are validated (``CERT_REQUIRED``) against ``CA_BUNDLE`` or the system store.
 Users are read by ``objectGUID`` (``<GUID=...>``) with the attributes the service needs, never
 ``*``; every filter value is escaped (RFC 4515) and every DN built from names is escaped
-(RFC 4514).
-
-Group changes come from the DirSync control (1.2.840.113556.1.4.841) with incremental values:
-the domain naming context is searched (DirSync accepts only an NC head as base) for the one
-group, asking only for ``member``. Added values come back as ``member;range=1-1``, removed ones
-as ``member;range=0-0``; with the extended-DN control each value carries its ``<GUID=...>``.
-DirSync needs the "Replicating Directory Changes" right on the domain for a non-administrator,
-on Samba as on Windows. Samba does not report a member whose account was deleted as removed from
-the group; the reconcile timer's full enumeration covers that.
+(RFC 4514). Large groups are read in ranges of ``AD_RANGE_STEP`` values.
 
 Failures:
 
@@ -23,48 +15,30 @@ Failures:
 
 from __future__ import annotations
 
-import contextlib
-import math
-import re
-import ssl
-import threading
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
 
-from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, NONE, SUBTREE, Connection, Server, Tls
-from ldap3.core.exceptions import (
-    LDAPCommunicationError,
-    LDAPExceptionError,
-    LDAPResponseTimeoutError,
-    LDAPStartTLSError,
-)
-from ldap3.protocol.microsoft import dir_sync_control, extended_dn_control
-from ldap3.utils.conv import escape_bytes, escape_filter_chars
+from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, SUBTREE, Connection
+from ldap3.protocol.microsoft import extended_dn_control
+from ldap3.utils.conv import escape_filter_chars
 
-from . import relay_forward
+from . import dirsync
 from .config import AdSettings, ProvisioningSettings
+from .dirsync import GroupDelta
 from .dn import is_dn
 from .entra import immutable_id
-from .errors import PermanentError, ProvisioningError, TransientError
-from .relay_tls import HostNameTls
+from .errors import PermanentError
+from .ldap import MEMBER_RANGE, LdapConnection, all_values, first_value, guid_of
 
 T = TypeVar("T")
 
-DIRSYNC_OID = "1.2.840.113556.1.4.841"
 # Result codes: 20 attributeOrValueExists, 68 entryAlreadyExists (what AD answers for a member
 # that is already there), 16 noSuchAttribute, 53 unwillingToPerform (AD, for a non-member).
 _ALREADY_THERE = {20, 68}
 _NOT_THERE = {16, 53}
-_BUSY = {51, 52}  # busy, unavailable
-_NO_ACCESS = {50}
-_INVALID_CREDENTIALS = 49
 
-_GUID_IN_DN = re.compile(r"^<GUID=([0-9a-fA-F-]{36})>")
-_RANGE = re.compile(r"^member;range=(\d+)-(\d+|\*)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -91,33 +65,6 @@ class DirectoryUser:
         return immutable_id(self.guid)
 
 
-@dataclass(frozen=True)
-class GroupDelta:
-    """Members added to and removed from a group since the cookie; ``full`` when there was no
-    usable cookie, in which case ``added`` is every current member."""
-
-    added: list[uuid.UUID]
-    removed: list[uuid.UUID]
-    cookie: bytes
-    full: bool
-
-
-def guid_of(value: bytes | str) -> uuid.UUID | None:
-    """The GUID in an extended DN value ``<GUID=...>;<SID=...>;CN=...``, if there is one."""
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    match = _GUID_IN_DN.match(text)
-    return uuid.UUID(match.group(1)) if match else None
-
-
-def _first(raw: dict[str, list[bytes]], name: str) -> str | None:
-    values = raw.get(name) or []
-    return values[0].decode("utf-8") if values else None
-
-
-def _all(raw: dict[str, list[bytes]], name: str) -> tuple[str, ...]:
-    return tuple(value.decode("utf-8") for value in raw.get(name) or [])
-
-
 class Directory:
     """The service's view of Active Directory. Blocking; call it from a thread in async code."""
 
@@ -132,11 +79,8 @@ class Directory:
     ) -> None:
         self._ad = ad
         self._provisioning = provisioning
-        self._password = password
-        self._ca_bundle = ca_bundle
-        self._collect_usage = collect_usage
-        self._conn: Connection | None = None
-        self._lock = threading.RLock()
+        self._ldap = LdapConnection(ad, password=password, ca_bundle=ca_bundle,
+                                    collect_usage=collect_usage)
         self._groups: dict[str, tuple[str, uuid.UUID]] = {}
         self._naming_context: str | None = None
         self._user_attributes = sorted({
@@ -146,167 +90,41 @@ class Directory:
             provisioning.license_attribute, provisioning.country_attribute,
         })
 
-    # -- connection ------------------------------------------------------------------------
+    # -- the connection ---------------------------------------------------------------------
 
     @property
     def account(self) -> str:
-        return self._ad.user
+        return self._ldap.account
 
     @property
     def connection(self) -> Connection:
         """The bound connection (opened on first use); its ``usage`` counts bytes when
         ``collect_usage`` was given."""
-        if self._conn is None or self._conn.closed or not self._conn.bound:
-            self._conn = self._open()
-        return self._conn
-
-    def _tls(self) -> Tls:
-        return Tls(
-            validate=ssl.CERT_REQUIRED,
-            version=ssl.PROTOCOL_TLS_CLIENT,
-            ca_certs_file=str(self._ca_bundle) if self._ca_bundle else None,
-        )
-
-    def _server(self, url: str, index: int) -> Server:
-        """The ldap3 Server for ``url``: the DC itself, or with AD_TRANSPORT=relay the local
-        forwarder of its hybrid connection, its certificate checked against the DC's name."""
-        ssl_on = url.startswith("ldaps://")
-        link = self._ad.relay
-        if link is None:
-            return Server(url, use_ssl=ssl_on, tls=self._tls(), get_info=NONE,
-                          connect_timeout=self._ad.timeout_seconds)
-        parts = urlsplit(url)
-        name = parts.hostname or ""
-        forwarder = relay_forward.tunnel(link, index, name, parts.port or (636 if ssl_on else 389))
-        host, port = forwarder.open()  # raises the relay's TransientError / PermanentError
-        return Server(host, port=port, use_ssl=ssl_on, tls=HostNameTls(name, self._ca_bundle),
-                      get_info=NONE, connect_timeout=self._ad.timeout_seconds)
-
-    def _open(self) -> Connection:
-        unreachable: list[str] = []
-        relay_errors: list[ProvisioningError] = []
-        for index, url in enumerate(self._ad.urls):
-            try:
-                server = self._server(url, index)
-            except TransientError as exc:  # the relay: another DC may still be reachable
-                relay_errors.append(exc)
-                unreachable.append(f"{url} ({exc.reason})")
-                continue
-            conn = Connection(
-                server, user=self._ad.user, password=self._password,
-                receive_timeout=math.ceil(self._ad.timeout_seconds), raise_exceptions=False,
-                auto_referrals=False, collect_usage=self._collect_usage, read_only=False,
-                # Ranges are read here, step by step; ldap3's own follow-up would hide them.
-                auto_range=False, return_empty_attributes=False,
-            )
-            try:
-                conn.open(read_server_info=False)
-                if self._ad.starttls and not url.startswith("ldaps://"):
-                    conn.start_tls(read_server_info=False)
-            except (LDAPCommunicationError, LDAPStartTLSError) as exc:
-                if _certificate_problem(exc):
-                    raise PermanentError(
-                        f"the certificate of {url} is not trusted ({_tls_reason(exc)})",
-                        step="connect to Active Directory",
-                        fix="put the CA that issued the DC's certificate into the PEM file "
-                        "named by CA_BUNDLE, or check that AD_URL names the DC as its "
-                        "certificate does",
-                    ) from None
-                unreachable.append(f"{url} ({type(exc).__name__})")
-                continue
-            if not conn.bind(read_server_info=False):
-                result = conn.result
-                conn.unbind()
-                if result.get("result") == _INVALID_CREDENTIALS:
-                    raise PermanentError(
-                        "invalid credentials",
-                        step=f"bind as {self._ad.user}",
-                        fix="check AD_USER/AD_PASSWORD (Key Vault secret)",
-                    )
-                if result.get("result") in _BUSY:
-                    unreachable.append(f"{url} ({result.get('description')})")
-                    continue
-                raise PermanentError(
-                    f"the DC refused the bind: {result.get('description')}",
-                    step=f"bind as {self._ad.user}",
-                    fix="check the service account (enabled, not locked out, password not "
-                    "expired)",
-                )
-            return conn
-        if relay_errors and len(relay_errors) == len(unreachable):
-            raise relay_errors[0]  # its reason and fix say what to do about the relay
-        raise TransientError(
-            f"no domain controller answered: {', '.join(unreachable)}",
-            step="connect to Active Directory",
-            fix="check that AD_URL is right and the DC is reachable from the app",
-        )
+        return self._ldap.connection
 
     def close(self) -> None:
         """Unbind and drop the connection; the next call opens a new one."""
-        if self._conn is not None:
-            with contextlib.suppress(LDAPExceptionError):  # already broken: nothing to close
-                self._conn.unbind()
-            self._conn = None
-
-    def _call(self, what: str, operation: Callable[[Connection], T]) -> T:
-        """Run ``operation`` on the connection; re-open it once if it broke meanwhile.
-
-        One ldap3 connection is not thread-safe, and the handlers call the directory from
-        several threads: one operation at a time holds the connection."""
-        with self._lock:
-            return self._call_locked(what, operation)
-
-    def _call_locked(self, what: str, operation: Callable[[Connection], T]) -> T:
-        for attempt in (1, 2):
-            conn = self.connection
-            try:
-                return operation(conn)
-            except (LDAPCommunicationError, LDAPResponseTimeoutError) as exc:
-                self.close()
-                if attempt == 2:
-                    raise TransientError(
-                        f"the connection to Active Directory failed during {what} "
-                        f"({type(exc).__name__})",
-                        step=what,
-                        fix="none needed if it passes; retried later",
-                    ) from None
-        raise AssertionError("unreachable")
-
-    def _check(self, conn: Connection, what: str, target: str) -> None:
-        """Turn a failed result into the error it means."""
-        result = conn.result
-        code = result.get("result")
-        description = result.get("description")
-        if code in _BUSY:
-            raise TransientError(f"the DC is {description}", step=what)
-        if code in _NO_ACCESS:
-            raise PermanentError(
-                f"{self._ad.user} may not do this on {target} (insufficientAccessRights)",
-                step=what,
-                fix="grant the service account the right described in docs/ (member of the "
-                "two provisioning groups; Replicating Directory Changes for DirSync)",
-            )
-        raise PermanentError(f"{description} on {target}", step=what)
+        self._ldap.close()
 
     # -- users -----------------------------------------------------------------------------
 
     def _user_from(self, raw: dict[str, list[bytes]], dn: str) -> DirectoryUser:
         p = self._provisioning
-        rrt = _first(raw, "msExchRemoteRecipientType")
+        rrt = first_value(raw, "msExchRemoteRecipientType")
         return DirectoryUser(
             guid=uuid.UUID(bytes_le=raw["objectGUID"][0]),
-            dn=_first(raw, "distinguishedName") or dn,
-            sam=_first(raw, "sAMAccountName") or "",
-            upn=_first(raw, "userPrincipalName"),
-            display_name=_first(raw, "displayName"),
-            mail=_first(raw, "mail"),
-            country=_first(raw, p.country_attribute),
-            license_name=_first(raw, p.license_attribute),
-            proxy_addresses=_all(raw, "proxyAddresses"),
-            target_address=_first(raw, "targetAddress"),
-            mail_nickname=_first(raw, "mailNickname"),
+            dn=first_value(raw, "distinguishedName") or dn,
+            sam=first_value(raw, "sAMAccountName") or "",
+            upn=first_value(raw, "userPrincipalName"),
+            display_name=first_value(raw, "displayName"),
+            mail=first_value(raw, "mail"),
+            country=first_value(raw, p.country_attribute),
+            license_name=first_value(raw, p.license_attribute),
+            proxy_addresses=all_values(raw, "proxyAddresses"),
+            target_address=first_value(raw, "targetAddress"),
+            mail_nickname=first_value(raw, "mailNickname"),
             remote_recipient_type=int(rrt) if rrt is not None else None,
-            member_of=_all(raw, "memberOf"),
+            member_of=all_values(raw, "memberOf"),
         )
 
     def _find_users(self, base: str, scope: str, ldap_filter: str, what: str,
@@ -316,11 +134,11 @@ class Directory:
             if not ok and conn.result.get("result") == 32:  # noSuchObject
                 return []
             if not ok and conn.result.get("result") != 0:
-                self._check(conn, what, target)
+                self._ldap.check(conn, what, target)
             return [self._user_from(entry["raw_attributes"], entry["dn"])
                     for entry in conn.response or [] if entry.get("type") == "searchResEntry"]
 
-        return self._call(what, search)
+        return self._ldap.call(what, search)
 
     def user(self, guid: uuid.UUID) -> DirectoryUser:
         """The user with this objectGUID; PermanentError if it no longer exists."""
@@ -362,11 +180,11 @@ class Directory:
         def search(conn: Connection) -> list[tuple[str, uuid.UUID]]:
             ok = conn.search(base, ldap_filter, scope, attributes=["objectGUID"])
             if not ok and conn.result.get("result") not in (0, 32):  # 32: noSuchObject
-                self._check(conn, "find group", name)
+                self._ldap.check(conn, "find group", name)
             return [(entry["dn"], uuid.UUID(bytes_le=entry["raw_attributes"]["objectGUID"][0]))
                     for entry in conn.response or [] if entry.get("type") == "searchResEntry"]
 
-        found = self._call("find group", search)
+        found = self._ldap.call("find group", search)
         if len(found) != 1:
             raise PermanentError(
                 f"group {name} {'was not found' if not found else 'is not unique'} under "
@@ -383,7 +201,7 @@ class Directory:
         value = escape_filter_chars(address)
         ldap_filter = f"(|(proxyAddresses=smtp:{value})(mail={value}))"
         return [entry["dn"] for entry in
-                self._paged(self._ad.base_dn, ldap_filter, ["distinguishedName"],
+                self._ldap.paged(self._ad.base_dn, ldap_filter, ["distinguishedName"],
                             "look up an address")]
 
     def is_member(self, user: DirectoryUser, group: str) -> bool:
@@ -398,28 +216,10 @@ class Directory:
     def groups_in(self, ou_dn: str) -> list[tuple[str, str]]:
         """``(name, dn)`` of every group under ``ou_dn``, by name; name is the group's cn."""
         found: list[tuple[str, str]] = []
-        for entry in self._paged(ou_dn, "(objectClass=group)", ["cn"], "list groups"):
-            name = _first(entry["raw_attributes"], "cn") or entry["dn"]
+        for entry in self._ldap.paged(ou_dn, "(objectClass=group)", ["cn"], "list groups"):
+            name = first_value(entry["raw_attributes"], "cn") or entry["dn"]
             found.append((name, entry["dn"]))
         return sorted(found)
-
-    def _paged(self, base: str, ldap_filter: str, attributes: list[str],
-               what: str) -> Iterator[dict[str, Any]]:
-        cookie: bytes | None = None
-        while True:
-            def page(conn: Connection, cookie: bytes | None = cookie) -> tuple[list[Any], Any]:
-                ok = conn.search(base, ldap_filter, SUBTREE, attributes=attributes,
-                                 paged_size=self._ad.page_size, paged_cookie=cookie)
-                if not ok and conn.result.get("result") != 0:
-                    self._check(conn, what, base)
-                entries = [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
-                control = conn.result.get("controls", {}).get("1.2.840.113556.1.4.319", {})
-                return entries, control.get("value", {}).get("cookie")
-
-            entries, cookie = self._call(what, page)
-            yield from entries
-            if not cookie:
-                return
 
     def add_member(self, group: str, user: DirectoryUser) -> bool:
         """Make ``user`` a member of ``group``; True if that changed anything."""
@@ -441,11 +241,11 @@ class Directory:
                 return False
             if change == MODIFY_DELETE and code in _NOT_THERE:
                 return False
-            self._check(conn, what, group_dn)
+            self._ldap.check(conn, what, group_dn)
             return False
 
         try:
-            return self._call(what, modify)
+            return self._ldap.call(what, modify)
         except PermanentError as exc:
             raise exc.at(user=user.sam) from None
 
@@ -462,7 +262,7 @@ class Directory:
                 ok = conn.search(group_dn, "(objectClass=group)", BASE, attributes=[attribute],
                                  controls=[extended_dn_control(criticality=True)])
                 if not ok and conn.result.get("result") != 0:
-                    self._check(conn, "read group members", group_dn)
+                    self._ldap.check(conn, "read group members", group_dn)
                 entries = [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
                 if not entries:
                     raise PermanentError(f"group {group_dn} no longer exists",
@@ -470,8 +270,8 @@ class Directory:
                 raw: dict[str, list[bytes]] = entries[0]["raw_attributes"]
                 return raw
 
-            raw = self._call("read group members", read)
-            ranged = [(key, _RANGE.match(key)) for key in raw]
+            raw = self._ldap.call("read group members", read)
+            ranged = [(key, MEMBER_RANGE.match(key)) for key in raw]
             chunk = next(((key, m) for key, m in ranged if m), None)
             if chunk is None:
                 # A server that answers without a range returned every value at once.
@@ -506,7 +306,7 @@ class Directory:
             seen_groups.add(dn.lower())
             subgroups = {
                 uuid.UUID(bytes_le=e["raw_attributes"]["objectGUID"][0]): e["dn"]
-                for e in self._paged(
+                for e in self._ldap.paged(
                     within or self._ad.base_dn,
                     f"(&(objectClass=group)(memberOf={escape_filter_chars(dn)}))",
                     ["objectGUID"], "read nested groups")
@@ -526,14 +326,7 @@ class Directory:
     def naming_context(self) -> str:
         """The domain naming context (RootDSE defaultNamingContext): DirSync's search base."""
         if self._naming_context is None:
-            def read(conn: Connection) -> str:
-                conn.search("", "(objectClass=*)", BASE, attributes=["defaultNamingContext"])
-                entries = [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
-                value = _first(entries[0]["raw_attributes"], "defaultNamingContext") \
-                    if entries else None
-                return value or self._ad.base_dn
-
-            self._naming_context = self._call("read RootDSE", read)
+            self._naming_context = dirsync.naming_context(self._ldap, self._ad.base_dn)
         return self._naming_context
 
     def poll(self, group: str, cookie: bytes | None) -> GroupDelta:
@@ -543,86 +336,4 @@ class Directory:
         current member as added. Keep the returned cookie for the next poll.
         """
         _, group_guid = self._group(group)
-        base = self.naming_context()
-        ldap_filter = f"(objectGUID={escape_bytes(group_guid.bytes_le)})"
-        full = cookie is None
-        added: dict[uuid.UUID, None] = {}
-        removed: dict[uuid.UUID, None] = {}
-        while True:
-            def search(conn: Connection, cookie: bytes | None = cookie) -> tuple[Any, Any]:
-                controls = [
-                    dir_sync_control(criticality=True, object_security=False,
-                                     ancestors_first=False, public_data_only=False,
-                                     incremental_values=True, max_length=2**31 - 1,
-                                     cookie=cookie),
-                    extended_dn_control(criticality=True),
-                ]
-                ok = conn.search(base, ldap_filter, SUBTREE, attributes=["member"],
-                                 controls=controls)
-                entries = [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
-                return ok, (conn.result, entries)
-
-            ok, (result, entries) = self._call(f"poll {group}", search)
-            if not ok and result.get("result") != 0:
-                code = result.get("result")
-                if code in _NO_ACCESS:
-                    raise PermanentError(
-                        f"{self._ad.user} may not use DirSync on {base}",
-                        step=f"poll {group}",
-                        fix=f"grant the service account 'Replicating Directory Changes' on {base}",
-                    )
-                if code in _BUSY:
-                    raise TransientError(f"the DC is {result.get('description')}",
-                                         step=f"poll {group}")
-                if cookie is not None:
-                    # A cookie from another DC or a restored DC: start again with a full read.
-                    cookie, full = None, True
-                    added.clear()
-                    removed.clear()
-                    continue
-                raise PermanentError(f"DirSync failed: {result.get('description')}",
-                                     step=f"poll {group}")
-            for entry in entries:
-                for key, values in entry["raw_attributes"].items():
-                    match = _RANGE.match(key)
-                    if match and match.group(1) == "0":
-                        target = removed
-                    elif match or key.lower() == "member":
-                        target = added
-                    else:
-                        continue
-                    for value in values:
-                        guid = guid_of(value)
-                        if guid is not None:
-                            target[guid] = None
-                            (removed if target is added else added).pop(guid, None)
-            control = result.get("controls", {}).get(DIRSYNC_OID, {}).get("value", {})
-            cookie = control.get("cookie") or cookie
-            if not control.get("more_results"):
-                break
-        assert cookie is not None
-        return GroupDelta(
-            added=list(added),
-            removed=[] if full else list(removed),
-            cookie=bytes(cookie),
-            full=full,
-        )
-
-
-def _certificate_problem(exc: Exception) -> bool:
-    text = str(exc)
-    lower = text.lower()
-    return "certificate_verify_failed" in lower or "certificate verify failed" in lower or (
-        "hostname" in lower and "match" in lower
-    )
-
-
-def _tls_reason(exc: Exception) -> str:
-    text = str(exc)
-    for reason in ("self-signed certificate in certificate chain", "self-signed certificate",
-                   "unable to get local issuer certificate", "certificate has expired"):
-        if reason in text:
-            return reason
-    if "match" in text.lower():
-        return "its name does not match the URL"
-    return "verification failed"
+        return dirsync.poll(self._ldap, self.naming_context(), group, group_guid, cookie)

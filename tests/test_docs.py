@@ -147,7 +147,7 @@ def test_links_between_pages_resolve(path: Path) -> None:
 
 
 def test_configuration_page_lists_every_setting_once_with_its_kind() -> None:
-    """Pins that docs/configuration.md has exactly one row per setting of shared/config.py and
+    """Pins that docs/configuration.md has exactly one row per setting of shared/config/ and
     says required/optional as the code does."""
     rows = re.findall(
         r"^\| `([^`]+)` \| (required|optional) \|",

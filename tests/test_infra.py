@@ -1,5 +1,5 @@
 """The deployment in infra/: checkov finds nothing it is not told why to accept, every Bicep file
-parses, the app settings cover shared/config.py with no secret in them, the role assignments are
+parses, the app settings cover shared/config/ with no secret in them, the role assignments are
 the least-privileged built-in ones, and the Graph permissions script grants exactly what the
 enabled features need.
 
@@ -71,7 +71,7 @@ def parse(path: Path) -> dict[str, Any]:
 
 
 def secret_settings() -> set[str]:
-    """App settings whose value is a secret: the SecretStr fields of shared/config.py."""
+    """App settings whose value is a secret: the SecretStr fields of shared/config/."""
     names = set()
     for section in config._SECTIONS.values():
         prefix = str(section.model_config.get("env_prefix", ""))
@@ -192,7 +192,7 @@ def test_main_uses_every_module_and_only_existing_ones() -> None:
 
 
 def test_bicep_sets_every_required_setting_and_documents_the_rest() -> None:
-    """Pins that each setting of shared/config.py is either an app setting in the Bicep or
+    """Pins that each setting of shared/config/ is either an app setting in the Bicep or
     listed as optional in docs/configuration.md, and that required ones are always deployed."""
     deployed = set(app_settings())
     optional = documented_optional()
@@ -206,7 +206,7 @@ def test_bicep_sets_every_required_setting_and_documents_the_rest() -> None:
 
 
 def test_bicep_settings_are_all_known() -> None:
-    """Pins that the Bicep sets no service setting shared/config.py does not read (a typo would
+    """Pins that the Bicep sets no service setting shared/config/ does not read (a typo would
     otherwise be silently ignored); host and platform settings are listed here by name."""
     platform = {
         "FUNCTIONS_EXTENSION_VERSION",
@@ -411,7 +411,7 @@ def test_storage_and_monitoring_defaults() -> None:
 
 def test_local_settings_example_lists_every_setting_without_secrets() -> None:
     """Pins that local.settings.example.json (top level) names every setting of
-    shared/config.py and holds no secret: secret settings are empty, a <placeholder>, a Key
+    shared/config/ and holds no secret: secret settings are empty, a <placeholder>, a Key
     Vault reference or the Azurite development storage. A missing file fails."""
     assert LOCAL_SETTINGS.is_file(), "local.settings.example.json is missing at the top level"
     values = json.loads(LOCAL_SETTINGS.read_text())["Values"]
