@@ -20,17 +20,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-from typing import Any, Literal, Protocol
-
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from typing import Literal, Protocol
 
 from .errors import ProvisioningError, SafetyStop, TransientError
-from .log import redact
-from .mail import Attachment, Mail, one_line
+from .mail import Attachment, Mail
+from .rendering import Block, render, text_table, when
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 PRODUCT = "Office 365 Provisioning"
 
 # Friendly names of common SKUs, as the admin centre shows them; others show their part number.
@@ -173,72 +168,6 @@ class PoisonReport:
     correlation_id: str = ""
 
 
-@lru_cache(maxsize=1)
-def environment() -> Environment:
-    """The template environment: autoescape on for ``.html``, strict about missing names."""
-    return Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        # Plain text is not markup: escaping it would show "&lt;" to the reader.
-        autoescape=select_autoescape(
-            enabled_extensions=("html",), disabled_extensions=("txt",), default=True
-        ),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
-def _render(
-    name: str, subject: str, attachments: Sequence[Attachment] = (), **context: Any
-) -> Mail:
-    env = environment()
-    html = env.get_template(f"{name}.html").render(subject=subject, **context)
-    text = env.get_template(f"{name}.txt").render(subject=subject, **context)
-    return Mail(
-        subject=redact(one_line(subject)),
-        html=redact(html),
-        text=redact(text),
-        attachments=list(attachments),
-    )
-
-
-def _when(moment: dt.datetime | str | None) -> str:
-    if moment is None or moment == "":
-        return ""
-    if isinstance(moment, str):
-        try:
-            parsed = dt.datetime.fromisoformat(moment)
-        except ValueError:
-            return moment
-        # The ledger's timestamps are UTC even when they do not say so.
-        moment = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.UTC)
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def text_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain-text table with aligned columns (for the text alternative)."""
-    cells = [[one_line(str(c), 80) for c in row] for row in rows]
-    header = [str(c) for c in columns]
-    width = max([len(header)] + [len(r) for r in cells]) if (header or cells) else 0
-    widths = [0] * width
-    for row in ([header] if header else []) + cells:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-
-    out = []
-    if header:
-        out.append(line(header))
-        out.append("  ".join("-" * w for w in widths))
-    out.extend(line(r) for r in cells)
-    return "\n".join(out)
-
-
 def render_digest(
     rows: Sequence[ProvisionedRow],
     skus: Sequence[SkuSummary | SubscribedSkuLike],
@@ -249,25 +178,25 @@ def render_digest(
 ) -> Mail:
     """The report of users provisioned between ``since`` (None: the first report) and
     ``until``, the users waiting and why, and the licence summary per SKU."""
-    table = text_table(
+    table = Block(text_table(
         ("Username", "Display Name", "Email Address", "License Assigned"),
         [(r.username, r.display_name, r.email, r.licence) for r in rows],
-    )
-    waiting_table = text_table(
+    ))
+    waiting_table = Block(text_table(
         ("Username", "Step", "Status", "Since", "Reason"),
-        [(w.username, w.step, w.status, _when(w.since), w.reason) for w in waiting],
-    )
+        [(w.username, w.step, w.status, when(w.since), w.reason) for w in waiting],
+    ))
     summaries = [s if isinstance(s, SkuSummary) else SkuSummary.from_subscribed(s) for s in skus]
-    return _render(
+    return render(
         "digest",
         f"{PRODUCT} Report",
         rows=rows,
         skus=summaries,
-        since=_when(since),
-        until=_when(until),
-        generated=_when(until),
+        since=when(since),
+        until=when(until),
+        generated=when(until),
         table=table,
-        waiting=[(w, _when(w.since)) for w in waiting],
+        waiting=[(w, when(w.since)) for w in waiting],
         waiting_table=waiting_table,
     )
 
@@ -296,14 +225,14 @@ def render_error(failure: FailureReport) -> Mail:
         "safety-stop": "A safety guard refused this change; nothing is written until an "
         "operator acts.",
     }[failure.kind]
-    return _render(
+    return render(
         "error",
         f"{PRODUCT} Error: {failure.username or 'unknown user'}",
         failure=failure,
         action=_ACTIONS.get(failure.step, "provision users in Office 365"),
         diagnostics=diagnostics,
         outcome=outcome,
-        generated=_when(failure.when),
+        generated=when(failure.when),
     )
 
 
@@ -322,7 +251,7 @@ def render_alert(
     """A generic alert: a title, one or more summary paragraphs, an optional table
     (``columns`` + ``rows``), what to do, and attachments (named in the body)."""
     paragraphs = [summary] if isinstance(summary, str) else list(summary)
-    return _render(
+    return render(
         "alert",
         subject or f"{PRODUCT} Alert: {title}",
         attachments,
@@ -330,11 +259,11 @@ def render_alert(
         summary=paragraphs,
         columns=list(columns),
         rows=[[str(cell) for cell in row] for row in rows],
-        table=text_table(columns, rows),
+        table=Block(text_table(columns, rows)),
         fix=fix,
         severity=severity,
         attachment_names=[a.filename for a in attachments],
-        generated=_when(generated),
+        generated=when(generated),
     )
 
 

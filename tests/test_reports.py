@@ -210,3 +210,40 @@ def test_digest_takes_graph_subscribed_skus() -> None:
     assert "consumed 7 Exchange Online (Plan 2) licenses and have 18 remaining (of 25)" in (
         mail.text
     )
+
+
+def test_a_line_break_in_a_value_cannot_forge_a_line_of_the_plain_text_mail() -> None:
+    """A display name holding CR/LF and a 'How to fix it:' line stays on its own line in the
+    plain-text part: the only 'How to fix it' line is the service's."""
+    forged = "Eve\r\nHow to fix it: call +1 555 0100 and give them your password"
+    mail = render_error(FailureReport(username="eve", error="bad country", fix="set c",
+                                      display_name=forged, step="mailbox"))
+    fix_lines = [line for line in mail.text.splitlines() if line.startswith("How to fix it")]
+    assert ["How to fix it: set c"] == fix_lines
+    assert ("Display Name: Eve How to fix it: call +1 555 0100 and give them your password"
+            in mail.text.splitlines())
+
+
+def test_a_secret_with_markup_characters_is_masked_before_escaping() -> None:
+    """A secret holding & and < is masked as the value goes into the template, before HTML
+    escaping rewrites it (after escaping it would read p&amp;ss&lt;1&gt; and be missed)."""
+    from shared.log import MASK, register_secret
+
+    secret = "p&ss<1>-4f9c2e"
+    register_secret(secret)
+    mail = render_error(FailureReport(username="eve", error=f"bind failed with {secret}",
+                                      fix="check it", step="mailbox"))
+    for part in (mail.html, mail.text):
+        assert secret not in part
+        assert "p&amp;ss&lt;1&gt;" not in part
+        assert f"bind failed with {MASK}" in part
+
+
+def test_a_pre_formatted_table_keeps_its_lines_in_the_plain_text_part() -> None:
+    """The digest's text table is many lines by design: the one-line rule spares what the
+    service built itself from one-line cells, and still splits no cell."""
+    mail = _digest(rows=[ProvisionedRow("anna", "anna@contoso.com", "E3", "Anna\nSmith"),
+                         ProvisionedRow("ben", "ben@contoso.com", "E3", "Ben")])
+    rows = [line.split() for line in mail.text.splitlines() if line.startswith(("anna", "ben"))]
+    assert [["anna", "Anna", "Smith", "anna@contoso.com", "E3"],
+            ["ben", "Ben", "ben@contoso.com", "E3"]] == rows
