@@ -231,7 +231,8 @@ def test_permissions_page_grants_exactly_the_ad_rights_the_directory_code_needs(
     """The dsacls lines grant Write Members on the two provisioning groups (the directory
     code writes their ``member`` attribute) and Replicating Directory Changes on the domain
     (it reads group changes with the DirSync control), and nothing else."""
-    source = (REPO / "shared" / "directory.py").read_text()
+    source = "".join((REPO / "shared" / f"{name}.py").read_text()
+                     for name in ("directory", "ldap", "dirsync"))  # every module that talks LDAP
     defaults = ProvisioningSettings(routing_domain="contoso.mail.onmicrosoft.com")
     expected = set()
     if re.search(r'modify\(group_dn, \{"member"', source):
