@@ -141,14 +141,20 @@ def check_change(change: RoleChange, role: RoleDefinition, user: CloudUser | Non
 
 
 def _break_glass(change: RoleChange, role: RoleDefinition) -> Blocked:
-    where = f" is a member of AD group '{change.group}'" if change.group else " was named"
     done = "granted to" if change.action is Action.GRANT else "revoked from"
+    if change.group:
+        where = f" is a member of AD group '{change.group}'"
+        fix = (f"remove the account from AD group '{change.group}'; break-glass accounts are "
+               "managed in the cloud only")
+    else:  # a queued change checked again before it is carried out: no group to name
+        where = " was named by a queued change"
+        fix = ("none: nothing was changed; break-glass accounts are managed in the cloud only, "
+               "so find out who queued a change for one")
     return Blocked(
         guard=Guard.BREAK_GLASS,
         reason=f"break-glass account {change.user or change.principal_id}{where}; role "
         f"'{role.display_name}' was not {done} it",
-        fix=f"remove the account from AD group '{change.group}'; break-glass accounts are "
-        "managed in the cloud only", role_name=role.display_name, group=change.group,
+        fix=fix, role_name=role.display_name, group=change.group,
         user=change.user, principal_id=change.principal_id,
         would_grant=int(change.action is Action.GRANT),
         would_revoke=int(change.action is Action.REVOKE),
@@ -158,7 +164,9 @@ def _break_glass(change: RoleChange, role: RoleDefinition) -> Blocked:
 def _not_allowed(role: RoleDefinition, groups: Sequence[str],
                  would: Sequence[RoleChange]) -> Blocked:
     grants = sum(1 for c in would if c.action is Action.GRANT)
-    names = ", ".join(f"'{g}'" for g in groups if g) or "its AD group"
+    names = ", ".join(f"'{g}'" for g in groups if g)
+    # A queued change checked again before it is carried out names no group.
+    source = f"AD group {names} maps to" if names else "a queued change names"
     if is_privileged(role):
         kind, fix = "privileged (isPrivileged) and not opted in", (
             f"name '{role.display_name}' in ROLES_PRIVILEGED_OPT_IN if this privileged role is "
@@ -169,7 +177,7 @@ def _not_allowed(role: RoleDefinition, groups: Sequence[str],
             "roles OU")
     return Blocked(
         guard=Guard.NOT_ALLOWED,
-        reason=f"AD group {names} maps to role '{role.display_name}', which is {kind}; "
+        reason=f"{source} role '{role.display_name}', which is {kind}; "
         f"{grants} grant(s) and {len(would) - grants} revocation(s) were not made",
         fix=fix, role_name=role.display_name, group=groups[0] if groups else "",
         would_grant=grants, would_revoke=len(would) - grants,

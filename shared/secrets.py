@@ -27,6 +27,7 @@ import ipaddress
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -163,7 +164,8 @@ class _Cached:
 class SecretProvider:
     """Resolves secret settings, reading Key Vault references through ``SecretClient``.
 
-    Thread-safe: handlers in threads and the event loop may share one provider.
+    Thread-safe: handlers in threads and the event loop may share one provider. ``clock``
+    (seconds, monotonic) times the cache; tests give their own instead of sleeping.
     """
 
     def __init__(
@@ -173,11 +175,13 @@ class SecretProvider:
         *,
         ca_bundle: Path | None = None,
         credential: TokenCredential | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._identity = identity
         self._key_vault = key_vault
         self._ca_bundle = ca_bundle
         self._credential = credential
+        self._clock = clock
         self._clients: dict[str, SecretClient] = {}
         # Keyed by setting and reference, so a value is never served for another reference.
         self._cache: dict[tuple[str, SecretReference], _Cached] = {}
@@ -204,7 +208,7 @@ class SecretProvider:
         reference = parse_reference(raw, setting=setting, default_vault_url=self._key_vault.url)
         with self._lock:
             cached = self._cache.get((setting, reference))
-            fresh = cached and time.monotonic() - cached.fetched < self._key_vault.cache_seconds
+            fresh = cached and self._clock() - cached.fetched < self._key_vault.cache_seconds
             if cached and fresh:
                 return cached.value
             try:
@@ -220,7 +224,7 @@ class SecretProvider:
                 )
                 return cached.value
             register_secret(secret)
-            self._cache[(setting, reference)] = _Cached(secret, time.monotonic())
+            self._cache[(setting, reference)] = _Cached(secret, self._clock())
         log.info(
             "secret_resolved", setting=setting, vault=reference.vault, secret=reference.name,
             version=reference.version or "latest", step=STEP,

@@ -11,12 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from ldap3 import Connection
 from ldap3.utils.dn import escape_rdn
 
 from lab.__main__ import up
 from lab.core import REPO, Lab
 from shared.config import Settings, load_settings
+
+# Property tests (hypothesis): no deadline, since the machine's cores are shared and a slow
+# example is not a failure. Under ``scripts/mutation`` (HYPOTHESIS_PROFILE=mutation) the
+# examples are derandomized, so a mutant is killed or not the same way on every run, and no
+# example database is written into the mutants' copy of the project.
+hypothesis_settings.register_profile("default", deadline=None)
+hypothesis_settings.register_profile("mutation", deadline=None, derandomize=True, database=None,
+                                     print_blob=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

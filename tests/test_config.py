@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from shared.config import load_settings, setting_names
 from shared.errors import ConfigError
@@ -46,9 +48,16 @@ def test_defaults_match_the_existing_scripts(env_file: Path) -> None:
 
 
 def test_settings_are_frozen(env_file: Path) -> None:
+    """Settings are read once: a section refuses a new value (pydantic's frozen_instance
+    error, naming the field), the settings refuse a new section, and both keep what was read."""
     settings = load_settings(env_file)
-    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
+    ad = settings.ad
+    with pytest.raises(ValidationError) as caught:
         settings.ad.url = "ldaps://elsewhere"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.ad = ad.model_copy(update={"url": "ldaps://elsewhere"})  # type: ignore[misc]
+    assert [("frozen_instance", ("url",))] == [(e["type"], e["loc"]) for e in caught.value.errors()]
+    assert ("ldaps://dc1.contoso.com:636", ad) == (settings.ad.url, settings.ad)
 
 
 def test_secrets_do_not_print(env_file: Path) -> None:

@@ -4,6 +4,7 @@ A rename in the code then fails here instead of leaving the guide wrong."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import re
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from pycep import BicepParser
 
-from shared.config import setting_names
+from shared.config import ProvisioningSettings, setting_names
+from shared.messages import QUEUES, poison_queue
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -169,52 +171,108 @@ def test_permissions_page_matches_the_graph_script() -> None:
     assert granted == listed
 
 
-def test_guides_cover_what_the_issue_asks() -> None:
-    """Pins the topics each guide must cover (issue 6): azd up, the Hybrid Connection Manager and
-    CA_BUNDLE; the Exchange role and AD delegation; alerts, re-drive and role approval; the
-    groups and attributes kept in the migration."""
-    topics = {
-        "deployment.md": [
-            "azd up",
-            "Hybrid Connection Manager",
-            "CA_BUNDLE",
-            "First run",
-            "grant-graph-permissions.sh",
-            "VNet integration",
-        ],
-        "permissions.md": [
-            "New-ManagementRole",
-            "New-ManagementScope",
-            "Get-RemoteMailbox",
-            "Enable-RemoteMailbox",
-            "Write Members",
-            "Replicating Directory Changes",
-        ],
-        "operations.md": [
-            "redrive",
-            "roles approve <plan-id>",
-            "report --preview FILE",
-            "run --once",
-            "-poison",
-        ],
-        "migration.md": [
-            "O365_Provision",
-            "O365_License",
-            "extensionAttribute1",
-            "`c`",
-            "assignLicense",
-            "Key Vault",
-            "-Properties *",
-            "usageLocation",
-        ],
-    }
-    missing = [
-        f"{page}: {topic}"
-        for page, needed in topics.items()
-        for topic in needed
-        if topic not in (REPO / "docs" / page).read_text()
-    ]
-    assert missing == []
+def _section(page: str, heading: str) -> str:
+    """The text of ``docs/<page>`` under ``heading`` (any level) up to the next heading."""
+    text = (REPO / "docs" / page).read_text()
+    return re.split(r"^#+ ", text.split(heading, 1)[1], maxsplit=1, flags=re.M)[0]
+
+
+def test_deployment_page_sets_every_azd_variable_main_parameters_reads() -> None:
+    """Every azd variable infra/main.parameters.json reads is in the deployment guide: each one
+    without a default is set (`azd env set NAME`, before `azd up`), each optional one named; azd's
+    own variables excepted."""
+    parameters = (INFRA / "main.parameters.json").read_text()
+    variables = re.findall(r"\$\{([A-Z0-9_]+)(=?)", parameters)
+    required = {name for name, default in variables if not default} - AZD_BUILTINS
+    optional = {name for name, default in variables if default}
+    step = _section("deployment.md", "## 1. Set the environment and run `azd up`")
+    block = step.split("```", 2)[1]
+    set_here = set(re.findall(r"^azd env set (\w+) ", block, re.M))
+    assert set() == required - set_here
+    assert "azd up" == block.strip().splitlines()[-1]
+    assert set() == optional - set_here - set(BACKTICKED.findall(step))
+
+
+def test_deployment_page_explains_every_network_path_main_bicep_offers() -> None:
+    """Each value main.bicep allows for ``connectivity`` has its own entry under "Choosing the
+    network path", and the guide names every script of infra/scripts an operator runs."""
+    declared = BicepParser().parse(text=(INFRA / "main.bicep").read_text())["parameters"]
+    allowed = next(d["argument"] for d in declared["connectivity"]["decorators"]
+                   if d["type"] == "allowed")
+    section = _section("deployment.md", "### Choosing the network path")
+    assert sorted(allowed) == sorted(re.findall(r"^- \*\*`(\w+)`", section, re.M))
+    scripts = {p.name for p in (INFRA / "scripts").iterdir() if p.is_file()}
+    named = set(re.findall(r"[\w-]+\.sh", doc_text(REPO / "docs" / "deployment.md")))
+    assert set() == scripts - named
+
+
+def _invoked_cmdlets() -> set[str]:
+    """The cmdlets shared/exchange.py invokes: the literal first argument of each _invoke."""
+    tree = ast.parse((REPO / "shared" / "exchange.py").read_text())
+    return {node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "_invoke" and node.args
+            and isinstance(node.args[0], ast.Constant)}
+
+
+def test_permissions_page_grants_exactly_the_cmdlets_the_service_invokes() -> None:
+    """The Exchange account's row and the custom management roles grant exactly the cmdlets
+    the Exchange client invokes: a new cmdlet in the code fails here until the guide grants it,
+    and the guide grants nothing the service does not call."""
+    invoked = _invoked_cmdlets()
+    page = (REPO / "docs" / "permissions.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| the Exchange service"))
+    kept = set(re.findall(r'\$_\.Name -ne "([\w-]+)"', page))
+    assert {"Get-RemoteMailbox", "Enable-RemoteMailbox"} <= invoked
+    assert (invoked, invoked) == (set(re.findall(r"`([\w-]+)`", row.split("|")[3])), kept)
+
+
+def test_permissions_page_grants_exactly_the_ad_rights_the_directory_code_needs() -> None:
+    """The dsacls lines grant Write Members on the two provisioning groups (the directory
+    code writes their ``member`` attribute) and Replicating Directory Changes on the domain
+    (it reads group changes with the DirSync control), and nothing else."""
+    source = "".join((REPO / "shared" / f"{name}.py").read_text()
+                     for name in ("directory", "ldap", "dirsync"))  # every module that talks LDAP
+    defaults = ProvisioningSettings(routing_domain="contoso.mail.onmicrosoft.com")
+    expected = set()
+    if re.search(r'modify\(group_dn, \{"member"', source):
+        expected |= {(f"CN={group},OU=Groups,DC=contoso,DC=com", "WP;member")
+                     for group in (defaults.provision_group, defaults.license_group)}
+    if "dir_sync_control(" in source:
+        expected.add(("DC=contoso,DC=com", "CA;Replicating Directory Changes"))
+    page = (REPO / "docs" / "permissions.md").read_text()
+    granted = set(re.findall(r'^\s*dsacls "([^"]+)" /G "[^:"]+:([^"]+)"', page, re.M))
+    assert 3 == len(expected)
+    assert expected == granted
+
+
+def test_operations_page_shows_every_command_and_poison_queue() -> None:
+    """The command table has a row for every command of shared/cli.py; the page names each
+    queue's poison twin and the delivery count after which the host parks a message as
+    host.json sets it."""
+    page = (REPO / "docs" / "operations.md").read_text()
+    rows = {(command, sub if (command, sub) in cli_commands() else None)
+            for command, sub in re.findall(r"^\| `python -m shared\.cli ([a-z-]+) ?([a-z-]*)",
+                                           page, re.M)}
+    host = json.loads((REPO / "host.json").read_text())["extensions"]["queues"]
+    assert cli_commands() == rows
+    assert set() == {poison_queue(q) for q in QUEUES.values()} - set(BACKTICKED.findall(page))
+    assert f"`maxDequeueCount` times (`host.json`: {host['maxDequeueCount']})" in page
+
+
+def test_migration_page_names_the_script_defaults_the_service_keeps() -> None:
+    """"What stays the same" names each default the old script hard-coded (the two groups,
+    the licence and country attributes, each licence name and its SKU) as the settings hold
+    it, with the setting that changes it."""
+    defaults = ProvisioningSettings(routing_domain="contoso.mail.onmicrosoft.com")
+    section = _section("migration.md", "## What stays the same")
+    named = set(BACKTICKED.findall(section))
+    expected = {defaults.provision_group, defaults.license_group, defaults.license_attribute,
+                defaults.country_attribute, *defaults.license_map, *defaults.license_map.values(),
+                "PROVISION_GROUP", "LICENSE_GROUP", "LICENSE_ATTRIBUTE", "COUNTRY_ATTRIBUTE",
+                "LICENSE_MAP"}
+    pairs = set(re.findall(r"`([^`]+)` → `([^`]+)`", section))
+    assert (set(), set(defaults.license_map.items())) == (expected - named, pairs)
 
 
 def test_azd_parameters_match_main_bicep() -> None:

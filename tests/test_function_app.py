@@ -51,8 +51,9 @@ def test_timers_read_their_schedule_from_settings(triggers: dict[str, dict[str, 
 def test_host_json_matches_how_the_service_reads_queues() -> None:
     """The host hands messages over undecoded (``shared.queues`` decodes them, so a message that
     is not base64 reaches the poison queue through the service instead of failing in the
-    host's binding), gives up after as many deliveries as the CLI, and keeps a message
-    invisible for 30 s while a handler works."""
+    host's binding), gives up after as many deliveries as the CLI, and puts a message whose
+    invocation failed back on the queue after 30 s (``visibilityTimeout``: the time between
+    retries of a failed message)."""
     queues = HOST["extensions"]["queues"]
     assert ("none", MAX_DEQUEUE, "00:00:30") == (
         queues["messageEncoding"], queues["maxDequeueCount"], queues["visibilityTimeout"])

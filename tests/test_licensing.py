@@ -128,3 +128,31 @@ def test_graph_user_json_maps_to_cloud_user():
     bare = CloudUser.from_json({"id": "5b8d"})
     assert (bare.usage_location, bare.proxy_addresses, bare.sku_ids, bare.sync_enabled) == (
         None, (), frozenset(), False)
+
+
+def test_sku_missing_from_tenant_says_what_to_buy_or_remap():
+    """The failure names the SKU and both ways out: buy it, or map the name elsewhere."""
+    with pytest.raises(PermanentError) as caught:
+        run(skus={})
+    assert ("the tenant has no subscription for ENTERPRISEPACK",
+            "buy ENTERPRISEPACK, or map the licence name to another SKU in LICENSE_MAP") == (
+        caught.value.reason, caught.value.fix)
+
+
+def test_a_user_with_the_sku_and_others_loses_only_the_others():
+    """A user who holds the SKU already and another one: one assignLicense that adds nothing
+    and removes the other."""
+    actions = run(current_skus=frozenset({E3, OTHER}), usage_location="DE")
+    assert [AssignLicense((), (OTHER,)), RemoveFromGroup("O365_License")] == actions
+
+
+def test_sku_facts_come_from_graph_s_subscribed_sku():
+    """A subscribed SKU becomes the planner's facts: its id, part number, free units (prepaid
+    minus consumed, never below zero) and whether a service plan is Exchange Online's."""
+    from shared.graph import SubscribedSku
+
+    e3 = SubscribedSku(E3, "ENTERPRISEPACK", 25, 20,
+                       ("SHAREPOINTENTERPRISE", "EXCHANGE_S_ENTERPRISE"))
+    teams = SubscribedSku(OTHER, "TEAMS_EXPLORATORY", 10, 12, ("TEAMS1", "MCO_EXCHANGE_S"))
+    assert [SkuFacts(E3, "ENTERPRISEPACK", 5, True),
+            SkuFacts(OTHER, "TEAMS_EXPLORATORY", 0, False)] == [SkuFacts.of(e3), SkuFacts.of(teams)]

@@ -23,7 +23,14 @@ from lab.seed import seed
 from shared import flow
 from shared.cli import run_once
 from shared.config import Settings
-from shared.queues import MAX_RAW_CHARS, Undecodable, decode_body, encode_body
+from shared.queues import (
+    MAX_RAW_CHARS,
+    Undecodable,
+    decode_body,
+    encode_body,
+    excerpt,
+    raw_text,
+)
 
 
 def test_encode_then_decode_gives_the_text_back() -> None:
@@ -45,6 +52,37 @@ def test_what_is_not_our_transport_is_undecodable_with_a_reason(raw: str | bytes
     """Not base64, not UTF-8 underneath, or larger than any message of ours: a reason, never
     an exception."""
     assert Undecodable(reason) == decode_body(raw)
+
+
+def test_the_largest_stored_message_is_still_decoded() -> None:
+    """A stored message of exactly MAX_RAW_CHARS characters is decoded, not refused as
+    oversized (the limit is the last size allowed)."""
+    assert "ABC" * (MAX_RAW_CHARS // 4) == decode_body("QUJD" * (MAX_RAW_CHARS // 4))
+
+
+@pytest.mark.parametrize("raw", ["QUJD!RUY=", "QU*JD", "QUJD\nRUZH"])
+def test_base64_with_foreign_characters_is_not_ours(raw: str) -> None:
+    """Base64 is read strictly: a character outside its alphabet (which a lenient decoder would
+    skip) makes the message undecodable."""
+    assert Undecodable("not base64") == decode_body(raw)
+
+
+def test_an_excerpt_shows_the_text_underneath_when_there_is_one() -> None:
+    """What the poison record and alert show of an undecodable message: the text underneath
+    when it is base64 of something (an oversized message of ours), with bad UTF-8 replaced, at
+    most ``limit`` characters; else what was stored, bytes read as UTF-8."""
+    oversized = encode_body("é" * 2000)
+    assert ["é" * 1024, "é" * 10, "\ufffdx", "not base64 ?!", "raw \ufffd"] == [
+        excerpt(oversized), excerpt(oversized, limit=10),
+        excerpt(base64.b64encode(b"\xffx").decode()), excerpt("not base64 ?!"),
+        excerpt(b"raw \xff"),
+    ]
+    assert "QU JD!" == excerpt("QU JD!")  # strict: a lenient decoder would show "ABC"
+
+
+def test_raw_text_is_the_stored_content_as_text() -> None:
+    """A message's content as stored: text as it is, bytes as UTF-8 with bad bytes replaced."""
+    assert ["text", "café \ufffd"] == [raw_text("text"), raw_text("café ".encode() + b"\xff")]
 
 
 # -- against the lab -------------------------------------------------------------------------

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from shared.errors import PermanentError, SafetyStop
+from shared.errors import PermanentError, ProvisioningError, SafetyStop, TransientError
 from shared.mail import Attachment
 from shared.reports import (
     FailureReport,
     PoisonReport,
     ProvisionedRow,
     SkuSummary,
+    WaitingRow,
     render_alert,
     render_digest,
     render_error,
@@ -247,3 +248,208 @@ def test_a_pre_formatted_table_keeps_its_lines_in_the_plain_text_part() -> None:
     rows = [line.split() for line in mail.text.splitlines() if line.startswith(("anna", "ben"))]
     assert [["anna", "Anna", "Smith", "anna@contoso.com", "E3"],
             ["ben", "Ben", "ben@contoso.com", "E3"]] == rows
+# -- the whole text of each mail: what the helpdesk and the operators read --------------------
+def test_the_digest_reads_in_full() -> None:
+    """The digest's text part, whole: the provisioned users, the users waiting with the step,
+    status, since when (in UTC) and why, and the licence summary."""
+    since_berlin = dt.datetime(2026, 3, 1, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    mail = render_digest(
+        [ProvisionedRow("anna", "anna@contoso.com", "E3", "Anna Berg")],
+        [SkuSummary("ENTERPRISEPACK", 48, 50)], since=SINCE, until=UNTIL,
+        waiting=[WaitingRow("ben", "license", "stuck", "not synced", since_berlin),
+                 WaitingRow("cy", "mailbox", "failed", "country XX")])
+    assert (
+        "Hello,\n\nThis is an automated report from the Office 365 Provisioning Service. The "
+        "following user accounts have been successfully provisioned in Office 365 between "
+        "2026-03-01 07:00 UTC and 2026-03-02 07:00 UTC:\n\n"
+        "Username  Display Name  Email Address     License Assigned\n"
+        "--------  ------------  ----------------  ----------------\n"
+        "anna      Anna Berg     anna@contoso.com  E3\n\n"
+        "Users waiting (the service cannot move these users on; each line says why):\n\n"
+        "Username  Step     Status  Since                 Reason\n"
+        "--------  -------  ------  --------------------  ----------\n"
+        "ben       license  stuck   2026-03-01 07:30 UTC  not synced\n"
+        "cy        mailbox  failed                        country XX\n\n"
+        "License Summary:\n"
+        "- You have consumed 48 Office 365 E3 licenses and have 2 remaining (of 50)\n\n"
+        "Regards,\nProvisioning Service\n"
+    ) == mail.text
+    assert "<title>Office 365 Provisioning Report</title>" in mail.html
+    assert "Sent by the Office 365 Provisioning Service on 2026-03-02 07:00 UTC." in mail.html
+    assert ("<tr><td>ben</td><td>license</td><td class=\"error\">stuck</td>"
+            "<td>2026-03-01 07:30 UTC</td><td>not synced</td></tr>") in mail.html
+
+
+def test_report_times_are_utc_whatever_the_host_s_zone(monkeypatch) -> None:
+    """A ledger time with an offset is converted, one without is taken as UTC, and the host's
+    own time zone (WEBSITE_TIME_ZONE on Azure) changes neither."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        mail = render_digest([], [], since="2026-03-01T09:30:00+02:00", until=UNTIL)
+        naive = render_digest([], [], since="2026-03-01T07:30:00", until=UNTIL)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    for part in (mail.text, naive.text):
+        assert "between 2026-03-01 07:30 UTC and 2026-03-02 07:00 UTC" in part
+
+
+def test_an_error_mail_reads_in_full() -> None:
+    """A transient failure's mail, whole: what was being done, the error, the fix, the old
+    script's four diagnostic fields (empty ones marked), the optional ones that are set, and
+    what the service does next."""
+    error = TransientError("Exchange did not answer", user="ben", step="mailbox",
+                           fix="check the relay")
+    mail = render_error(FailureReport.from_error(
+        error, email="ben@contoso.com", display_name="Ben Ng", correlation_id="c-1",
+        when=UNTIL))
+    assert (
+        "Hello,\n\nThis is an automated report from the Office 365 Provisioning Service. The "
+        "following error occurred when attempting to mail-enable users:\n\n"
+        "Exchange did not answer\n\nHow to fix it: check the relay\n\n"
+        "Additional Diagnostic Info:\nUsername: ben\nEmail Address: ben@contoso.com\n"
+        "License Assigned: (not set)\nUsage Location: (not set)\nDisplay Name: Ben Ng\n"
+        "Step: mailbox\nCorrelation ID: c-1\n\n"
+        "The service kept retrying and gave up; it tries again once the cause is fixed.\n\n"
+        "Regards,\nProvisioning Service\n"
+    ) == mail.text
+    assert "<title>Office 365 Provisioning Error: ben</title>" in mail.html
+    assert "Sent by the Office 365 Provisioning Service on 2026-03-02 07:00 UTC." in mail.html
+
+
+def test_each_kind_of_failure_says_what_happens_next_and_what_was_being_done() -> None:
+    """Permanent, transient and safety stop each end with their own sentence; the opening
+    names the step's work, and a step it does not know as provisioning users."""
+    def mail(error: ProvisioningError):
+        return render_error(FailureReport.from_error(error)).text
+
+    texts = [mail(PermanentError("x", user="ann", step="license")),
+             mail(TransientError("x", user="ann", step="roles")),
+             mail(SafetyStop("x", user="ann", step="mailbox"))]
+    assert [
+        ("provision users in Office 365", "The user was left as they are; nothing more is "
+         "tried for them until the cause is fixed."),
+        ("provision users in Office 365", "The service kept retrying and gave up; it tries "
+         "again once the cause is fixed."),
+        ("mail-enable users", "A safety guard refused this change; nothing is written until "
+         "an operator acts."),
+    ] == [(t.split("attempting to ", 1)[1].split(":", 1)[0], t.split("\n\n")[-2])
+          for t in texts]
+
+
+def test_a_failure_report_without_diagnostics_leaves_them_empty() -> None:
+    """Built from an error alone, the report's optional fields are empty (the mail marks the
+    old four as not set) and it is a permanent failure unless the error says otherwise."""
+    report = FailureReport.from_error(PermanentError("x", user="ann", step="license"))
+    assert FailureReport(username="ann", error="x", step="license") == report
+
+
+def test_a_poison_alert_reads_in_full() -> None:
+    """The poison alert, whole: queue, message, attempts, user and correlation (or that they
+    could not be read), the reason, an excerpt, and what to do."""
+    mail = render_poison(PoisonReport("license", "m-2", "not base64", 5, content="%%%"))
+    assert "Office 365 Provisioning Alert: a message on queue 'license' could not be " \
+        "processed" == mail.subject
+    assert (
+        "Hello,\n\nThis is an automated alert from the Office 365 Provisioning Service.\n\n"
+        "a message on queue 'license' could not be processed\n\n"
+        "The message went to 'license-poison' and was recorded there, without any change "
+        "being made.\n\n"
+        "Field              Value\n"
+        "-----------------  -------------------\n"
+        "Queue              license\n"
+        "Message ID         m-2\n"
+        "Delivery attempts  5\n"
+        "User (objectGUID)  (could not be read)\n"
+        "Correlation ID     (none)\n"
+        "Reason             not base64\n"
+        "Message (excerpt)  %%%\n\n"
+        "What to do: look at the reason above and fix its cause; then, if it names a user, "
+        "re-drive it with `python -m shared.cli redrive license`. A message that is not ours "
+        "needs nothing: it was recorded and dropped.\n\n"
+        "Regards,\nProvisioning Service\n"
+    ) == mail.text
+    assert '<strong class="error">' in mail.html
+
+
+def test_a_poison_alert_shows_what_was_read_and_cuts_long_content() -> None:
+    """A user and correlation id that were read are shown; content up to 300 characters is
+    shown whole, longer content cut at 300 with an ellipsis, and no content means no row."""
+    read = render_poison(PoisonReport("mailbox", "m-1", "stale", user="u-1",
+                                      correlation_id="c-1", content="x" * 300)).html
+    long = render_poison(PoisonReport("mailbox", "m-1", "stale", content="y" * 301)).html
+    empty = render_poison(PoisonReport("mailbox", "m-1", "stale")).html
+    for row in ("<tr><td>User (objectGUID)</td><td>u-1</td></tr>",
+                "<tr><td>Correlation ID</td><td>c-1</td></tr>",
+                f"<tr><td>Message (excerpt)</td><td>{'x' * 300}</td></tr>"):
+        assert row in read
+    assert f"<tr><td>Message (excerpt)</td><td>{'y' * 300}…</td></tr>" in long
+    assert (6, False) == (empty.count("<tr><td>"), "Message (excerpt)" in empty)
+
+
+def test_a_shortage_alert_reads_in_full() -> None:
+    """The shortage alert, whole: the SKUs short of units with total, consumed, remaining,
+    waiting and missing units (a SKU with none left is short by all who wait), and what to do."""
+    mail = render_shortage([SkuSummary("ENTERPRISEPACK", 48, 50), SkuSummary("SPE_E5", 10, 10)],
+                           {"ENTERPRISEPACK": 5, "SPE_E5": 1})
+    assert "Office 365 Provisioning Alert: not enough licences for ENTERPRISEPACK, SPE_E5" == \
+        mail.subject
+    assert (
+        "Hello,\n\nThis is an automated alert from the Office 365 Provisioning Service.\n\n"
+        "not enough licences for ENTERPRISEPACK, SPE_E5\n\n"
+        "These users cannot be licensed until units are free; they stay where they are and are "
+        "licensed by a later cycle.\n\n"
+        "License           SKU             Total  Consumed  Remaining  Waiting  Short by\n"
+        "----------------  --------------  -----  --------  ---------  -------  --------\n"
+        "Office 365 E3     ENTERPRISEPACK  50     48        2          5        3\n"
+        "Microsoft 365 E5  SPE_E5          10     10        0          1        1\n\n"
+        "What to do: buy the missing units or free units held by leavers, in the Microsoft 365 "
+        "admin centre (Billing > Licenses).\n\n"
+        "Regards,\nProvisioning Service\n"
+    ) == mail.text
+    assert '<strong class="error">not enough licences for ENTERPRISEPACK, SPE_E5</strong>' \
+        in mail.html
+
+
+def test_a_sku_is_short_only_when_more_wait_than_remain() -> None:
+    """As many waiting as units remain is not short, and a SKU nobody waits for is not short
+    even with no unit left."""
+    mail = render_shortage([SkuSummary("ENTERPRISEPACK", 45, 50), SkuSummary("SPE_E5", 10, 10),
+                            SkuSummary("STANDARDPACK", 3, 9)],
+                           {"ENTERPRISEPACK": 5, "STANDARDPACK": 7})
+    assert "Office 365 Provisioning Alert: not enough licences for STANDARDPACK" == mail.subject
+
+
+def test_a_generic_alert_reads_in_full() -> None:
+    """A generic alert, whole: title, each summary paragraph, the table, what to do and the
+    attachments; without a fix or attachments those lines are left out, and an error alert's
+    title is marked."""
+    log = Attachment("roles.log", b"granted\n", "text/plain")
+    mail = render_alert("3 role changes", ["First paragraph.", "Second paragraph."],
+                        columns=("Member", "Action"), rows=[("anna", "granted")],
+                        fix="nothing", attachments=[log], severity="error",
+                        generated=UNTIL)
+    bare = render_alert("plain", "Only this.")
+    assert (
+        "Hello,\n\nThis is an automated alert from the Office 365 Provisioning Service.\n\n"
+        "3 role changes\n\nFirst paragraph.\n\nSecond paragraph.\n\n"
+        "Member  Action\n------  -------\nanna    granted\n\n"
+        "What to do: nothing\n\nAttached: roles.log\n\nRegards,\nProvisioning Service\n"
+    ) == mail.text
+    assert ("Hello,\n\nThis is an automated alert from the Office 365 Provisioning Service.\n\n"
+            "plain\n\nOnly this.\n\nRegards,\nProvisioning Service\n") == bare.text
+    assert ("Office 365 Provisioning Alert: 3 role changes", "Office 365 Provisioning Alert: "
+            "plain") == (mail.subject, bare.subject)
+    assert '<p><strong class="error">3 role changes</strong></p>' in mail.html
+    assert "<p><strong>plain</strong></p>" in bare.html
+    assert "<thead>\n<tr><th>Member</th><th>Action</th></tr>" in mail.html
+    assert "Sent by the Office 365 Provisioning Service on 2026-03-02 07:00 UTC." in mail.html
+
+
+def test_a_text_table_cuts_a_cell_at_80_characters() -> None:
+    """A cell longer than 80 characters is cut to 80 with an ellipsis; one of 80 is whole."""
+    table = text_table(("A",), [("x" * 80,), ("y" * 81,)])
+    assert ["x" * 80, "y" * 79 + "…"] == table.splitlines()[2:]

@@ -29,12 +29,30 @@ def test_a_valid_user_gets_its_licence_country_alias_and_routing_address() -> No
                  alias_derived=True) == check(User(), PROV)
 
 
-@pytest.mark.parametrize("name", ["e3", " E3 ", "exchange 2", "EXCHANGE  2"])
-def test_licence_names_ignore_case_and_spacing(name: str) -> None:
-    """The same rule in both steps: 'e3' is E3 (the mailbox step used to accept it and the
-    licence step to refuse it, after the user already had a remote mailbox)."""
-    assert licence_key(name, PROV.license_map) in {"E3", "Exchange 2"}
-    assert isinstance(check(User(license_name=name), PROV), Valid)
+@pytest.mark.parametrize(("name", "key", "sku"), [
+    ("e3", "E3", "ENTERPRISEPACK"),
+    (" E3 ", "E3", "ENTERPRISEPACK"),
+    ("exchange 2", "Exchange 2", "EXCHANGEENTERPRISE"),
+    ("EXCHANGE  2", "Exchange 2", "EXCHANGEENTERPRISE"),
+])
+def test_licence_names_ignore_case_and_spacing(name: str, key: str, sku: str) -> None:
+    """The same rule in both steps: 'e3' is E3 and 'EXCHANGE  2' is Exchange 2 (the mailbox
+    step used to accept 'e3 ' and the licence step to refuse it, after the user already had a
+    remote mailbox): each name means its own LICENSE_MAP entry and SKU."""
+    result = check(User(license_name=name), PROV)
+    assert isinstance(result, Valid)
+    assert (key, key, sku) == (licence_key(name, PROV.license_map), result.licence, result.sku)
+
+
+def test_a_blank_licence_name_matches_no_entry_not_even_a_blank_one() -> None:
+    """An empty or blank licence attribute is always "empty", even if LICENSE_MAP were given a
+    blank name by mistake: a user without a licence name is never licensed."""
+    odd = ProvisioningSettings(routing_domain="contoso.mail.onmicrosoft.com",
+                               license_map={" ": "ENTERPRISEPACK", "E3": "ENTERPRISEPACK"})
+    result = check(User(license_name="  "), odd)
+    assert isinstance(result, Invalid)
+    assert (None, ("the licence attribute extensionAttribute1 is empty",)) == (
+        licence_key("", odd.license_map), result.problems)
 
 
 @pytest.mark.parametrize(("name", "problem"), [
@@ -148,3 +166,32 @@ def test_the_cloud_user_must_show_the_remote_mailbox_s_own_routing_address() -> 
     assert "ann@contoso.mail.onmicrosoft.com" == expected_routing(None, valid, PROV)
     assert "ann@contoso.mail.onmicrosoft.com" == expected_routing(
         "SMTP:ann@elsewhere.example", valid, PROV)
+
+
+def test_every_fix_is_named_in_one_line() -> None:
+    """Licence and country both wrong: the fix names both changes, in one line."""
+    result = check(User(license_name="E5", country="XX"), PROV)
+    assert isinstance(result, Invalid)
+    assert ("set extensionAttribute1 to one of E3, Exchange 2; set c to the user's two-letter "
+            "country, e.g. DE or US") == result.fix
+
+
+def test_an_alias_problem_says_how_to_write_a_good_one() -> None:
+    """A mailNickname with a leading period (or a trailing or double one) is refused saying so,
+    and the fix says what an alias may hold."""
+    result = check(User(mail_nickname=".ann"), PROV)
+    assert Invalid(("the mailNickname '.ann' holds characters Exchange refuses in an alias (a "
+                    "leading, trailing or double period)",),
+                   "set mailNickname to an alias of letters, digits and . - _ (for example the "
+                   "user's first and last name joined by a period)") == result
+
+
+@pytest.mark.parametrize(("source", "alias", "dropped"), [
+    ("a⑴", "a1", "⑴"),  # best fit "(1)": the digit stays, the parentheses go, the char is named
+    ("Xena.X", "Xena.X", ""),  # letters at either end are kept, only periods are trimmed
+    ("a" * 63 + ".b", "a" * 63, ""),  # cut at 64, then no trailing period
+])
+def test_an_alias_keeps_what_exchange_keeps(source: str, alias: str, dropped: str) -> None:
+    """A character whose best fit is partly valid keeps the valid part and is reported; the
+    alias loses only periods at its ends, also where the 64-character cut leaves one."""
+    assert (alias, dropped) == derive_alias(source)

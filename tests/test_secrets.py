@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -31,12 +32,24 @@ def _sections(lab: Lab) -> tuple[IdentitySettings, KeyVaultSettings, ServiceSett
     )
 
 
-def _provider(lab: Lab, *, cache_seconds: float = 300.0, **identity: object) -> SecretProvider:
+def _provider(lab: Lab, *, cache_seconds: float = 300.0,
+              clock: Callable[[], float] = time.monotonic, **identity: object) -> SecretProvider:
     ident, kv, service = _sections(lab)
     if identity:
         ident = ident.model_copy(update=identity)
     kv = kv.model_copy(update={"cache_seconds": cache_seconds})
-    return SecretProvider(ident, kv, ca_bundle=service.ca_bundle)
+    return SecretProvider(ident, kv, ca_bundle=service.ca_bundle, clock=clock)
+
+
+class Clock:
+    """A monotonic clock the test sets by hand (it starts at 1000 s): the cache's age without
+    sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _vault_client(lab: Lab) -> SecretClient:
@@ -179,22 +192,27 @@ def test_disabled_secret_is_refused(lab: Lab) -> None:
 
 @pytest.mark.lab
 def test_rotation_is_picked_up_after_cache_expiry_or_invalidate(lab: Lab) -> None:
-    """A rotated secret is served from cache until KEY_VAULT_CACHE_SECONDS pass, then the new
-    value; invalidate() makes the next resolve read the vault at once."""
+    """A rotated secret is served from cache for KEY_VAULT_CACHE_SECONDS (still at 299.5 s of
+    300), read again from the vault once they have passed (at 300 s), and invalidate()
+    makes the next resolve read the vault at once. The cache's clock is the test's: no sleep,
+    no race with a slow machine."""
     name = "rotating-" + uuid.uuid4().hex[:8]
     first, second, third = (f"v{i}-" + uuid.uuid4().hex for i in range(3))
     client = _vault_client(lab)
     client.set_secret(name, first)
-    provider = _provider(lab, cache_seconds=0.5)
+    clock = Clock()
+    provider = _provider(lab, cache_seconds=300.0, clock=clock)
     ref = _ref(lab, name)
-    assert first == provider.resolve(ref, setting="AD_PASSWORD")
+    served = [provider.resolve(ref, setting="AD_PASSWORD")]
     client.set_secret(name, second)
-    assert first == provider.resolve(ref, setting="AD_PASSWORD")
-    time.sleep(0.6)
-    assert second == provider.resolve(ref, setting="AD_PASSWORD")
+    clock.now = 1299.5
+    served.append(provider.resolve(ref, setting="AD_PASSWORD"))
+    clock.now = 1300.0
+    served.append(provider.resolve(ref, setting="AD_PASSWORD"))
     client.set_secret(name, third)
     provider.invalidate("AD_PASSWORD")
-    assert third == provider.resolve(ref, setting="AD_PASSWORD")
+    served.append(provider.resolve(ref, setting="AD_PASSWORD"))
+    assert [first, first, second, third] == served
 
 
 @pytest.mark.lab

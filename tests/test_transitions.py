@@ -14,6 +14,7 @@ from shared.flow.transitions import (
     Drop,
     Due,
     ErrorMail,
+    Handled,
     Poison,
     Policy,
     Proceed,
@@ -22,6 +23,7 @@ from shared.flow.transitions import (
     Send,
     ShortageAlert,
     StuckAlert,
+    Transition,
     accept,
     advance,
     due,
@@ -30,7 +32,7 @@ from shared.flow.transitions import (
 )
 from shared.ledger import Change, LedgerRow, State, Verdict
 from shared.messages import Step, WorkItem
-from shared.results import Done, NotYet, Shortage, Wait
+from shared.results import Done, NotYet, Shortage, Stale, Wait
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 USER = uuid.UUID("6f1b3c1e-1a2b-4c3d-8e9f-0123456789ab")
@@ -353,3 +355,156 @@ def test_fingerprint_changes_with_what_a_fix_changes() -> None:
 def test_send_defaults_to_no_delay() -> None:
     """A follow-up message is sent at once unless a delay is given."""
     assert 0.0 == Send(item()).delay
+
+
+# -- every branch, whole: what the handler carries out is exactly this -----------------------
+
+
+def test_a_done_step_is_this_transition() -> None:
+    """Done with a next step: DONE, its changes audited, the next step's message for the same
+    user and correlation, the ``step_done`` event naming the user as the step did."""
+    changes = (Change("remote mailbox", None, "ann@contoso.mail.onmicrosoft.com"),)
+    t = advance(row(), item(Step.MAILBOX), Done("ann", changes, next_step=Step.LICENSE), NOW,
+                POLICY)
+    assert t.follow is not None  # stamped with the sender's clock when it is made
+    follow = t.follow.item
+    assert Transition(State.DONE, Handled("done", str(USER)), "step_done", who="ann",
+                      follow=Send(WorkItem(USER, Step.LICENSE, "cid-00000001",
+                                           follow.enqueued_at)),
+                      audit=changes) == t
+
+
+def test_a_stale_message_is_this_transition() -> None:
+    """Work that is not the step's (the user left its group): DONE with nothing sent, nothing
+    recorded, nothing mailed, skipped with the reason."""
+    stale = Stale("ann is not a member of O365_License", user="ann")
+    detail = "stale: ann is not a member of O365_License"
+    assert Transition(State.DONE, Handled("skipped", str(USER), detail), "message_stale",
+                      who="ann", error=detail) == advance(row(), item(), stale, NOW, POLICY)
+
+
+def test_a_wait_is_this_transition() -> None:
+    """Not synced yet, second attempt: WAITING for sync, the same work again after the
+    back-off, the reason as the row's error, naming the user as the step did."""
+    sent = item()
+    assert Transition(
+        State.WAITING, Handled("retry", str(USER), "license waits for ann: not synced"),
+        "step_retry", who="ann", error="license waits for ann: not synced", wait="sync",
+        retry=Send(sent.again(NOW), 120.0),
+    ) == advance(row(2), sent, NotYet(Wait.SYNC, "not synced", user="ann"), NOW, POLICY)
+
+
+def test_a_wait_for_a_user_the_step_did_not_name_names_the_work_item_s_user() -> None:
+    """A wait without a user (a peer down before the user was read) says whose work waits by
+    the message's objectGUID."""
+    t = advance(row(), item(), NotYet(Wait.OUTAGE, "Graph is down"), NOW, POLICY)
+    assert (f"license waits for {USER}: Graph is down", "") == (t.error, t.who)
+
+
+def test_the_stuck_record_says_who_where_why_and_after_how_many_attempts() -> None:
+    """The ``stuck`` outcome row carries the objectGUID, the name, the step, the reason and
+    the attempts: what the digest lists under the users waiting."""
+    t = advance(row(6), item(), NotYet(Wait.ROUTING, "no routing address", user="ann"), NOW,
+                POLICY)
+    assert (Record("stuck", {"user": str(USER), "name": "ann", "step": "license",
+                             "reason": "no routing address", "attempts": 6}),) == t.records
+
+
+def test_a_wait_past_its_deadline_is_this_transition() -> None:
+    """Past the deadline, a wait is a permanent failure of the step, with the changes made
+    before it still audited and the step named on the error."""
+    change = Change("usageLocation", None, "DE")
+    wait = NotYet(Wait.ROUTING, "no routing address", user="ann", late="no routing address",
+                  late_fix="check Enable-RemoteMailbox", changes=(change,))
+    t = advance(row(9, first=NOW - dt.timedelta(hours=30)), item(), wait, NOW, POLICY)
+    [mail] = t.alerts
+    assert isinstance(mail, ErrorMail)
+    error = mail.error
+    assert ("no routing address after 24 h", "ann", "license", "check Enable-RemoteMailbox") == (
+        error.reason, error.user, error.step, error.fix)
+    assert Transition(
+        State.FAILED, Handled("failed", str(USER), str(error)), "step_failed", who="ann",
+        error=str(error), audit=(change,), records=(Record("failed", {
+            "user": str(USER), "step": "license", "reason": "no routing address after 24 h",
+            "fix": "check Enable-RemoteMailbox", "correlation_id": "cid-00000001"}),),
+        alerts=(mail,), read_user=True) == t
+
+
+def test_a_permanent_error_is_this_transition() -> None:
+    """Bad input: FAILED, one ``failed`` record, one error mail, the user read for the mail."""
+    error = PermanentError("the country 'XX' is not a country", user="ann", fix="set c")
+    t = advance(row(), item(Step.MAILBOX), error, NOW, POLICY)
+    assert Transition(
+        State.FAILED, Handled("failed", str(USER), str(error)), "step_failed", who="ann",
+        error=str(error), records=(Record("failed", {
+            "user": str(USER), "step": "mailbox", "reason": "the country 'XX' is not a country",
+            "fix": "set c", "correlation_id": "cid-00000001"}),),
+        alerts=(ErrorMail(error),), read_user=True) == t
+
+
+def test_a_safety_stop_is_this_transition() -> None:
+    """A guard refused: FAILED and marked blocked, a ``blocked`` record with the one-line
+    refusal, the refusal mailed; a stop raised without user or step gets the work item's."""
+    stop = SafetyStop("grant of Global Administrator was refused", fix="opt it in")
+    t = advance(row(), item(Step.ROLE), stop, NOW, POLICY)
+    line = (f"role failed for {USER}: grant of Global Administrator was refused. "
+            "Fix: opt it in")
+    assert (str(USER), "role", line) == (stop.user, stop.step, str(stop))
+    assert Transition(
+        State.FAILED, Handled("blocked", str(USER), line), "safety_stop", who=str(USER),
+        error=line, wait="blocked",
+        records=(Record("blocked", {"user": str(USER), "step": "role", "reason": line}),),
+        alerts=(ErrorMail(stop),)) == t
+
+
+# -- the policy, reconcile and fingerprints --------------------------------------------------
+
+
+def test_the_policy_comes_from_the_settings(tmp_path, monkeypatch) -> None:
+    """SYNC_RETRY_MIN/MAX_SECONDS, SYNC_DEADLINE_HOURS, STUCK_AFTER and LEASE_SECONDS are
+    the policy's; the outage back-off keeps its own bounds."""
+    from shared.config import load_settings, setting_names
+    from tests.test_config import MINIMAL
+
+    for name in setting_names():
+        monkeypatch.delenv(name, raising=False)
+    values = {**MINIMAL, "SYNC_RETRY_MIN_SECONDS": "15", "SYNC_RETRY_MAX_SECONDS": "900",
+              "SYNC_DEADLINE_HOURS": "6", "STUCK_AFTER": "4", "LEASE_SECONDS": "120"}
+    env = tmp_path / "settings.env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    assert Policy(sync_min=15, sync_max=900, sync_deadline=dt.timedelta(hours=6),
+                  stuck_after=4, lease=dt.timedelta(seconds=120)) == Policy.of(
+        load_settings(env))
+
+
+@pytest.mark.parametrize("retry_after", [0.0, 0.4])
+def test_a_peer_s_retry_after_is_never_under_a_second(retry_after: float) -> None:
+    """A Retry-After of zero or a fraction of a second still waits one second."""
+    t = advance(row(), item(), NotYet(Wait.OUTAGE, "throttled", retry_after=retry_after), NOW,
+                POLICY)
+    assert t.retry is not None and 1.0 == t.retry.delay
+
+
+def test_a_done_member_is_not_due_at_exactly_the_grace() -> None:
+    """Finished exactly GRACE ago: not yet due; finished without a time: due."""
+    edge = row(state=State.DONE, lease_until=None, finished_at=NOW - GRACE)
+    unknown = row(state=State.DONE, lease_until=None, finished_at=None)
+    assert (Due.NO, Due.YES) == (due(edge, NOW), due(unknown, NOW))
+
+
+def test_a_fingerprint_is_stable_across_versions() -> None:
+    """The fingerprint is stored with a failed row: after an upgrade the same user must give
+    the same one (else reconcile retries every failed user). It is the first 16 hex digits of
+    SHA-256 over sAMAccountName, UPN, licence name, country and DN joined by U+001F, absent
+    values empty."""
+    from shared.directory import DirectoryUser
+
+    def user(upn: str | None, licence: str | None, country: str | None) -> DirectoryUser:
+        return DirectoryUser(guid=USER, dn="CN=ann,OU=Staff,DC=x", sam="ann", upn=upn,
+                             display_name=None, mail=None, country=country,
+                             license_name=licence, proxy_addresses=(), target_address=None,
+                             mail_nickname=None, remote_recipient_type=None, member_of=())
+
+    assert ["0f1c8c8e18b7031e", "9a7164e21aa62653", "9a7164e21aa62653"] == [
+        fingerprint(user("ann@contoso.com", "E3", "DE")), fingerprint(user(None, None, None)),
+        fingerprint(user("", "", ""))]
