@@ -40,6 +40,9 @@ def _text_value(value: object) -> object:
     return value
 
 
+_FINALIZE = {"html": _html_value, "txt": _text_value}
+
+
 @lru_cache(maxsize=2)
 def environment(kind: Literal["html", "txt"] = "html") -> Environment:
     """The template environment of one part. Every value is redacted as it is put in, before
@@ -50,7 +53,7 @@ def environment(kind: Literal["html", "txt"] = "html") -> Environment:
         # Plain text is not markup: escaping it would show "&lt;" to the reader.
         autoescape=select_autoescape(enabled_extensions=("html",), disabled_extensions=("txt",),
                                      default=True),
-        finalize=_html_value if kind == "html" else _text_value,
+        finalize=_FINALIZE[kind],
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

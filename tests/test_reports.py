@@ -453,3 +453,11 @@ def test_a_text_table_cuts_a_cell_at_80_characters() -> None:
     """A cell longer than 80 characters is cut to 80 with an ellipsis; one of 80 is whole."""
     table = text_table(("A",), [("x" * 80,), ("y" * 81,)])
     assert ["x" * 80, "y" * 79 + "…"] == table.splitlines()[2:]
+
+
+def test_a_long_value_stays_whole_on_its_line_of_the_plain_text_mail() -> None:
+    """One line per value, not a truncated one: a 600-character reason (Exchange's messages
+    run long) arrives whole."""
+    reason = "Exchange refused it: " + "x" * 580
+    mail = render_error(FailureReport(username="eve", error=reason, fix="f", step="mailbox"))
+    assert reason in mail.text.splitlines()
