@@ -34,7 +34,8 @@ from shared.ledger import Change, LedgerRow, State, Verdict
 from shared.messages import Step, WorkItem
 from shared.results import Done, NotYet, Shortage, Stale, Wait
 
-NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+# Years ahead of any real clock: a decision that read the wall clock instead of ``now`` fails.
+NOW = dt.datetime(2031, 6, 1, 12, 0, tzinfo=dt.UTC)
 USER = uuid.UUID("6f1b3c1e-1a2b-4c3d-8e9f-0123456789ab")
 POLICY = Policy(outage_min=30, outage_max=3600, sync_min=60, sync_max=3600,
                 sync_deadline=dt.timedelta(hours=24), stuck_after=6,
