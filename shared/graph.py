@@ -102,6 +102,26 @@ class GraphRefusal(PermanentError):
         self.code = code
 
 
+# Graph's refusals that are about a user's data, each with the fix a helpdesk can make (the
+# messages of assignLicense and PATCH /users as Graph words them; matched in lower case).
+USER_DATA_FIXES = (
+    ("invalid usage location", "set the user's country attribute to a country where the "
+     "licence is sold; the service sets usageLocation from it"),
+    ("property 'usageLocation'", "set the user's country attribute to an ISO 3166 country code"),
+    ("mutually exclusive", "the user holds another licence whose plans conflict with this one: "
+     "remove it in the Microsoft 365 admin centre (or from the group that assigns it)"),
+    ("depends on the service plan", "a plan of the licence needs another the user lacks: assign "
+     "the prerequisite licence first"),
+    ("inherited from a group", "the user's licence comes from group-based licensing: take the "
+     "user out of that group, or licence the user by that group instead"),
+    ("on-premises mastered", "change the value in Active Directory; Entra Connect syncs it"),
+    ("does not correspond to a valid company license", "the tenant has no such SKU: map the "
+     "licence name in LICENSE_MAP to a SKU the tenant holds"),
+    ("does not exist or one of its queried reference-property objects are not present",
+     "the cloud user is gone: check Entra Connect (deleted, or moved out of the sync scope)"),
+)
+
+
 def classify(status: int, code: str, message: str, headers: Mapping[str, str] | None, *,
              action: str, user: str = "") -> TransientError | GraphRefusal:
     """The error a Graph answer means: throttled or failing is transient (after
@@ -110,7 +130,9 @@ def classify(status: int, code: str, message: str, headers: Mapping[str, str] | 
     if status in RETRY_STATUSES or status >= 500:
         return TransientError(reason, user=user, step=STEP, fix="none needed; retried later",
                               retry_after=retry_after(headers, MAX_ATTEMPTS))
-    fix = "correct the user or the request Graph names, then retry"
+    lowered = message.lower()
+    fix = next((fix for words, fix in USER_DATA_FIXES if words.lower() in lowered),
+               "correct what Graph names, on the user in AD or in the tenant, then retry")
     if status in (401, 403):
         fix = ("check AZURE_CREDENTIAL and that the app holds the Graph permissions "
                "docs/permissions.md lists for the enabled features")

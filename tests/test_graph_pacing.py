@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from shared.config import GraphSettings, IdentitySettings
 from shared.errors import PermanentError, TransientError
-from shared.graph import GraphClient, GraphRefusal
+from shared.graph import GraphClient, GraphRefusal, classify
 from shared.graph_pacing import MAX_ATTEMPTS, retry_after
 
 URL = "https://graph.test/v1.0"
@@ -186,3 +186,23 @@ def test_retry_after_is_seconds_or_an_http_date_else_a_growing_backoff() -> None
     assert 8.0 <= retry_after({"Retry-After": in_ten}, 1) <= 10.0
     assert [2.0, 8.0, 60.0, 8.0] == [retry_after(None, 1), retry_after({}, 3),
                                      retry_after(None, 9), retry_after({"Retry-After": "?"}, 3)]
+
+
+@pytest.mark.parametrize(("message", "fix"), [
+    ("License assignment cannot be done for user with invalid usage location.",
+     "set the user's country attribute to a country where the licence is sold"),
+    ("License assignment failed because service plans 9aaf7827 are mutually exclusive.",
+     "the user holds another licence whose plans conflict with this one"),
+    ("User license is inherited from a group membership and it cannot be removed directly "
+     "from the user.", "the user's licence comes from group-based licensing"),
+    ("Unable to update the specified properties for on-premises mastered Directory Sync "
+     "objects or objects currently undergoing migration.",
+     "change the value in Active Directory; Entra Connect syncs it"),
+])
+def test_graph_refusals_of_a_user_s_data_carry_a_helpdesk_fix(message: str, fix: str) -> None:
+    """Graph's answers about a user's data map to what a helpdesk can change, never to a
+    vague 'correct the request'."""
+    refusal = classify(400, "Request_BadRequest", message, None, action="assignLicense",
+                       user="ann@contoso.com")
+    assert (400, "ann@contoso.com") == (refusal.status, refusal.user)
+    assert refusal.fix.startswith(fix)
