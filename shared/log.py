@@ -140,7 +140,7 @@ _handlers: list[logging.Handler] = []  # ours, replaced on every configure()
 
 
 def configure(level: str = "INFO", *, json: bool = True, console: bool = True,
-              events: Path | None = None) -> None:
+              events: Path | None = None, console_level: str | None = None) -> None:
     """Set up structlog once per process, routed through ``logging``.
 
     ``console``: also write each event to stderr, as a readable line (``json=False``, a
@@ -148,6 +148,8 @@ def configure(level: str = "INFO", *, json: bool = True, console: bool = True,
     ``console=False``: the worker's handler and the Azure Monitor distro's are already on the
     root logger, and a stream of our own would reach the host a second time as console text.
     ``events``: also append every event, as a JSON object per line, to this file.
+    ``console_level``: a higher level for the console than for the file (the CLI shows
+    errors while ``--events`` keeps everything).
     """
     structlog.configure(
         processors=[
@@ -174,6 +176,7 @@ def configure(level: str = "INFO", *, json: bool = True, console: bool = True,
     _handlers.clear()
     if console:
         stream = logging.StreamHandler(sys.stderr)
+        stream.setLevel(console_level or logging.NOTSET)
         stream.setFormatter(_Fields() if json else logging.Formatter(
             "%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
         _handlers.append(stream)
