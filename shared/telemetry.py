@@ -60,7 +60,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
                     "a step failed for good for a user"),
     "safety_stop": ("flow/handlers.py carry_out", "user, step, outcome, reason",
                     "a guard refused a role change"),
-    "user_provisioned": ("telemetry.transition", "user, name, licence, sku, correlation_id",
+    "user_provisioned": ("telemetry.transition", "user, account, licence, sku, correlation_id",
                          "a user is licensed and out of both groups"),
     "user_failed": ("telemetry.transition",
                     "user, step, reason_kind, reason, correlation_id",
@@ -69,7 +69,7 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
                      "a safety stop on one user's change"),
     "user_waiting": ("telemetry.transition", "user, step, wait, attempts, sku",
                      "a user waits (outage, sync, routing, shortage); sku for a shortage"),
-    "user_stuck": ("telemetry.transition", "user, name, step, reason, attempts",
+    "user_stuck": ("telemetry.transition", "user, account, step, reason, attempts",
                    "a user has waited exactly STUCK_AFTER attempts at one step (once)"),
     "sku_shortage": ("telemetry.transition", "sku, consumed, total",
                      "the first shortage of a SKU on a day"),
@@ -86,9 +86,11 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "exchange_session_error": ("exchange.py (telemetry.exchange_session_error)",
                                "cmdlet, error, reused_pool",
                                "the PowerShell session to Exchange failed; a new one is opened"),
-    "relay_unreachable": ("relay_forward.py", "relay, path, reason, fix",
+    "relay_unreachable": ("relay_forward.py", "relay, hybrid_connection, error, transient",
                           "a hybrid connection cannot be used: an outage starts"),
-    "relay_restored": ("relay_forward.py", "relay, path, down_seconds", "the outage ended"),
+    "relay_restored": ("relay_forward.py",
+                       "relay, hybrid_connection, outage_seconds, failed_streams",
+                       "the outage ended"),
     "role_change_applied": ("rolesync.py", "user, role, action, outcome",
                             "a role was granted or revoked"),
     "role_change_blocked": ("rolesync.py", "guard, user, role, reason",
@@ -119,7 +121,8 @@ def transition(item: WorkItem, t: Transition, attempts: int) -> None:
         name = _RECORDED.get(record.kind)
         if name is None:
             continue
-        fields = {k: v for k, v in record.fields.items()
+        # "name" is a LogRecord attribute: the account name goes as "account"
+        fields = {("account" if k == "name" else k): v for k, v in record.fields.items()
                   if k in ("user", "step", "name", "licence", "sku", "reason", "attempts",
                            "consumed", "total", "correlation_id")}
         if record.kind == "failed":

@@ -44,7 +44,7 @@ def test_a_licensed_user_is_one_user_provisioned_event() -> None:
     t = advance(row(), item(), Done("jdoe", report=report), NOW, POLICY)
     with capture_logs() as captured:
         telemetry.transition(item(), t, 1)
-    expected = [("user_provisioned", {"user": str(USER), "name": "jdoe", "licence": "E3",
+    expected = [("user_provisioned", {"user": str(USER), "account": "jdoe", "licence": "E3",
                                       "sku": "ENTERPRISEPACK", "correlation_id": "cid-00000001"})]
     assert expected == _events(captured)
 
@@ -77,7 +77,7 @@ def test_a_wait_for_a_unit_names_the_sku_and_the_stuck_user_is_told_once() -> No
         ("user_waiting", {"user": str(USER), "step": "license", "wait": "shortage",
                           "attempts": 2, "sku": "ENTERPRISEPACK",
                           "correlation_id": "cid-00000001"}),
-        ("user_stuck", {"user": str(USER), "name": "jdoe", "step": "license",
+        ("user_stuck", {"user": str(USER), "account": "jdoe", "step": "license",
                         "reason": "not synced yet", "attempts": POLICY.stuck_after}),
         ("user_waiting", {"user": str(USER), "step": "license", "wait": "sync",
                           "attempts": POLICY.stuck_after, "sku": None,
