@@ -177,11 +177,12 @@ def test_the_fixture_rows_are_what_the_azure_monitor_exporter_makes() -> None:
     )
 
     samples = list({e["event"]: e for e in events()}.values())
-    exported = InMemoryLogRecordExporter()
+    exported = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
     handler = LoggingHandler(logger_provider=provider)
     factory = logging.getLogRecordFactory()
+    levels = {name: logging.getLogger(name).level for name in (log.ROOT, *log._CHATTY)}
     logging.getLogger().addHandler(handler)
     try:
         log.configure("DEBUG", console=False)
@@ -191,10 +192,13 @@ def test_the_fixture_rows_are_what_the_azure_monitor_exporter_makes() -> None:
     finally:
         logging.getLogger().removeHandler(handler)
         logging.setLogRecordFactory(factory)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
         structlog.reset_defaults()
     made = []
     for caught in exported.get_finished_logs():
-        data = _convert_log_to_envelope(caught).data.base_data
+        envelope: Any = _convert_log_to_envelope(caught)
+        data = envelope.data.base_data
         dims = {k: v for k, v in data.properties.items()
                 if not k.startswith("code.") and k != "logger_name"}
         made.append((data.message, dims))

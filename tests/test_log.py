@@ -122,7 +122,7 @@ def test_the_azure_monitor_handler_makes_custom_dimensions_and_the_invocations_o
         _convert_log_to_envelope,
     )
 
-    exported = InMemoryLogRecordExporter()
+    exported = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
     otel = LoggingHandler(logger_provider=provider)
@@ -138,7 +138,7 @@ def test_the_azure_monitor_handler_makes_custom_dimensions_and_the_invocations_o
     finally:
         logging.getLogger().removeHandler(otel)
     (caught,) = exported.get_finished_logs()
-    envelope = _convert_log_to_envelope(caught)
+    envelope: Any = _convert_log_to_envelope(caught)
     data = envelope.data.base_data
     dimensions = {k: v for k, v in data.properties.items()
                   if not k.startswith("code.") and k != "logger_name"}

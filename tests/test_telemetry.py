@@ -5,6 +5,7 @@ The queries that read them are tested in tests/test_kql.py."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from structlog.testing import capture_logs
@@ -18,7 +19,7 @@ from shared.results import Done, NotYet, Shortage, Wait
 from tests.test_transitions import NOW, POLICY, USER, item, row
 
 
-def _events(captured: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+def _events(captured: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [(e["event"], {k: v for k, v in e.items() if k not in ("event", "log_level")})
             for e in captured]
 
