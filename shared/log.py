@@ -19,7 +19,7 @@ is and as HTML escaping writes it (``&`` → ``&amp;``), so a mail body rendered
 cannot carry one past it either. The masking happens in structlog, before any handler sees a
 value; an exception is rendered to text there too (never handed to a handler as ``exc_info``,
 whose traceback no one would mask), and records of other libraries are masked when they are
-made (``_redacting_factory``).
+made, their tracebacks included (``_redacting_factory``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import html
 import json as jsonlib
 import logging
 import sys
+import traceback
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,14 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
 def _redacting_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
     def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = base(*args, **kwargs)
-        if _secrets and record.args is not None:
+        if _secrets:
             try:
                 text = record.getMessage()
             except (TypeError, ValueError):  # a library's own formatting bug: keep its text
                 text = str(record.msg)
+            if record.exc_info:  # its traceback, masked here: no handler formats it again
+                text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+                record.exc_info = None
             record.msg, record.args = redact(text), ()
         return record
 

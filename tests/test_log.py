@@ -81,7 +81,7 @@ def test_an_event_is_a_record_whose_extra_fields_are_its_fields(records: Records
 def test_secrets_are_masked_before_any_handler_sees_them(records: Records) -> None:
     """Pins redaction in the path: a registered secret is masked in the fields, the message,
     an exception's traceback (rendered to text, never handed over as exc_info) and another
-    library's record."""
+    library's record, its traceback included."""
     secret = f"S3cr3t-{uuid.uuid4().hex[:8]}"
     log.register_secret(secret)
     log.configure("INFO", console=False)
@@ -90,13 +90,19 @@ def test_secrets_are_masked_before_any_handler_sees_them(records: Records) -> No
     except ValueError:
         _logger().exception("handler_crashed", queue="mailbox", reason=f"pw {secret}")
     logging.getLogger("azure.core").warning("connection string %s", secret)
-    ours, theirs = records.records[-2:]
+    try:
+        raise OSError(f"bad key {secret}")
+    except OSError:
+        logging.getLogger("urllib3").exception("request failed")
+    ours, theirs, traced = records.records[-3:]
     fields = log.fields_of(ours)
     assert ("pw ***", None) == (fields["reason"], ours.exc_info)
     assert fields["exception"].endswith("ValueError: refused ***")
     assert [] == [r for r in (ours.getMessage(), theirs.getMessage(), json.dumps(fields))
                   if secret in r]
     assert "connection string ***" == theirs.getMessage()
+    assert (None, "OSError: bad key ***") == (traced.exc_info,
+                                             traced.getMessage().splitlines()[-1])
 
 
 def test_the_level_filters_events_and_chatty_libraries_keep_to_warnings(
