@@ -178,6 +178,32 @@ param caBundlePath string = ''
 ])
 param logLevel string = 'INFO'
 
+// ---- monitoring (docs/operations.md, "Alerts in Azure Monitor") ---------------------------
+
+@description('Address the alert rules mail (an action group). Empty: the first address of mailTo; both empty: no alert rules.')
+param alertEmail string = ''
+
+@description('Minutes between two polls, as pollSchedule says: the no-poll alert fires after three of them without a successful poll.')
+@minValue(1)
+@maxValue(60)
+param pollIntervalMinutes int = 5
+
+@description('The function-failures alert fires for a function above this share of failed invocations (percent) ...')
+@minValue(1)
+@maxValue(100)
+param functionFailurePercent int = 10
+
+@description('... with at least this many failures in 15 minutes.')
+@minValue(1)
+param functionFailureMinimum int = 3
+
+@description('opentelemetry: the Functions host and the Python worker send telemetry through OpenTelemetry (the service\'s events with their fields as customDimensions, which the alerts and the workbook read). applicationinsights: the host\'s own Application Insights integration only (events arrive as text without their fields).')
+@allowed([
+  'opentelemetry'
+  'applicationinsights'
+])
+param telemetryMode string = 'opentelemetry'
+
 @description('NCRONTAB schedules (six fields, seconds first, UTC).')
 param pollSchedule string = '0 */5 * * * *'
 param reconcileSchedule string = '0 30 * * * *'
@@ -191,6 +217,8 @@ var tags = {
   'azd-env-name': environmentName
 }
 var useRelay = connectivity == 'relay'
+var alertAddress = !empty(alertEmail) ? alertEmail : trim(first(split(mailTo, ',')))
+var otel = telemetryMode == 'opentelemetry'
 
 var exchangeEndpoint = [
   {
@@ -294,6 +322,20 @@ var appSettingsHost = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.outputs.clientId};Authorization=AAD'
 }
 
+// Telemetry through OpenTelemetry (docs/operations.md, "Telemetry"): the host in OpenTelemetry
+// mode (set here rather than in host.json, so that `func start` keeps working locally), the
+// Python worker running the Azure Monitor distro itself (which keeps the invocation's trace
+// context and stops the host forwarding the worker's logs a second time). The distro's
+// exporter signs in with the identity in APPLICATIONINSIGHTS_AUTHENTICATION_STRING. Storage
+// calls (20 a user) and the urllib layers under requests are not traced as dependencies.
+var appSettingsTelemetry = otel ? {
+  AzureFunctionsJobHost__telemetryMode: 'OpenTelemetry'
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+  OTEL_PYTHON_DISABLED_INSTRUMENTATIONS: 'azure_sdk,urllib,urllib3,django,fastapi,flask,psycopg2'
+} : {
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'false'
+}
+
 var appSettingsDedicated = hosting == 'dedicated' ? {
   FUNCTIONS_EXTENSION_VERSION: '~4'
   FUNCTIONS_WORKER_RUNTIME: 'python'
@@ -370,8 +412,33 @@ module app 'modules/functionapp.bicep' = {
     alwaysReadyInstances: alwaysReadyInstances
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     identityId: identity.outputs.id
-    appSettings: union(appSettingsHost, appSettingsDedicated, appSettingsRelay, appSettingsService, appSettingsSmtp, appSettingsCaBundle)
+    appSettings: union(appSettingsHost, appSettingsTelemetry, appSettingsDedicated, appSettingsRelay, appSettingsService, appSettingsSmtp, appSettingsCaBundle)
     vnetSubnetId: useRelay ? '' : vnetSubnetId
+  }
+}
+
+module alerts 'modules/alerts.bicep' = if (!empty(alertAddress)) {
+  name: 'alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    appInsightsId: monitoring.outputs.appInsightsId
+    actionGroupName: 'ag-o365prov-${token}'
+    alertEmail: alertAddress
+    pollIntervalMinutes: pollIntervalMinutes
+    functionFailurePercent: functionFailurePercent
+    functionFailureMinimum: functionFailureMinimum
+  }
+}
+
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    appInsightsId: monitoring.outputs.appInsightsId
   }
 }
 

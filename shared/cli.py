@@ -71,9 +71,12 @@ def main(
         Path | None, typer.Option(help="KEY=VALUE settings file, e.g. .lab/settings.env")
     ] = None,
     verbose: Annotated[bool, typer.Option(help="log every event to the terminal")] = False,
+    events: Annotated[Path | None, typer.Option(help="append every event, one JSON object a "
+                                                "line, to this file")] = None,
 ) -> None:
     state.env_file = env_file
-    configure("INFO" if verbose else "ERROR", json=False)
+    configure("INFO" if verbose or events else "ERROR", json=False, events=events,
+              console_level=None if verbose else "ERROR")
 
 
 def _service() -> flow.Service:
@@ -264,9 +267,7 @@ def plan() -> None:
     svc = _service()
     p = svc.settings.provisioning
     directory = svc.directory()
-    table = Table(title="next cycle")
-    for column in ("group", "members", "with live work", "would be enqueued"):
-        table.add_column(column)
+    table = Table("group", "members", "with live work", "would be enqueued", title="next cycle")
     for group, step in ((p.provision_group, Step.MAILBOX), (p.license_group, Step.LICENSE)):
         members = directory.group_members(group)
         rows = [svc.ledger.get(guid, step) for guid in members]
@@ -298,9 +299,7 @@ def status() -> None:
     for name, count in sorted(counts.items()):
         stages.add_row(f"ledger: {name}", str(count))
     console.print(stages)
-    queues = Table(title="queues")
-    for column in ("queue", "depth", "poison"):
-        queues.add_column(column)
+    queues = Table("queue", "depth", "poison", title="queues")
     parked = Counter(
         str(row.get("queue")) for row in svc.outcomes.since("poison", "")
         if not row.get("redriven")

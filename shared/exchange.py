@@ -29,7 +29,7 @@ from pypsrp.exceptions import (
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import NAMESPACES, WSMan
 
-from . import relay_forward
+from . import relay_forward, telemetry
 from .config import ExchangeSettings
 from .errors import ProvisioningError, TransientError
 from .exchange_errors import record_error, record_reason, transport_error
@@ -262,10 +262,12 @@ class ExchangeClient:
                 # Delete the shell on the server unless it stopped answering: an abandoned
                 # shell counts against Exchange's per-user session limit until it idles out.
                 self._discard(polite=not isinstance(exc, requests.exceptions.Timeout))
+                telemetry.exchange_session_error(cmdlet, type(exc).__name__, reused)
                 raise transport_error(exc, cmdlet, self._settings) from None
             except Exception as exc:
                 # pypsrp state errors on a reused pool mean the pool is unusable.
                 self._discard(polite=False)
+                telemetry.exchange_session_error(cmdlet, type(exc).__name__, reused)
                 raise TransientError(
                     f"the PowerShell session to Exchange failed during {cmdlet} "
                     f"({type(exc).__name__})",

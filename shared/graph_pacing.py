@@ -22,6 +22,7 @@ classifier in ``shared.graph`` both use it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import time
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import httpx
 from kiota_http.middleware.middleware import BaseMiddleware
 
+from . import telemetry
 from .config import GraphSettings
 from .log import get_logger
 
@@ -108,6 +110,20 @@ class PacingHandler(BaseMiddleware):
         self.slots = asyncio.Semaphore(graph.concurrency)
         self.gate_until = 0.0
         self.counters = Counters()
+        self._budget = (graph.writes_per_window, graph.write_window_seconds)
+        self._reported = (time.monotonic(), Counters())
+
+    def _report(self) -> None:
+        """``graph_usage`` at most once per write window: this client's traffic since the last
+        one (Graph's budget is the tenant's; Application Insights adds up the workers)."""
+        now = time.monotonic()
+        since, last = self._reported
+        if now - since < self._budget[1]:
+            return
+        c = self.counters
+        telemetry.graph_usage(c.requests - last.requests, c.writes - last.writes,
+                              c.throttled - last.throttled, now - since, *self._budget)
+        self._reported = (now, dataclasses.replace(c))
 
     async def _wait_gate(self) -> None:
         while (pause := self.gate_until - time.monotonic()) > 0:
@@ -143,6 +159,7 @@ class PacingHandler(BaseMiddleware):
             if response is not None and (
                 response.status_code not in RETRY_STATUSES or attempt >= MAX_ATTEMPTS
             ):
+                self._report()
                 return response
             pause = retry_after(response.headers if response is not None else None, attempt)
             if response is not None:

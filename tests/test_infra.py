@@ -221,6 +221,10 @@ def test_bicep_settings_are_all_known() -> None:
         "WEBSITE_CONTENTSHARE",
         "WEBSITE_SKIP_CONTENTSHARE_VALIDATION",
         "WEBSITE_CONTENTOVERVNET",
+        # telemetry through OpenTelemetry (docs/operations.md, "Telemetry")
+        "AzureFunctionsJobHost__telemetryMode",
+        "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
     }
     unknown = sorted(set(app_settings()) - set(setting_names()) - platform)
     assert unknown == []
@@ -430,6 +434,117 @@ def test_local_settings_example_lists_every_setting_without_secrets() -> None:
     assert not re.search(
         r'(?i)"[^"]*(password|secret|token)[^"]*"\s*:\s*"(?!<|@Microsoft)[^"]+"', text
     )
+
+
+# ---- monitoring: alert rules, action group, workbook --------------------------------------
+
+MONITORING = INFRA / "monitoring"
+OPERATIONS_DOC = REPO / "docs" / "operations.md"
+# The rules issue 18 asks for, and the one an operations team would add (the relay).
+ALERTS = {"poison-message", "no-poll", "user-stuck", "licence-shortage", "role-plan-held",
+          "function-failures", "relay-outage"}
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = parse(INFRA / "modules" / "alerts.bicep")["variables"][
+        "rules"]["value"]
+    return rules
+
+
+def test_alert_rules_are_the_issues_and_each_has_its_query_file_and_runbook_line() -> None:
+    """Pins the alert rules: exactly the expected set, each query a file of
+    infra/monitoring/alerts/ (no file unused), and each rule's runbook heading (quoted in its
+    description) a line of the table in docs/operations.md with what it means and what to do."""
+    rules = alert_rules()
+    assert ALERTS == {r["name"] for r in rules}
+    loaded = set()
+    for rule in rules:
+        query = rule["query"]
+        path = (query["function"]["parameters"]["file_path"] if isinstance(query, dict)
+                else "../monitoring/alerts/function-failures.kql")
+        loaded.add((INFRA / "modules" / path).resolve())
+    assert {p.resolve() for p in (MONITORING / "alerts").glob("*.kql")} == loaded
+    runbook = OPERATIONS_DOC.read_text().split("## Alerts in Azure Monitor", 1)[1]
+    rows = dict(re.findall(r"^\| \*\*([^*]+)\*\* \(`([a-z-]+)`\)", runbook, re.M))
+    headings = {re.findall(r'"([^"]+)"\.$', r["description"])[0]: r["name"] for r in rules}
+    assert rows == headings
+
+
+def test_alert_rules_use_current_api_versions_and_mail_the_action_group() -> None:
+    """Pins the resource shapes: scheduledQueryRules@2023-12-01 (LogAlert, on the Application
+    Insights component, count of rows > 0, split by each rule's dimension), the action group
+    @2023-01-01 mailing the address parameter with the common alert schema; main.bicep deploys
+    the rules when ALERT_EMAIL (or MAIL_TO) names an address, and the no-poll window is three
+    poll intervals."""
+    resources = parse(INFRA / "modules" / "alerts.bicep")["resources"]
+    alert, group = resources["alert"], resources["actionGroup"]
+    assert ("Microsoft.Insights/scheduledQueryRules", "2023-12-01") == (
+        alert["type"], alert["api_version"])
+    assert ("Microsoft.Insights/actionGroups", "2023-01-01") == (
+        group["type"], group["api_version"])
+    body = alert["config"]["config"]
+    condition = body["properties"]["criteria"]["allOf"][0]
+    assert ("LogAlert", ["appInsightsId"], "Count", "GreaterThan", 0) == (
+        body["kind"], body["properties"]["scopes"], condition["timeAggregation"],
+        condition["operator"], condition["threshold"])
+    receiver = group["config"]["properties"]["emailReceivers"][0]
+    assert ("alertEmail", True) == (receiver["emailAddress"], receiver["useCommonAlertSchema"])
+    no_poll = next(r for r in alert_rules() if r["name"] == "no-poll")
+    assert ("PT${pollIntervalMinutes}M", "PT${3 * pollIntervalMinutes}M") == (
+        no_poll["frequency"], no_poll["window"])
+    main = parse(INFRA / "main.bicep")
+    schedule = main["parameters"]["pollSchedule"]["default"]
+    assert f"*/{main['parameters']['pollIntervalMinutes']['default']}" == schedule.split()[1]
+    assert "ALERT_EMAIL" in (INFRA / "main.parameters.json").read_text()
+    assert "module alerts 'modules/alerts.bicep' = if (!empty(alertAddress))" in (
+        INFRA / "main.bicep").read_text()
+
+
+def test_the_function_failure_thresholds_reach_the_query() -> None:
+    """Pins that the Bicep parameters replace the thresholds the query file states (a typo in
+    either would leave the defaults in force silently)."""
+    text = (INFRA / "modules" / "alerts.bicep").read_text()
+    query = (MONITORING / "alerts" / "function-failures.kql").read_text()
+    for line in re.findall(r"'(let \w+ = \d+;)'", text):
+        assert line in query
+    assert 2 == len(re.findall(r"'(let \w+ = \d+;)'", text))
+
+
+def test_workbook_is_linked_to_application_insights_and_holds_valid_items() -> None:
+    """Pins the workbook: Microsoft.Insights/workbooks@2023-06-01, kind shared, a GUID name,
+    sourceId the Application Insights component, content infra/monitoring/workbook.json
+    (Notebook/1.0; every query item on the component with the time range parameter)."""
+    resource = parse(INFRA / "modules" / "workbook.bicep")["resources"]["workbook"]
+    assert ("Microsoft.Insights/workbooks", "2023-06-01") == (
+        resource["type"], resource["api_version"])
+    body = resource["config"]
+    assert ("shared", "appInsightsId", "workbook") == (
+        body["kind"], body["properties"]["sourceId"], body["properties"]["category"])
+    assert "guid(" in json.dumps(body["name"]) or "guid" in str(body["name"])
+    workbook = json.loads((MONITORING / "workbook.json").read_text())
+    queries = [i["content"] for i in workbook["items"] if i["type"] == 3]
+    assert "Notebook/1.0" == workbook["version"]
+    assert [] == [q["title"] for q in queries
+                  if (q["resourceType"], q["timeContextFromParameter"]) !=
+                  ("microsoft.insights/components", "TimeRange")]
+    assert ["{appInsightsId}"] == workbook["fallbackResourceIds"]
+
+
+def test_telemetry_goes_through_opentelemetry_with_the_distro_pinned() -> None:
+    """Pins the telemetry wiring: by default the host in OpenTelemetry mode and the worker
+    running the Azure Monitor distro (pinned in requirements.txt), storage calls not traced;
+    the host.json itself stays in the default mode so that `func start` works locally."""
+    main = parse(INFRA / "main.bicep")
+    branches = main["variables"]["appSettingsTelemetry"]["value"]["operator"]["operands"]
+    settings = branches["true_value"]
+    assert ("otel", "opentelemetry") == (branches["condition"],
+                                         main["parameters"]["telemetryMode"]["default"])
+    assert ("OpenTelemetry", "true") == (settings["AzureFunctionsJobHost__telemetryMode"],
+                                         settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"])
+    assert "azure_sdk" in settings["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"].split(",")
+    assert re.search(r"^azure-monitor-opentelemetry==[\d.]+$",
+                     (REPO / "requirements.txt").read_text(), re.M)
+    assert "telemetryMode" not in json.loads((REPO / "host.json").read_text())
 
 
 # ---- the Graph permissions script -----------------------------------------------------------

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from shared import telemetry
 from shared.errors import ProvisioningError
 from shared.ledger import LedgerRow, now
 from shared.log import get_logger
@@ -55,6 +56,7 @@ async def enqueue(svc: Service, item: WorkItem, *, delay: float = 0.0) -> None:
     a message nobody sent (which reconcile would only notice after its grace)."""
     await io(svc.queues.send_item, item, delay=delay)
     await io(svc.ledger.enqueued, item)
+    telemetry.enqueued(item, delay)
 
 
 async def handle(svc: Service, queue: str, raw: str | bytes) -> Handled:
@@ -97,6 +99,7 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
     await io(_write_records, svc, item, t, user)
     log.info(t.event, user=t.handled.user, step=item.step, outcome=t.handled.outcome,
              reason=t.error or None, attempts=row.attempts, correlation_id=item.correlation_id)
+    telemetry.transition(item, t, row.attempts)
     for alert in t.alerts:
         await alerts.send(svc, alert, item=item, user=user)
 

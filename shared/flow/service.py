@@ -210,6 +210,6 @@ def service() -> Service:
     global _service  # one per worker process, by design
     if _service is None:
         settings = load_settings()
-        configure(settings.service.log_level)
+        configure(settings.service.log_level, console=False)
         _service = Service.build(settings)
     return _service

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared import telemetry
 from shared.ledger import LedgerRow, State, now
 from shared.log import get_logger
 from shared.messages import Step, WorkItem
@@ -45,12 +46,14 @@ async def reconcile(svc: Service) -> list[WorkItem]:
     sent: list[WorkItem] = []
     for group, step in ((p.provision_group, Step.MAILBOX), (p.license_group, Step.LICENSE)):
         members = await io((await svc.adirectory()).group_members, group)
+        rows: list[LedgerRow | None] = []
         for guid in members:
-            row = await io(svc.ledger.get, guid, step)
+            rows.append(row := await io(svc.ledger.get, guid, step))
             if await needs_work(svc, row, guid):
                 item = WorkItem(user=guid, step=step)
                 await enqueue(svc, item)
                 sent.append(item)
+        telemetry.stages(step.value, group, rows, svc.policy.stuck_after)
     log.info("reconcile_done", enqueued=len(sent))
     return sent
 
@@ -114,6 +117,7 @@ async def report(svc: Service) -> Report:
     waiting = waiting_rows(await io(svc.ledger.rows_in, State.FAILED, State.WAITING),
                            svc.policy.stuck_after)
     skus = await svc.graph().subscribed_skus()
+    telemetry.sku_capacity(skus)
     mail = render_digest([provisioned_row(r) for r in provisioned], skus,
                          since=last[:19] or None, until=now(), waiting=waiting)
     if svc.settings.mail.transport != "none":
@@ -131,6 +135,9 @@ async def roles_cycle(svc: Service) -> list[WorkItem]:
     from shared.rolesync import run_cycle
 
     result = await run_cycle(svc)
+    if result.held is not None:
+        telemetry.held_plan(result.held.plan_id, result.held.grants, result.held.revocations,
+                            result.held.reason)
     plan = result.plan.plan_id if result.plan else None
     items = [WorkItem(user=c.principal, step=Step.ROLE, role=c.role, action=c.action, plan=plan)
              for c in result.to_enqueue]

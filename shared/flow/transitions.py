@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from shared.errors import PermanentError, ProvisioningError, SafetyStop
 from shared.ledger import Change, LedgerRow, State, Verdict
 from shared.messages import QUEUES, MalformedMessage, Step, WorkItem, decode
-from shared.results import Done, NotYet, Stale, Wait
+from shared.results import Done, NotYet, Shortage, Stale, Wait
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -213,6 +213,7 @@ class Transition:
     records: tuple[Record, ...] = ()
     alerts: tuple[Alert, ...] = ()
     read_user: bool = False
+    shortage: Shortage | None = None  # a wait for a licence unit: which SKU, how many
 
 
 def advance(row: LedgerRow, item: WorkItem, result: StepResult, now: dt.datetime,
@@ -276,7 +277,7 @@ def _not_yet(row: LedgerRow, item: WorkItem, wait: NotYet, now: dt.datetime,
     return Transition(
         State.WAITING, Handled("retry", str(item.user), error), "step_retry", who=wait.user,
         error=error, wait=wait.kind.value, retry=Send(item.again(now), delay), audit=wait.changes,
-        records=tuple(records), alerts=tuple(alerts),
+        records=tuple(records), alerts=tuple(alerts), shortage=wait.shortage,
     )
 
 
