@@ -150,6 +150,21 @@ def test_second_run_changes_nothing(step, new_user, ad_admin, lab):
         again.outcome, [(c.what, c.before, c.after) for c in again.changes])
 
 
+def test_a_new_user_costs_one_cmdlet_and_a_provisioned_one_two(step, new_user, ad_admin, lab):
+    """Enable-RemoteMailbox goes first: a new user costs one cmdlet. A user who is a remote
+    mailbox already gets Exchange's "already mail-enabled" answer, and only then is
+    Get-RemoteMailbox asked: two cmdlets, and the mailbox counts as done."""
+    user = new_user()
+    start = lab_exchange.status(lab)["stats"]["cmdlets_run"]
+    step.run(user.guid, correlation_id="c-1")
+    first = lab_exchange.status(lab)["stats"]["cmdlets_run"] - start
+    group = f"CN=O365_Provision,{lab.settings['LAB_AD_GROUPS_OU']}"
+    assert ad_admin.modify(group, {"member": [(MODIFY_ADD, [user.dn])]}), ad_admin.result
+    again = step.run(user.guid, correlation_id="c-2")
+    second = lab_exchange.status(lab)["stats"]["cmdlets_run"] - start - first
+    assert (1, 2, "done") == (first, second, again.outcome)
+
+
 @pytest.mark.parametrize(("attributes", "reason"), [
     ({"extensionAttribute1": None}, "the licence attribute extensionAttribute1 is empty"),
     ({"c": None}, "the country (c) is not set"),
@@ -277,5 +292,5 @@ def test_a_routing_address_someone_else_holds_is_the_user_s_error(step, new_user
     assert f"the routing address {routing} is already used by {holder.dn}" == \
         caught.value.reason
     assert "give the user a free alias in mailNickname" in caught.value.fix
-    assert 1 == lab_exchange.status(lab)["stats"]["cmdlets_run"] - cmdlets  # Get-RemoteMailbox
+    assert 0 == lab_exchange.status(lab)["stats"]["cmdlets_run"] - cmdlets  # Exchange not asked
     assert ["O365_Provision"] == _groups(_state(ad_admin, user.dn))

@@ -94,6 +94,8 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
              name=user.sam if user else t.who, wait=t.wait)
     if t.follow is not None:
         await enqueue(svc, t.follow.item, delay=t.follow.delay)
+    if t.sync:
+        (await svc.sync_trigger()).request(t.sync, again=t.sync_again)
     await io(_write_records, svc, item, t, user)
     log.info(t.event, user=t.handled.user, step=item.step, outcome=t.handled.outcome,
              reason=t.error or None, attempts=row.attempts, correlation_id=item.correlation_id)

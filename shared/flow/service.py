@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from shared.licensing import LicenseStep
     from shared.mail import Mailer
     from shared.mailbox import MailboxStep
+    from shared.sync import SyncTrigger
 
 SHORTAGES = "shortages"  # one row per SKU and day: the shortage alert goes out once
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class LoopClients:
     loop: asyncio.AbstractEventLoop
     license_step: LicenseStep
     tables: AioTableServiceClient
+    sync: SyncTrigger | None = None
 
 
 @dataclass
@@ -133,6 +135,26 @@ class Service:
             current = self._loop_clients = LoopClients(loop, step, tables)
         return current.license_step
 
+    async def sync_trigger(self) -> SyncTrigger:
+        """The sync trigger of the running event loop (``SYNC_TRIGGER``; a no-op for none)."""
+        from shared.sync import SyncTrigger
+
+        await self.license_step()  # the loop's clients exist from here on
+        current = self._loop_clients
+        assert current is not None
+        if current.sync is None:
+            s = self.settings
+            connect = None
+            if s.sync.trigger == "connect":
+                from shared.exchange import ExchangeClient
+
+                password = await asyncio.to_thread(
+                    self.secrets.resolve, s.connect.password, setting="CONNECT_PASSWORD")
+                connect = ExchangeClient(s.connect.as_psrp(), password=password,
+                                         ca_bundle=s.service.ca_bundle)
+            current.sync = SyncTrigger(s, connect, self.graph())
+        return current.sync
+
     def graph(self) -> GraphClient:
         """The Graph client of the running event loop."""
         from shared.graph import graph_client
@@ -151,6 +173,8 @@ class Service:
         """Close what belongs to the running event loop (Graph, the async table client)."""
         current, self._loop_clients = self._loop_clients, None
         if current is not None:
+            if current.sync is not None:
+                await current.sync.close()
             await current.tables.close()
         await self.graph().close()
 
