@@ -192,10 +192,11 @@ def test_invalid_user_is_reported_and_left_in_place(step, new_user, ad_admin, la
 
 
 @pytest.mark.parametrize(("fault", "enabled_by_retry"), [
-    ({"kind": "http500", "action": "Command", "skip": 1}, True),  # Enable-RemoteMailbox's
-    ({"kind": "drop", "action": "Command", "skip": 1}, True),
+    # Enable-RemoteMailbox is the first cmdlet (the look comes only after "already enabled").
+    ({"kind": "http500", "action": "Command", "skip": 0}, True),
+    ({"kind": "drop", "action": "Command", "skip": 0}, True),
     # Enable-RemoteMailbox runs, then its answer is lost: the retry must find it done.
-    ({"kind": "drop", "action": "Receive", "skip": 1, "when": "after"}, False),
+    ({"kind": "drop", "action": "Receive", "skip": 0, "when": "after"}, False),
 ])
 def test_fault_is_transient_and_next_attempt_succeeds(step, new_user, ad_admin, knobs, fault,
                                                       enabled_by_retry):
