@@ -321,7 +321,7 @@ async def sync_now(graph: Graph, body: JSON) -> JSON:
     waits until that cycle has exported."""
     engine = ENGINE[0]
     deadline = time.monotonic() + 30 + graph.knobs.sync_delay_seconds * 2
-    while not await engine.start_cycle():
+    while engine.running_until is not None or not await engine.start_cycle():
         if time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
