@@ -40,7 +40,7 @@ from lab.ad import STAFF_OU, admin_connection
 from lab.core import REPO, Lab
 from shared.config import Settings, load_settings
 from shared.directory import Directory
-from shared.ledger import Outcomes
+from shared.records import Outcomes
 from shared.secrets import SecretProvider
 from shared.storage import table_service
 

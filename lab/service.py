@@ -18,7 +18,7 @@ from .core import Lab
 
 LAB_SERVICE_SETTINGS = {
     "SYNC_TRIGGER": "connect",
-    "SYNC_WAIT_SECONDS": "30",
+    "SYNC_WAIT_SECONDS": "75",  # two 30-s cycles and a busy retry: one look, not several
     "SYNC_BUSY_RETRY_SECONDS": "10",
     "SYNC_RETRY_MIN_SECONDS": "2",
     "SYNC_RETRY_MAX_SECONDS": "20",

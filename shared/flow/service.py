@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from shared.config import Settings, load_settings
 from shared.cursors import CursorStore
 from shared.directory import Directory
-from shared.ledger import Audit, Ledger, Outcomes
+from shared.ledger import Ledger
 from shared.log import configure
 from shared.queues import Queues
+from shared.records import Audit, Outcomes
 from shared.secrets import SecretProvider
 from shared.storage import aio_table_service, queue_service, table_service
 
