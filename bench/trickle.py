@@ -84,15 +84,15 @@ def run(root: Path, trigger: str, *, users: int = 60, every: float = 10.0,
             for row in outcomes.since("provisioned", ""):
                 stamp = dt.datetime.fromisoformat(str(row["RowKey"]).rsplit("-", 1)[0])
                 done[str(row.get("name", ""))] = stamp.timestamp()
+        sync = graph.get("sync")
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
         conn.unbind()
+        graph.close()
+        lab.stop_all()
     by_sam = {u.sam: added[u.dn] for u in planned if u.dn in added}
     latencies = [done[sam] - at for sam, at in by_sam.items() if sam in done]
-    sync = graph.get("sync")
-    graph.close()
-    lab.stop_all()
     return {
         "trigger": trigger, "users": users, "every_seconds": every, "licensed": len(latencies),
         "p50_seconds": round(percentile(latencies, 0.5), 1) if latencies else None,

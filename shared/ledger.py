@@ -10,7 +10,7 @@
   its lease writes neither, and its caller writes the records alone (what it changed is still
   audited).
 * Partition ``~inflight``: the users each poll sent a first mailbox message for, one row per
-  poll (up to 1,000 users a row, one transaction a poll), so that reconcile knows those
+  poll (up to 800 users a row, one transaction a poll), so that reconcile knows those
   messages are on their way without a ledger row per user.
 
 The claim rule, which makes duplicate delivery harmless: a message proceeds only if it is the
@@ -43,7 +43,8 @@ from .messages import Step, WorkItem
 LEDGER, AUDIT, OUTCOMES = "ledger", "audit", "outcomes"
 TRANSACTION_ROWS = 100  # Table storage's limit for one entity-group transaction
 INFLIGHT = "~inflight"  # the partition of the polls' records of first messages sent
-INFLIGHT_PER_ROW = 1000  # GUIDs in one row (36 KB of text; a property holds 64 KB)
+# GUIDs in one row: 800 × 37 characters; a string property holds 32K characters (64 KB UTF-16).
+INFLIGHT_PER_ROW = 800
 
 
 def now() -> dt.datetime:
@@ -181,7 +182,7 @@ class Ledger:
 
     def sent(self, items: Sequence[WorkItem]) -> None:
         """Record that these users' first mailbox messages were sent (one poll's): a row per
-        1,000 users in partition ``~inflight``, one transaction; no ledger row per user."""
+        800 users in partition ``~inflight``, one transaction; no ledger row per user."""
         if not items:
             return
         stamp = now().isoformat()

@@ -202,7 +202,7 @@ def test_a_first_claim_creates_the_row_and_a_poll_s_sends_are_one_record(
         ledger: Ledger) -> None:
     """A user's first message at a step is claimed without a ledger row written before it;
     the poll records the users it sent first messages for in one row, which reconcile reads."""
-    items = [WorkItem(user=uuid.uuid4(), step=Step.MAILBOX) for _ in range(3)]
+    items = [WorkItem(user=uuid.uuid4(), step=Step.MAILBOX) for _ in range(2500)]  # 4 rows
     before = now() - dt.timedelta(seconds=1)
     ledger.sent(items)
     verdict, row = ledger.claim(items[0], LEASE)
