@@ -102,8 +102,7 @@ async def run_once(
     for licences and roles. An idle queue is asked less and less often, up to every 5 s."""
     started = time.monotonic()
     summary = Summary()
-    summary.enqueued += len(await flow.poll(svc))
-    summary.enqueued += len(await flow.reconcile(svc))
+    summary.enqueued += len(await flow.poll(svc)) + len(await flow.reconcile(svc))
     summary.enqueued += len(await flow.roles_cycle(svc))
     task = progress.add_task("provisioning", total=None) if progress else None
     # Handlers wait on Exchange, LDAP and storage in threads: more threads than the default
@@ -115,7 +114,8 @@ async def run_once(
     running: dict[str, set[asyncio.Task[None]]] = {queue: set() for queue in WORK_QUEUES}
     waiting: dict[str, list[Received]] = {queue: [] for queue in WORK_QUEUES}
     quiet_until = dict.fromkeys(WORK_QUEUES, 0.0)  # an empty queue is asked again after this
-    next_poison, idle = 0.0, IDLE_POLL  # idle grows while nothing moves, as the host's does
+    empty = dict.fromkeys(WORK_QUEUES, IDLE_POLL)  # ... each queue's own, doubling up to 5 s
+    next_poison, idle = 0.0, IDLE_POLL  # as the host's polling interval grows
 
     async def one(message: Received) -> None:
         try:
@@ -155,7 +155,8 @@ async def run_once(
                     and slots[queue] - len(running[queue]) >= max(1, slots[queue] // 2)):
                 waiting[queue] = await flow.io(svc.queues.receive, queue, limit=32,
                                                visibility=lease)
-                quiet_until[queue] = 0.0 if waiting[queue] else time.monotonic() + idle
+                empty[queue] = IDLE_POLL if waiting[queue] else min(MAX_IDLE, empty[queue] * 2)
+                quiet_until[queue] = 0.0 if waiting[queue] else time.monotonic() + empty[queue]
                 moved += len(waiting[queue])
             while waiting[queue] and len(running[queue]) < slots[queue]:
                 started_task = asyncio.create_task(one(waiting[queue].pop(0)))
@@ -211,8 +212,7 @@ def _skus(svc: flow.Service) -> list[Any]:
 
 
 def _describe(summary: Summary) -> str:
-    parts = [f"{name} {count}" for name, count in sorted(summary.outcomes.items())]
-    return "provisioning: " + ", ".join(parts)
+    return "provisioning: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items()))
 
 
 @app.command()

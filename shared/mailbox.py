@@ -95,8 +95,9 @@ class MailboxStep:
         self._exchange = exchange
 
     def close(self) -> None:
-        """Close the step's Exchange session (the directory is shared, and stays open)."""
+        """Close the step's Exchange session and LDAP connection."""
         self._exchange.close()
+        self._directory.close()
 
     def run(self, guid: uuid.UUID, *, correlation_id: str) -> MailboxOutcome | Stale:
         """Provision the user with this objectGUID. Raises TransientError (retry later) or

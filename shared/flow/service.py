@@ -86,13 +86,14 @@ class Service:
         """The worker's LDAP connection (one, serialised inside ``Directory``)."""
         with self._lock:
             if self._directory is None:
-                s = self.settings
-                self._directory = Directory(
-                    s.ad, s.provisioning,
-                    password=self.secrets.resolve(s.ad.password, setting="AD_PASSWORD"),
-                    ca_bundle=s.service.ca_bundle,
-                )
+                self._directory = self._new_directory()
             return self._directory
+
+    def _new_directory(self) -> Directory:
+        s = self.settings
+        return Directory(s.ad, s.provisioning,
+                         password=self.secrets.resolve(s.ad.password, setting="AD_PASSWORD"),
+                         ca_bundle=s.service.ca_bundle)
 
     async def adirectory(self) -> Directory:
         """``directory()`` from async code: the first call may read the password from Key
@@ -102,8 +103,9 @@ class Service:
         return await asyncio.to_thread(self.directory)
 
     def mailbox_steps(self) -> Pool[MailboxStep]:
-        """Mailbox steps, each with its own Exchange session, ``EXCHANGE_SESSIONS`` at most:
-        one session runs one cmdlet at a time, so sessions are what parallelism costs."""
+        """Mailbox steps, each with its own Exchange session and its own LDAP connection,
+        ``EXCHANGE_SESSIONS`` at most: one session runs one cmdlet at a time and one LDAP
+        connection one operation, so the steps do not queue behind each other's reads."""
         from shared.exchange import ExchangeClient
         from shared.mailbox import MailboxStep
 
@@ -115,7 +117,7 @@ class Service:
                 password=self.secrets.resolve(s.exchange.password, setting="EXCHANGE_PASSWORD"),
                 ca_bundle=s.service.ca_bundle,
             )
-            return MailboxStep(s, self.directory(), exchange)
+            return MailboxStep(s, self._new_directory(), exchange)
 
         with self._lock:
             if self._mailboxes is None:
