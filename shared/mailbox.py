@@ -6,7 +6,8 @@ The order of things, each safe to repeat:
 
 1. read the user again from AD (the queue message only names its objectGUID), with its
    groups: a user who is not (or no longer) in ``O365_Provision`` is not this step's to touch,
-   whatever a message says (``Stale``);
+   whatever a message says (``Stale``), except one that an earlier attempt already moved on
+   (a remote mailbox in ``O365_License``): nothing is changed, and the licence step follows;
 2. the input rules (``shared.rules.check``, the same the licence step applies): licence name,
    country, and the alias Exchange would derive; otherwise a PermanentError with the wording
    the old script mailed, and the user stays where it is;
@@ -105,9 +106,16 @@ class MailboxStep:
         user = self._directory.user(guid)
         fields = {"user": user.sam, "step": STEP, "correlation_id": correlation_id}
         group = self._provisioning.provision_group
-        if not self._directory.is_member(user, group):
-            return Stale(f"{user.sam} is not a member of {group}", user=user.sam)
         inputs = rules.check(user, self._provisioning)
+        if not self._directory.is_member(user, group):
+            if (isinstance(inputs, rules.Valid) and user.remote_recipient_type is not None
+                    and self._directory.is_member(user, self._provisioning.license_group)):
+                # An earlier attempt moved the user and stopped before it sent the licence
+                # step's message (a crash, a dropped connection): nothing to change here, and
+                # the licence step follows now instead of after reconcile's grace.
+                return MailboxOutcome(guid, user.sam, "already-done", inputs.routing_address,
+                                      (), user.dn)
+            return Stale(f"{user.sam} is not a member of {group}", user=user.sam)
         if isinstance(inputs, rules.Invalid):
             log.warning("mailbox_user_invalid", reason=inputs.reason, **fields)
             fix = f"{inputs.fix} ({LICENCE_COUNTRY_FIX})"

@@ -132,19 +132,20 @@ def test_user_becomes_remote_mailbox_and_moves_groups(step, new_user, ad_admin, 
 
 def test_second_run_changes_nothing(step, new_user, ad_admin, lab):
     """Running the step again for a provisioned user writes nothing (the user's uSNChanged
-    stays the same): out of O365_Provision it is stale; put back in, Exchange is left alone and
-    only the group move is done again."""
+    stays the same): moved on to O365_License already, it is done with nothing to change (the
+    licence step follows); put back in, Exchange is left alone and only the group move is done
+    again."""
     user = new_user()
     step.run(user.guid, correlation_id="c-1")
     before = _state(ad_admin, user.dn)
 
-    stale = step.run(user.guid, correlation_id="c-2")
+    moved = step.run(user.guid, correlation_id="c-2")
     unchanged = _state(ad_admin, user.dn)
     group = f"CN=O365_Provision,{lab.settings['LAB_AD_GROUPS_OU']}"
     assert ad_admin.modify(group, {"member": [(MODIFY_ADD, [user.dn])]}), ad_admin.result
     again = step.run(user.guid, correlation_id="c-3")
 
-    assert isinstance(stale, Stale)
+    assert ("already-done", ()) == (moved.outcome, moved.changes)
     assert before == unchanged
     assert ("done", [("member of O365_Provision", "yes", "no")]) == (
         again.outcome, [(c.what, c.before, c.after) for c in again.changes])
