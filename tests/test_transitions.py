@@ -353,3 +353,27 @@ def test_fingerprint_changes_with_what_a_fix_changes() -> None:
 def test_send_defaults_to_no_delay() -> None:
     """A follow-up message is sent at once unless a delay is given."""
     assert 0.0 == Send(item()).delay
+
+
+def test_a_mailbox_done_asks_for_the_sync_and_looks_after_first_look() -> None:
+    """The mailbox step's Done asks the sync trigger for the user (by DN) and sends the licence
+    step's message ``first_look`` seconds later; a licence Done asks for nothing."""
+    policy = Policy(first_look=75.0)
+    dn = "CN=Ann,OU=Staff,DC=o365lab,DC=example"
+    mailbox = advance(row(), item(Step.MAILBOX), Done("ann", next_step=Step.LICENSE, dn=dn),
+                      NOW, policy)
+    licence = advance(row(), item(), Done("ann", dn=dn), NOW, policy)
+    follow = mailbox.follow
+    assert ((Step.LICENSE, 75.0), dn, False, "") == (
+        (follow.item.step, follow.delay) if follow else None, mailbox.sync, mailbox.sync_again,
+        licence.sync)
+
+
+@pytest.mark.parametrize(("kind", "asks"), [(Wait.SYNC, True), (Wait.ROUTING, True),
+                                            (Wait.OUTAGE, False), (Wait.SHORTAGE, False)])
+def test_a_user_still_not_synced_asks_again(kind: Wait, asks: bool) -> None:
+    """Waiting for the sync or the routing address asks the trigger again (``sync_again``);
+    waiting for a peer or a licence unit does not."""
+    dn = "CN=Ann,OU=Staff,DC=o365lab,DC=example"
+    t = advance(row(), item(), NotYet(kind, "not yet", user="ann", dn=dn), NOW, POLICY)
+    assert (dn if asks else "", True) == (t.sync, t.sync_again)
