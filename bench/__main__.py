@@ -26,6 +26,7 @@ import os
 import platform
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 from lab.core import REPO, Lab
 from shared.log import configure as configure_logging
 
-from . import bench_dirsync, e2e, legacy
+from . import bench_dirsync, e2e, legacy, trickle
 
 RESULTS = REPO / "bench" / "results"
 DEFAULTS = {"users": 2000, "sizes": "500,2000", "legacy_sample": 100,
@@ -44,7 +45,10 @@ QUICK = {"users": 200, "sizes": "200", "legacy_sample": 20, "poll_sizes": "1000"
 # Issue 7's targets.
 BUDGET_SHARE, MAX_429_SHARE = 0.90, 0.01
 WRITES_LOCATION_RIGHT, WRITES_LOCATION_UNSET = 1.05, 2.05
-RATIO = 10.0
+RATIO = 6.0  # issue 17 (issue 7 asked 10x; Graph's write budget caps any method at ~8.9x)
+# Issue 17's targets per user and for the time to licensed.
+CMDLETS_PER_USER, CPU_MS_PER_USER, STORAGE_PER_USER = 1.05, 60.0, 8.0
+P95_TRIGGER, P95_NONE = 180.0, 1800.0 + 120.0
 POLL_QUIET_MS, POLL_QUIET_BYTES, POLL_TEN_BYTES = 20.0, 1024, 20 * 1024
 MEMORY_MB, MEMORY_AT = 250.0, 10000
 
@@ -75,6 +79,10 @@ def parse() -> argparse.Namespace:
                              "(repeatable; default: the lab's settings)")
     parser.add_argument("--limit", type=float, default=4 * 3600,
                         help="give up a run after this many seconds")
+    parser.add_argument("--trickle", default="none,connect,cloud-sync",
+                        help="SYNC_TRIGGERs whose time to licensed is measured with a trickle "
+                             "(one user every 10 s for 10 minutes), each in a lab of its own "
+                             "beside the other runs; 'none' as the only value skips them")
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab running")
     parser.add_argument("--name", help="results file name (default: from the options)")
     args = parser.parse_args()
@@ -89,6 +97,8 @@ def command(args: argparse.Namespace, lab: Lab) -> str:
     if args.quick:
         parts.append("--quick")
     defaults = QUICK if args.quick else DEFAULTS
+    if args.trickle != "none,connect,cloud-sync":
+        parts += ["--trickle", args.trickle]
     for key in ("users", "sizes", "legacy_sample", "poll_sizes", "poll_repeat"):
         if getattr(args, key) != defaults[key]:
             parts += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
@@ -174,6 +184,17 @@ def main() -> None:
     }
     name = name_of(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    # The trickles run beside the rest, each in a lab of its own: they are mostly waiting
+    # (one user every 10 s, a sync cycle every 30 minutes).
+    trickles: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for trigger in [t for t in str(args.trickle).split(",") if t and args.trickle != "none"]:
+        out = Path(f"/tmp/bench-trickle-{trigger}.json")
+        out.unlink(missing_ok=True)
+        env = {**os.environ, "LAB_DIR": f"{lab.root}-trickle-{trigger}"}
+        trickles[trigger] = (subprocess.Popen(
+            [sys.executable, "-m", "bench.trickle", "--trigger", trigger, "--out", str(out)],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL), out)
+        print(f"trickle with SYNC_TRIGGER={trigger}: started", flush=True)
 
     def save() -> None:  # after every part, so that a failure later keeps what was measured
         (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -204,7 +225,23 @@ def main() -> None:
             for size in (int(s) for s in str(args.poll_sizes).split(",")):
                 print(f"polling: {size} members ...", flush=True)
                 report["polling"].append(bench_dirsync.bench_size(lab, size, args.poll_repeat))
+        if trickles:
+            report["trickle"] = []
+            for trigger, (proc, out) in trickles.items():
+                proc.wait()
+                if out.exists():
+                    report["trickle"].append(json.loads(out.read_text()))
+                print(f"trickle {trigger}: {report['trickle'][-1] if out.exists() else 'failed'}",
+                      flush=True)
+            old = report.get("legacy")
+            if old:
+                per_user = old["run_seconds"][1] / old["sample_users"]
+                report["trickle_scripts_hourly"] = trickle.hourly_scripts(per_user, 360.0)
+            save()
     finally:
+        for proc, _ in trickles.values():
+            if proc.poll() is None:
+                proc.terminate()
         if not args.keep_lab:
             Lab.open(lab.root).stop_all()
     report["bench_seconds"] = round(time.monotonic() - started)
@@ -261,6 +298,22 @@ def targets(report: dict[str, Any], users: int) -> list[dict[str, Any]]:
         row(f"≤ {WRITES_LOCATION_UNSET} Graph writes per user otherwise",
             "-" if unset is None else f"{unset:.2f}",
             None if unset is None else unset <= WRITES_LOCATION_UNSET)
+    if run:
+        x, w = run["exchange"], run["worker"]
+        cpu = w["cpu_seconds"] / users * 1000
+        row(f"≤ {CMDLETS_PER_USER} Exchange cmdlets per user", f"{x['cmdlets_per_user']:.2f}",
+            x["cmdlets_per_user"] <= CMDLETS_PER_USER)
+        row(f"≤ {CPU_MS_PER_USER:g} ms worker CPU per user", f"{cpu:.0f} ms",
+            cpu <= CPU_MS_PER_USER)
+        row(f"≤ {STORAGE_PER_USER:g} storage requests per user",
+            f"{w['storage_requests_per_user']:.1f}",
+            w["storage_requests_per_user"] <= STORAGE_PER_USER)
+    for t in report.get("trickle", []):
+        limit = P95_NONE if t["trigger"] == "none" else P95_TRIGGER
+        p95 = t["p95_seconds"]
+        row(f"p95 time to licensed ≤ {limit / 60:g} min, SYNC_TRIGGER={t['trigger']}",
+            "-" if p95 is None else f"{p95 / 60:.1f} min ({t['licensed']} of {t['users']})",
+            None if p95 is None else p95 <= limit and t["licensed"] == t["users"])
     found = ratio(report, users)
     row(f"≥ {RATIO:g}× the existing scripts' method (N = {users:,})",
         "-" if found is None else f"{found:.2f}×",
@@ -289,6 +342,10 @@ def targets(report: dict[str, Any], users: int) -> list[dict[str, Any]]:
 
 
 # -- Markdown ------------------------------------------------------------------------------
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
 def _met(value: bool | None) -> str:
     return "n/a" if value is None else ("yes" if value else "**no**")
 
@@ -376,6 +433,33 @@ def render(report: dict[str, Any], users: int) -> str:
             f"{ceiling(report, users) / old['users_per_second']:.1f}× the scripts' method.",
             "",
         ]
+    if report.get("trickle"):
+        lines += [
+            "**Time from group add to licensed** (one user every 10 s for 10 minutes, the lab's "
+            "30-minute sync cycle, each cycle running 30 s; the trickle starts right after a "
+            "cycle; poll every minute)",
+            "",
+            "| SYNC_TRIGGER | licensed | p50 | p95 | max | sync cycles (triggered, busy answers) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for t in report["trickle"]:
+            lines.append(
+                f"| `{t['trigger']}` | {t['licensed']} of {t['users']} | "
+                f"{_minutes(t['p50_seconds'])} | {_minutes(t['p95_seconds'])} | "
+                f"{_minutes(t['max_seconds'])} | {t['sync_cycles']} ({t['sync_triggered']}, "
+                f"{t['sync_busy_answers']}) |")
+        hourly = report.get("trickle_scripts_hourly")
+        if hourly:
+            lines.append(
+                f"| scripts' method, hourly (computed) | - | {_minutes(hourly['p50_seconds'])} | "
+                f"{_minutes(hourly['p95_seconds'])} | - | - |")
+            lines += ["", "The scripts' row is computed, not run: a user added at a uniformly "
+                      "random time is mail-enabled by the next hourly run and licensed by the "
+                      "one after (Connect's 30-minute cycle falls between them), at its place "
+                      "in that run's licensing phase, which takes 360 users × the time per user "
+                      f"measured for the scripts' licensing run ({hourly['run_phase_seconds']:g} "
+                      "s a run)."]
+        lines.append("")
     if report.get("polling"):
         lines += [
             "**Polling cost** (LDAP message bytes read, median of the repeats)",

@@ -40,7 +40,7 @@ from lab.ad import STAFF_OU, admin_connection
 from lab.core import REPO, Lab
 from shared.config import Settings, load_settings
 from shared.directory import Directory
-from shared.ledger import Outcomes
+from shared.records import Outcomes
 from shared.secrets import SecretProvider
 from shared.storage import table_service
 
@@ -396,6 +396,7 @@ def run(root: Path, users: int, conditions: Conditions, *, limit: float,
             "cpu_seconds": worker["cpu_seconds"],
             "outcomes": worker["outcomes"],
             "storage_requests_per_user": round(worker["storage_requests"] / users, 1),
+            "storage_requests_by_kind": worker.get("storage_requests_by_kind", {}),
             # The event loop: how much of the run it was kept busy (late timers), and how
             # much of that was spent blocked in synchronous storage calls.
             "loop_busy_share": round(worker["loop_busy_seconds"] / seconds, 3),
@@ -535,6 +536,7 @@ class StorageMeter:
         self.prefixes = tuple(part.split("=", 1)[1] for part in connection.split(";")
                               if part.split("=", 1)[0] in ("QueueEndpoint", "TableEndpoint"))
         self.requests = 0
+        self.by_kind: dict[str, int] = {}  # "METHOD table-or-queue[/messages]": requests
         self.on_loop = 0
         self.loop_seconds = 0.0
         self.loop_thread = threading.get_ident()
@@ -553,6 +555,11 @@ class StorageMeter:
                 return original(adapter, request, *args, **kwargs)
             finally:
                 meter.requests += 1
+                path = str(request.path_url).split("?", 1)[0].strip("/").split("/")
+                path = path[1:] if path[0] == "devstoreaccount1" and len(path) > 1 else path
+                kind = f"{request.method} {path[0].split('(')[0]}" + (
+                    f"/{path[1]}" if len(path) > 1 and path[1] == "messages" else "")
+                meter.by_kind[kind] = meter.by_kind.get(kind, 0) + 1
                 if threading.get_ident() == meter.loop_thread:
                     meter.on_loop += 1
                     meter.loop_seconds += time.perf_counter() - began
@@ -619,6 +626,7 @@ async def work(settings: Settings, limit: float, driver: str = "cli") -> dict[st
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
         "storage_requests": meter.requests,
+        "storage_requests_by_kind": meter.by_kind,
         "storage_requests_on_loop": meter.on_loop,
         "storage_seconds_on_loop": round(meter.loop_seconds, 1),
         "loop_busy_seconds": round(lag[0], 1),

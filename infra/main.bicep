@@ -186,7 +186,7 @@ param alertEmail string = ''
 @description('Minutes between two polls, as pollSchedule says: the no-poll alert fires after three of them without a successful poll.')
 @minValue(1)
 @maxValue(60)
-param pollIntervalMinutes int = 5
+param pollIntervalMinutes int = 1
 
 @description('The function-failures alert fires for a function above this share of failed invocations (percent) ...')
 @minValue(1)
@@ -204,8 +204,32 @@ param functionFailureMinimum int = 3
 ])
 param telemetryMode string = 'opentelemetry'
 
+// ---- sync trigger (docs/configuration.md, SYNC_TRIGGER) -------------------------------------
+
+@description('Ask for the sync after the mailbox step: none, connect (Start-ADSyncSyncCycle on the Entra Connect server) or cloud-sync (provisionOnDemand).')
+@allowed([
+  'none'
+  'connect'
+  'cloud-sync'
+])
+param syncTrigger string = 'none'
+
+@description('Entra Connect server host name (syncTrigger connect); its WinRM HTTPS certificate must carry this name. Its password is the connect-password secret.')
+param connectHost string = ''
+
+@description('Account allowed on the Connect server\'s constrained endpoint (syncTrigger connect).')
+param connectUser string = ''
+
+@description('Cloud Sync agent: service principal object id, synchronization job id and rule id (syncTrigger cloud-sync).')
+param cloudSyncServicePrincipalId string = ''
+param cloudSyncJobId string = ''
+param cloudSyncRuleId string = ''
+
+@description('How long after the mailbox step the licence step first looks (about one delta cycle).')
+param syncWaitSeconds int = 60
+
 @description('NCRONTAB schedules (six fields, seconds first, UTC).')
-param pollSchedule string = '0 */5 * * * *'
+param pollSchedule string = '0 * * * * *'
 param reconcileSchedule string = '0 30 * * * *'
 param reportSchedule string = '0 0 7 * * *'
 param rolesSchedule string = '0 */15 * * * *'
@@ -234,7 +258,14 @@ var dcEndpoints = [for (dc, i) in dcHosts: {
   port: ldapsPort
 }]
 var dcPaths = [for (dc, i) in dcHosts: 'ldaps-${i + 1}']
-var endpoints = concat(exchangeEndpoint, dcEndpoints)
+var connectEndpoint = syncTrigger == 'connect' ? [
+  {
+    name: 'connect'
+    host: connectHost
+    port: 5986
+  }
+] : []
+var endpoints = concat(exchangeEndpoint, dcEndpoints, connectEndpoint)
 var ldapUrls = [for dc in dcHosts: 'ldaps://${dc}:${ldapsPort}']
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -388,6 +419,21 @@ var appSettingsService = {
   LOG_LEVEL: logLevel
 }
 
+var appSettingsSync = union({
+  SYNC_TRIGGER: syncTrigger
+  SYNC_WAIT_SECONDS: string(syncWaitSeconds)
+}, syncTrigger == 'connect' ? {
+  CONNECT_URL: 'https://${connectHost}:5986/wsman'
+  CONNECT_USER: connectUser
+  CONNECT_PASSWORD: '@Microsoft.KeyVault(SecretUri=${secretBase}/connect-password)'
+  CONNECT_TRANSPORT: useRelay ? 'relay' : 'direct'
+  RELAY_CONNECT_PATH: 'connect'
+} : {}, syncTrigger == 'cloud-sync' ? {
+  CLOUD_SYNC_SERVICE_PRINCIPAL_ID: cloudSyncServicePrincipalId
+  CLOUD_SYNC_JOB_ID: cloudSyncJobId
+  CLOUD_SYNC_RULE_ID: cloudSyncRuleId
+} : {})
+
 var appSettingsSmtp = (mailTransport == 'smtp') ? {
   SMTP_HOST: smtpHost
   SMTP_PORT: string(smtpPort)
@@ -412,7 +458,7 @@ module app 'modules/functionapp.bicep' = {
     alwaysReadyInstances: alwaysReadyInstances
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     identityId: identity.outputs.id
-    appSettings: union(appSettingsHost, appSettingsTelemetry, appSettingsDedicated, appSettingsRelay, appSettingsService, appSettingsSmtp, appSettingsCaBundle)
+    appSettings: union(appSettingsHost, appSettingsTelemetry, appSettingsDedicated, appSettingsRelay, appSettingsService, appSettingsSync, appSettingsSmtp, appSettingsCaBundle)
     vnetSubnetId: useRelay ? '' : vnetSubnetId
   }
 }

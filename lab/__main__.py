@@ -16,7 +16,8 @@ from . import doctor
 from .core import REPO, Lab, LabError
 
 # Start order: each peer may read the settings of those before it.
-PEERS = ("tls", "ad", "storage", "mail", "exchange", "graph", "vault", "relay", "service")
+PEERS = ("tls", "ad", "storage", "mail", "exchange", "graph", "connect", "vault", "relay",
+         "service")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()

@@ -19,7 +19,8 @@ _KEY_PEM = serialization.PrivateFormat.TraditionalOpenSSL
 # Through the relay the service names Exchange as an on-premises client would, by a host name
 # that resolves nowhere here; its certificate must carry that name (the DC's carries its own).
 EXCHANGE_HOSTNAME = "exchange.o365lab.example"
-HOST_NAMES = {"exchange": (EXCHANGE_HOSTNAME,)}
+CONNECT_HOSTNAME = "connect.o365lab.example"
+HOST_NAMES = {"exchange": (EXCHANGE_HOSTNAME,), "connect": (CONNECT_HOSTNAME,)}
 
 
 def _names(cert_path: Path) -> set[str]:

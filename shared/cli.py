@@ -41,10 +41,9 @@ roles_app = typer.Typer(no_args_is_help=True, help="Admin-role sync: plan and ap
 app.add_typer(roles_app, name="roles")
 console = Console()
 
-MAX_DEQUEUE = 5  # as host.json's maxDequeueCount
-WORK_QUEUES = tuple(QUEUES.values())
-IDLE_POLL = 0.5  # s before an empty queue is asked again
-POISON_POLL = 5.0  # s between looks at the poison queues while work runs
+MAX_DEQUEUE, WORK_QUEUES = 5, tuple(QUEUES.values())  # as host.json's maxDequeueCount
+IDLE_POLL, MAX_IDLE = 0.5, 5.0  # an empty queue is asked again after 0.5 s, doubling to 5 s
+POISON_POLL = 30.0  # s between looks at the poison queues while work runs
 
 
 @dataclass
@@ -67,9 +66,8 @@ state = State()
 
 @app.callback()
 def main(
-    env_file: Annotated[
-        Path | None, typer.Option(help="KEY=VALUE settings file, e.g. .lab/settings.env")
-    ] = None,
+    env_file: Annotated[Path | None, typer.Option(
+        help="KEY=VALUE settings file, e.g. .lab/settings.env")] = None,
     verbose: Annotated[bool, typer.Option(help="log every event to the terminal")] = False,
     events: Annotated[Path | None, typer.Option(help="append every event, one JSON object a "
                                                 "line, to this file")] = None,
@@ -104,24 +102,23 @@ async def run_once(
     slot, not when a whole batch is done, so one slow Exchange cmdlet holds up nobody. The
     slots: twice ``EXCHANGE_SESSIONS`` for mailboxes (a handler waits for a session only while
     another one's cmdlet runs, and does its storage writes without one), ``GRAPH_CONCURRENCY``
-    for licences and roles."""
+    for licences and roles. An idle queue is asked less and less often, up to every 5 s."""
     started = time.monotonic()
     summary = Summary()
-    summary.enqueued += len(await flow.poll(svc))
-    summary.enqueued += len(await flow.reconcile(svc))
+    summary.enqueued += len(await flow.poll(svc)) + len(await flow.reconcile(svc))
     summary.enqueued += len(await flow.roles_cycle(svc))
     task = progress.add_task("provisioning", total=None) if progress else None
     # Handlers wait on Exchange, LDAP and storage in threads: more threads than the default
     # (cores + 4), or Exchange sessions would starve the storage calls.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=32, thread_name_prefix="worker")
-    )
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, "worker"))
     lease = int(svc.settings.service.lease_seconds)
     slots = dict.fromkeys(WORK_QUEUES, svc.settings.graph.concurrency)
     slots[QUEUES[Step.MAILBOX]] = 2 * svc.settings.exchange.sessions
     running: dict[str, set[asyncio.Task[None]]] = {queue: set() for queue in WORK_QUEUES}
+    waiting: dict[str, list[Received]] = {queue: [] for queue in WORK_QUEUES}
     quiet_until = dict.fromkeys(WORK_QUEUES, 0.0)  # an empty queue is asked again after this
-    next_poison = 0.0
+    empty = dict.fromkeys(WORK_QUEUES, IDLE_POLL)  # ... each queue's own, doubling up to 5 s
+    next_poison, idle = 0.0, IDLE_POLL  # as the host's polling interval grows
 
     async def one(message: Received) -> None:
         try:
@@ -150,35 +147,39 @@ async def run_once(
 
     while time.monotonic() - started < limit:
         moved = 0  # messages received or parked in this round
-        if time.monotonic() >= next_poison or not any(running.values()):
+        if time.monotonic() >= next_poison:
             # First, so that a parked message's failure is on record before new work starts.
             next_poison = time.monotonic() + POISON_POLL
             moved += await _poisoned(svc, lease)
         for queue in WORK_QUEUES:
-            free = slots[queue] - len(running[queue])
-            # Refill when half the slots are free: one receive serves several messages.
-            if free < max(1, slots[queue] // 2) or time.monotonic() < quiet_until[queue]:
-                continue
-            messages = await flow.io(svc.queues.receive, queue, limit=min(free, 32),
-                                     visibility=lease)
-            if not messages:
-                quiet_until[queue] = time.monotonic() + IDLE_POLL
-            moved += len(messages)
-            for message in messages:
-                started_task = asyncio.create_task(one(message))
+            # One receive of up to 32 serves several rounds (they stay invisible for the
+            # lease); refill when it is used up and half the slots are free.
+            if (not waiting[queue] and time.monotonic() >= quiet_until[queue]
+                    and slots[queue] - len(running[queue]) >= max(1, slots[queue] // 2)):
+                waiting[queue] = await flow.io(svc.queues.receive, queue, limit=32,
+                                               visibility=lease)
+                empty[queue] = IDLE_POLL if waiting[queue] else min(MAX_IDLE, empty[queue] * 2)
+                quiet_until[queue] = 0.0 if waiting[queue] else time.monotonic() + empty[queue]
+                moved += len(waiting[queue])
+            while waiting[queue] and len(running[queue]) < slots[queue]:
+                started_task = asyncio.create_task(one(waiting[queue].pop(0)))
                 running[queue].add(started_task)
                 started_task.add_done_callback(running[queue].discard)
         busy = set().union(*running.values())
         if not busy:
             if moved:  # what this round took may have finished already, and sent more
+                idle = IDLE_POLL
                 continue
             depths = [await flow.io(svc.queues.depth, q)
                       for q in (*WORK_QUEUES, *map(poison_queue, WORK_QUEUES))]
             if not any(depths):
                 summary.drained = True
                 break
-            await asyncio.sleep(IDLE_POLL)  # only delayed or in-flight messages are left
+            next_poison = 0.0 if any(depths[len(WORK_QUEUES):]) else next_poison
+            await asyncio.sleep(idle)  # only delayed or in-flight messages are left
+            idle = min(MAX_IDLE, idle * 2)
             continue
+        idle = IDLE_POLL
         await asyncio.wait(busy, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
     for leftover in set().union(*running.values()):  # past the limit: let started work finish
         await leftover
@@ -214,8 +215,7 @@ def _skus(svc: flow.Service) -> list[Any]:
 
 
 def _describe(summary: Summary) -> str:
-    parts = [f"{name} {count}" for name, count in sorted(summary.outcomes.items())]
-    return "provisioning: " + ", ".join(parts)
+    return "provisioning: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items()))
 
 
 @app.command()

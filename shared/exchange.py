@@ -52,6 +52,7 @@ class RemoteMailbox:
     remote_routing_address: str | None  # without the ``SMTP:`` prefix
     email_addresses: tuple[str, ...]
     recipient_type_details: str | None
+    remote_recipient_type: str | None = None  # "ProvisionMailbox", "Migrated", ...
 
     @classmethod
     def from_output(cls, obj: Any) -> RemoteMailbox:
@@ -77,6 +78,7 @@ class RemoteMailbox:
             remote_routing_address=strip_smtp(text("RemoteRoutingAddress")),
             email_addresses=tuple(str(a) for a in addresses),
             recipient_type_details=text("RecipientTypeDetails"),
+            remote_recipient_type=text("RemoteRecipientType"),
         )
 
 
@@ -102,7 +104,9 @@ class _WSMan(WSMan):
 
 
 @dataclass(frozen=True)
-class _Result:
+class PsResult:
+    """What one cmdlet answered: its output objects and its error records."""
+
     output: list[Any]
     errors: list[Any]
     failed: bool
@@ -158,7 +162,8 @@ class ExchangeClient:
         alias: str | None = None,
     ) -> RemoteMailbox:
         """``Enable-RemoteMailbox -Identity identity -RemoteRoutingAddress routing_address``
-        (with ``-PrimarySmtpAddress`` / ``-Alias`` when given); returns the new mailbox."""
+        (with ``-PrimarySmtpAddress`` / ``-Alias`` when given); returns the new mailbox.
+        Raises ``AlreadyMailEnabled`` when the user is a recipient already."""
         parameters = [("Identity", identity), ("RemoteRoutingAddress", routing_address)]
         if primary_smtp_address:
             parameters.append(("PrimarySmtpAddress", primary_smtp_address))
@@ -168,6 +173,11 @@ class ExchangeClient:
         if result.errors or result.failed or not result.output:
             raise self._error("Enable-RemoteMailbox", identity, result)
         return RemoteMailbox.from_output(result.output[0])
+
+    def invoke(self, cmdlet: str, parameters: Sequence[tuple[str, str]]) -> PsResult:
+        """Run one cmdlet with these parameters on the reused pool; its output and error
+        records (for endpoints other than Exchange's: ``shared.sync``'s Connect server)."""
+        return self._invoke(cmdlet, parameters)
 
     def close(self) -> None:
         """Close the runspace pool (best effort: the server reaps it anyway)."""
@@ -244,7 +254,7 @@ class ExchangeClient:
                          error=type(exc).__name__)
         pool.connection.close()
 
-    def _invoke(self, cmdlet: str, parameters: Sequence[tuple[str, str]]) -> _Result:
+    def _invoke(self, cmdlet: str, parameters: Sequence[tuple[str, str]]) -> PsResult:
         with self._lock:
             reused = self._pool is not None
             try:
@@ -277,7 +287,7 @@ class ExchangeClient:
             self._last_used = time.monotonic()
             log.debug("exchange_cmdlet", step=STEP, cmdlet=cmdlet, reused_pool=reused,
                       had_errors=shell.had_errors)
-            result = _Result(list(output), list(shell.streams.error), bool(shell.had_errors))
+            result = PsResult(list(output), list(shell.streams.error), bool(shell.had_errors))
             self._release(shell)
             return result
 
@@ -292,5 +302,5 @@ class ExchangeClient:
             log.info("exchange_pipeline_close_failed", step=STEP, error=type(exc).__name__)
 
     # -- errors -------------------------------------------------------------------------
-    def _error(self, cmdlet: str, identity: str, result: _Result) -> ProvisioningError:
+    def _error(self, cmdlet: str, identity: str, result: PsResult) -> ProvisioningError:
         return record_error(cmdlet, identity, result.errors)

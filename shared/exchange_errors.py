@@ -65,7 +65,14 @@ _PERMANENT_REASONS = {
 # ErrorCategory values that mean "come back later".
 _TRANSIENT_CATEGORIES = {15, 19, 21, 27, 29, 30}  # timeout, busy, unavailable, connection, limits
 _THROTTLE_RETRY_SECONDS = 60.0
+# Exchange's answer to Enable-RemoteMailbox for a user that is a recipient already (mailbox,
+# mail user or remote mailbox): "The user "<canonical name>" is already mail-enabled."
+_ALREADY_MAIL_ENABLED = "is already mail-enabled"
 
+
+class AlreadyMailEnabled(PermanentError):
+    """Exchange refused Enable-RemoteMailbox because the user is a recipient already: the
+    caller looks (``Get-RemoteMailbox``) before it decides whether that is done or wrong."""
 
 
 def record_error(cmdlet: str, identity: str, errors: Sequence[Any]) -> ProvisioningError:
@@ -79,6 +86,8 @@ def record_error(cmdlet: str, identity: str, errors: Sequence[Any]) -> Provision
     reason = record_reason(record)
     message = redact(str(record))
     text = f"Exchange refused {cmdlet} for '{identity}': {message}"
+    if reason == "RecipientTaskException" and _ALREADY_MAIL_ENABLED in message:
+        return AlreadyMailEnabled(text, step=STEP, fix=_PERMANENT_REASONS[reason])
     if reason in _PERMANENT_REASONS:
         return PermanentError(text, step=STEP, fix=_PERMANENT_REASONS[reason])
     category = getattr(record, "category", None)

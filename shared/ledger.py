@@ -1,22 +1,28 @@
-"""The ledger, the audit trail and the outcomes, in Azure Table storage.
+"""The ledger, in Azure Table storage (table ``ledger``).
 
-* ``ledger``: one row per user and step (PartitionKey = user, RowKey = ``WorkItem.key``: the
-  step, plus the role for a role change): state, attempts,
-  last error, timestamps, and a lease. Every write carries the row's ETag, so two workers that
-  receive the same message cannot both act: the second one's write fails with 412 and it backs off.
-* ``audit``: append-only, one row for every change made in AD, Exchange or Graph
-  (what, to whom, before, after, correlation id).
-* ``outcomes``: append-only, what the report timer mails: users provisioned, failures, alerts.
+* One row per user and step (PartitionKey = user, RowKey = ``WorkItem.key``: the step, plus the
+  role for a role change): state, attempts, last error, timestamps, and a lease. Every write
+  carries the row's ETag, so two workers that receive the same message cannot both act: the
+  second one's write fails with 412 (or 409 for a row both tried to create) and it backs off.
+* In the same partition, the step's records (``shared.records``): its audit rows
+  (``audit|...``) and its outcome rows (``outcome|<kind>|...``). ``finish`` writes the row and
+  them in **one entity-group transaction** (one request, all or nothing): a worker that lost
+  its lease writes neither, and its caller writes the records alone (what it changed is still
+  audited).
+* Partition ``~inflight``: the users each poll sent a first mailbox message for, one row per
+  poll (up to 800 users a row, one transaction a poll), so that reconcile knows those
+  messages are on their way without a ledger row per user.
 
 The claim rule, which makes duplicate delivery harmless: a message proceeds only if it is the
 newest one enqueued for that user and step (``enqueued_at >= live_at``), nobody holds the lease,
-and the step has not finished since the message was enqueued.
+and the step has not finished since the message was enqueued. A user's first message at a
+step finds no row: its claim creates the row (one request, no read; a create that finds the row
+there falls back to read and compare).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,13 +30,21 @@ from enum import StrEnum
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from .messages import Step, WorkItem
 
 LEDGER, AUDIT, OUTCOMES = "ledger", "audit", "outcomes"
 TRANSACTION_ROWS = 100  # Table storage's limit for one entity-group transaction
+INFLIGHT = "~inflight"  # the partition of the polls' records of first messages sent
+# GUIDs in one row: 800 × 37 characters; a string property holds 32K characters (64 KB UTF-16).
+INFLIGHT_PER_ROW = 800
 
 
 def now() -> dt.datetime:
@@ -150,15 +164,42 @@ class Ledger:
         except ResourceNotFoundError:
             return None
 
+    @property
+    def table(self) -> TableClient:
+        """The ledger table (``shared.records`` reads the step records in it)."""
+        return self._table
+
     def rows_in(self, *states: State) -> list[LedgerRow]:
         """The rows in any of ``states`` (a filter the table service applies)."""
         query = " or ".join(f"state eq '{state.value}'" for state in states)
         return [LedgerRow.from_entity(e) for e in self._table.query_entities(query)]
 
     def rows(self, step: Step | None = None) -> list[LedgerRow]:
+        """Ledger rows (of one step), without the records and the polls' rows beside them."""
         query = f"RowKey eq '{step.value}'" if step else None
         entities = self._table.query_entities(query) if query else self._table.list_entities()
-        return [LedgerRow.from_entity(e) for e in entities]
+        return [LedgerRow.from_entity(e) for e in entities if "state" in e]
+
+    def sent(self, items: Sequence[WorkItem]) -> None:
+        """Record that these users' first mailbox messages were sent (one poll's): a row per
+        800 users in partition ``~inflight``, one transaction; no ledger row per user."""
+        if not items:
+            return
+        stamp = now().isoformat()
+        users = [str(item.user) for item in items]
+        rows = [{"PartitionKey": INFLIGHT, "RowKey": f"{stamp}-{n:04d}",
+                 "users": ",".join(users[first:first + INFLIGHT_PER_ROW])}
+                for n, first in enumerate(range(0, len(users), INFLIGHT_PER_ROW))]
+        for first in range(0, len(rows), TRANSACTION_ROWS):
+            self._table.submit_transaction([("create", r) for r in
+                                            rows[first:first + TRANSACTION_ROWS]])
+
+    def sent_since(self, at: dt.datetime) -> set[uuid.UUID]:
+        """The users whose first mailbox message a poll sent after ``at``."""
+        found = self._table.query_entities(
+            "PartitionKey eq @p and RowKey gt @at", parameters={"p": INFLIGHT,
+                                                                "at": at.isoformat()})
+        return {uuid.UUID(u) for e in found for u in str(e.get("users", "")).split(",") if u}
 
     def enqueued(self, item: WorkItem) -> None:
         """Record that ``item`` is now the live message for its user and step."""
@@ -181,9 +222,12 @@ class Ledger:
 
     def claim(self, item: WorkItem, lease: dt.timedelta) -> tuple[Verdict, LedgerRow | None]:
         """Take the lease for ``item``'s user and step, or say why not."""
+        first = True
         for _ in range(5):
             at = now()
-            row = self.get(item.user, item.key)
+            # A user's first message at a step finds no row: create it, leased, unread.
+            row = None if first else self.get(item.user, item.key)
+            first = False
             if row is None:
                 row = LedgerRow.queued(item)
             elif row.state is State.WORKING and row.lease_until and at < row.lease_until:
@@ -214,8 +258,11 @@ class Ledger:
         retry_at: dt.datetime | None = None,
         name: str = "",
         wait: str = "",
+        records: Sequence[dict[str, Any]] = (),
     ) -> bool:
-        """Release the lease with the step's result; False if another worker took over.
+        """Release the lease with the step's result, and write the step's ``records`` (rows in
+        the user's partition: ``shared.records``) in the same transaction; False if another
+        worker took over, and then nothing is written.
 
         For ``WAITING``, ``retry_at`` is the enqueue time of the delayed retry message, which
         the caller has sent just before (a crash in between leaves the row leased until the
@@ -233,7 +280,33 @@ class Ledger:
             row.fingerprint = fingerprint
         if state in (State.DONE, State.FAILED):
             row.finished_at = now()
-        return self._write(row)
+        if not records or row.etag is None:
+            return self._write(row) and self._create_all(records)
+        first = list(records[:TRANSACTION_ROWS - 1])
+        try:
+            result = self._table.submit_transaction([
+                ("update", row.to_entity(), {"mode": UpdateMode.REPLACE, "etag": row.etag,
+                                             "match_condition": MatchConditions.IfNotModified}),
+                *(("create", record) for record in first)])
+        except (TableTransactionError, ResourceModifiedError, ResourceExistsError):
+            return False
+        except HttpResponseError as exc:
+            if exc.status_code not in (409, 412):
+                raise
+            return False
+        row.etag = result[0].get("etag")
+        return self._create_all(records[TRANSACTION_ROWS - 1:])
+
+    def write_records(self, records: Sequence[dict[str, Any]]) -> None:
+        """The records alone (their ledger row was not ours to write any more)."""
+        self._create_all(records)
+
+    def _create_all(self, records: Sequence[dict[str, Any]]) -> bool:
+        # Records of one user share a partition: one transaction per 100.
+        for first in range(0, len(records), TRANSACTION_ROWS):
+            self._table.submit_transaction([("create", r) for r in
+                                            records[first:first + TRANSACTION_ROWS]])
+        return True
 
     def _write(self, row: LedgerRow) -> bool:
         entity = row.to_entity()
@@ -261,90 +334,3 @@ class Change:
     what: str
     before: object
     after: object
-
-
-class Audit:
-    """Append-only record of every change made in AD, Exchange or Graph."""
-
-    def __init__(self, tables: TableServiceClient) -> None:
-        self._table = tables.create_table_if_not_exists(AUDIT)
-
-    def record(
-        self,
-        *,
-        user: str,
-        system: str,
-        action: str,
-        before: Any,
-        after: Any,
-        correlation_id: str,
-    ) -> None:
-        self.record_all(user=user, system=system, correlation_id=correlation_id,
-                        changes=[(action, before, after)])
-
-    def record_all(
-        self,
-        *,
-        user: str,
-        system: str,
-        correlation_id: str,
-        changes: Sequence[tuple[str, Any, Any]],
-    ) -> None:
-        """The changes one step made to ``user``, as (action, before, after), in as few
-        requests as Table storage allows: the rows share the day's partition, so they go in
-        one entity-group transaction (all or none) of up to 100 rows."""
-        at = now()
-        stamp = at.isoformat()
-        rows = [
-            {
-                "PartitionKey": at.strftime("%Y-%m-%d"),
-                "RowKey": f"{stamp}-{index:03d}-{uuid.uuid4().hex[:8]}",
-                "user": user,
-                "system": system,
-                "action": action,
-                "before": json.dumps(before, default=str)[:8000],
-                "after": json.dumps(after, default=str)[:8000],
-                "correlation_id": correlation_id,
-            }
-            for index, (action, before, after) in enumerate(changes)
-        ]
-        if len(rows) == 1:
-            self._table.create_entity(rows[0])
-            return
-        for first in range(0, len(rows), TRANSACTION_ROWS):
-            self._table.submit_transaction(
-                [("create", row) for row in rows[first:first + TRANSACTION_ROWS]]
-            )
-
-    def entries(self, *, user: str | None = None) -> list[dict[str, Any]]:
-        rows = [dict(e) for e in self._table.list_entities()]
-        return [r for r in rows if user is None or r["user"] == user]
-
-
-class Outcomes:
-    """What the report timer mails: provisioned users, failures, alerts; append-only."""
-
-    def __init__(self, tables: TableServiceClient) -> None:
-        self._table = tables.create_table_if_not_exists(OUTCOMES)
-
-    def record(self, kind: str, **fields: Any) -> None:
-        at = now()
-        self._table.create_entity(
-            {
-                "PartitionKey": kind,
-                "RowKey": f"{at.isoformat()}-{uuid.uuid4().hex[:8]}",
-                **{k: ("" if v is None else v) for k, v in fields.items()},
-            }
-        )
-
-    def update(self, row: dict[str, Any], **fields: Any) -> None:
-        self._table.update_entity(
-            {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], **fields},
-            mode=UpdateMode.MERGE,
-        )
-
-    def since(self, kind: str, after: str) -> list[dict[str, Any]]:
-        """Rows of ``kind`` recorded after the RowKey ``after`` ("" for all)."""
-        query = "PartitionKey eq @kind and RowKey gt @after"
-        found = self._table.query_entities(query, parameters={"kind": kind, "after": after})
-        return sorted((dict(e) for e in found), key=lambda e: str(e["RowKey"]))

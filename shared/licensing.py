@@ -235,7 +235,7 @@ class LicenseStep:
                 Wait.SYNC, "has not synced to Entra ID yet", user=who,
                 late="not synced: no cloud user with this objectGUID or UPN",
                 late_fix="check that the user's OU is in Entra Connect's scope and that sync "
-                "runs",
+                "runs", dn=ad.dn,
             )
         subscribed = {
             s.part_number: s for s in await self.graph.subscribed_skus(max_age=SKU_MAX_AGE)
@@ -257,7 +257,7 @@ class LicenseStep:
                     user=who,
                     late=f"no routing address: proxyAddresses never showed {action.address}",
                     late_fix="check that Enable-RemoteMailbox ran and that sync carries "
-                    "proxyAddresses",
+                    "proxyAddresses", dn=ad.dn,
                 )
             if isinstance(action, ReportShortage):
                 return await self._shortage(who, action.part_number,

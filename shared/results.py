@@ -48,6 +48,7 @@ class Done:
     changes: tuple[Change, ...] = ()
     report: dict[str, str] | None = None
     next_step: Step | None = None
+    dn: str = ""  # the AD user's DN: whom a sync trigger names (``shared.sync``)
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,4 @@ class NotYet:
     changes: tuple[Change, ...] = ()
     shortage: Shortage | None = None
     report: dict[str, str] = field(default_factory=dict)
+    dn: str = ""  # the AD user's DN, for a sync trigger while the user waits for the sync

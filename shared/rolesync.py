@@ -45,7 +45,7 @@ log = get_logger(__name__)
 
 # -- what the handlers need from their peers ----------------------------------------------------
 class AuditWriter(Protocol):
-    """``shared.ledger.Audit`` (blocking)."""
+    """``shared.records.Audit`` (blocking)."""
 
     def record(self, *, user: str, system: str, action: str, before: object, after: object,
                correlation_id: str) -> None: ...

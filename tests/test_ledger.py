@@ -11,7 +11,8 @@ import pytest
 
 from lab.core import Lab
 from shared.config import StorageSettings
-from shared.ledger import Audit, Ledger, State, Verdict, now
+from shared.ledger import Ledger, LedgerRow, State, Verdict, now
+from shared.records import Audit
 from shared.messages import Step, WorkItem
 from shared.queues import Queues, Received
 from shared.storage import queue_service, table_service
@@ -170,3 +171,40 @@ def test_deleting_a_message_received_again_elsewhere_is_not_an_error(
     assert queues.delete(again[0]) is True
     assert queues.delete(again[0]) is False
     assert queues.depth(name) == 0
+
+
+def test_a_step_s_row_and_records_are_one_transaction(ledger: Ledger,
+                                                      storage: StorageSettings) -> None:
+    """Finishing a step writes its ledger row, audit rows and outcome together; a worker whose
+    lease was taken over writes neither (its caller then writes the records alone)."""
+    from shared.records import Outcomes, audit_rows, outcome_row
+
+    item = WorkItem(user=uuid.uuid4(), step=Step.LICENSE)
+    _, row = ledger.claim(item, LEASE)
+    assert row is not None
+    stale = LedgerRow.from_entity(ledger.table.get_entity(str(item.user), item.key))
+    user = str(item.user)
+    records = [*audit_rows(user, user=user, system="graph", correlation_id="c" * 8,
+                           changes=[("licenses", None, "ENTERPRISEPACK")]),
+               outcome_row(user, "provisioned", {"user": user, "name": "ann"})]
+    done = ledger.finish(row, State.DONE, records=records)
+    refused = ledger.finish(stale, State.FAILED, records=records)  # an old ETag: refused whole
+    audit = Audit(table_service(storage)).entries(user=user)
+    provisioned = [r for r in Outcomes(table_service(storage)).since("provisioned", "")
+                   if r["user"] == user]
+    final = ledger.get(item.user, item.key)
+    assert (True, False, ["licenses"], ["ann"], State.DONE) == (
+        done, refused, [a["action"] for a in audit], [p["name"] for p in provisioned],
+        final.state if final else None)
+
+
+def test_a_first_claim_creates_the_row_and_a_poll_s_sends_are_one_record(
+        ledger: Ledger) -> None:
+    """A user's first message at a step is claimed without a ledger row written before it;
+    the poll records the users it sent first messages for in one row, which reconcile reads."""
+    items = [WorkItem(user=uuid.uuid4(), step=Step.MAILBOX) for _ in range(2500)]  # 4 rows
+    before = now() - dt.timedelta(seconds=1)
+    ledger.sent(items)
+    verdict, row = ledger.claim(items[0], LEASE)
+    assert ({i.user for i in items}, Verdict.CLAIMED, 1) == (
+        {i.user for i in items} & ledger.sent_since(before), verdict, row.attempts if row else 0)

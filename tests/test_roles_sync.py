@@ -25,7 +25,7 @@ from shared.entra import immutable_id
 from shared.errors import SafetyStop
 from shared.graph import GraphClient
 from shared.graph_roles import RoleGraph
-from shared.ledger import Audit
+from shared.records import Audit
 from shared.mail import Mailer
 from shared.messages import Step, WorkItem
 from shared.plans import PLANS_TABLE, PlanStore, approve_plan

@@ -386,12 +386,13 @@ def test_a_stale_message_is_this_transition() -> None:
 
 def test_a_wait_is_this_transition() -> None:
     """Not synced yet, second attempt: WAITING for sync, the same work again after the
-    back-off, the reason as the row's error, naming the user as the step did."""
+    back-off, the reason as the row's error, naming the user as the step did, and the sync
+    trigger asked again."""
     sent = item()
     assert Transition(
         State.WAITING, Handled("retry", str(USER), "license waits for ann: not synced"),
         "step_retry", who="ann", error="license waits for ann: not synced", wait="sync",
-        retry=Send(sent.again(NOW), 120.0),
+        retry=Send(sent.again(NOW), 120.0), sync_again=True,
     ) == advance(row(2), sent, NotYet(Wait.SYNC, "not synced", user="ann"), NOW, POLICY)
 
 
@@ -509,3 +510,27 @@ def test_a_fingerprint_is_stable_across_versions() -> None:
     assert ["0f1c8c8e18b7031e", "9a7164e21aa62653", "9a7164e21aa62653"] == [
         fingerprint(user("ann@contoso.com", "E3", "DE")), fingerprint(user(None, None, None)),
         fingerprint(user("", "", ""))]
+
+
+def test_a_mailbox_done_asks_for_the_sync_and_looks_after_first_look() -> None:
+    """The mailbox step's Done asks the sync trigger for the user (by DN) and sends the licence
+    step's message ``first_look`` seconds later; a licence Done asks for nothing."""
+    policy = Policy(first_look=75.0)
+    dn = "CN=Ann,OU=Staff,DC=o365lab,DC=example"
+    mailbox = advance(row(), item(Step.MAILBOX), Done("ann", next_step=Step.LICENSE, dn=dn),
+                      NOW, policy)
+    licence = advance(row(), item(), Done("ann", dn=dn), NOW, policy)
+    follow = mailbox.follow
+    assert ((Step.LICENSE, 75.0), dn, False, "") == (
+        (follow.item.step, follow.delay) if follow else None, mailbox.sync, mailbox.sync_again,
+        licence.sync)
+
+
+@pytest.mark.parametrize(("kind", "asks"), [(Wait.SYNC, True), (Wait.ROUTING, True),
+                                            (Wait.OUTAGE, False), (Wait.SHORTAGE, False)])
+def test_a_user_still_not_synced_asks_again(kind: Wait, asks: bool) -> None:
+    """Waiting for the sync or the routing address asks the trigger again (``sync_again``);
+    waiting for a peer or a licence unit does not."""
+    dn = "CN=Ann,OU=Staff,DC=o365lab,DC=example"
+    t = advance(row(), item(), NotYet(kind, "not yet", user="ann", dn=dn), NOW, POLICY)
+    assert (dn if asks else "", True) == (t.sync, t.sync_again)

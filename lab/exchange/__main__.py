@@ -8,6 +8,7 @@ import os
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 from .cmdlets import Exchange
 from .directory import LdapDirectory
@@ -19,6 +20,11 @@ def serve(config_path: Path) -> None:
     """Run the endpoint until terminated."""
     config = json.loads(config_path.read_text())
     os.environ["NTLM_USER_FILE"] = config["ntlm_user_file"]
+    if config.get("role") == "connect":  # the Entra Connect server's constrained endpoint
+        from .adsync import ADSync
+
+        _serve(config, ADSync(config["graph_control_url"], config["graph_token"]))
+        return
     ad = config["ad"]
     directory = LdapDirectory(
         ad["url"], ad["user"], ad["password"], ad["base_dn"],
@@ -27,7 +33,11 @@ def serve(config_path: Path) -> None:
     exchange = Exchange(directory, accepted_domain=config["accepted_domain"],
                         routing_domain=config.get("routing_domain"),
                         server_name=config.get("server_name", "EX01"))
-    endpoint = Endpoint(config, exchange)
+    _serve(config, exchange)
+
+
+def _serve(config: dict[str, Any], cmdlets: Any) -> None:
+    endpoint = Endpoint(config, cmdlets)
     config["cbt"] = channel_bindings(config["cert"])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -136,9 +136,8 @@ def run_pipeline(endpoint: Endpoint, session: Session, pipeline: psrpcore.Server
             pipeline.complete()
         return
     for output in outputs:
-        obj = PSCustomObject(
-            PSTypeName="Microsoft.Exchange.Data.Directory.Management.RemoteMailbox",
-            **output,
-        )
+        type_name = output.pop("__type__",
+                               "Microsoft.Exchange.Data.Directory.Management.RemoteMailbox")
+        obj = PSCustomObject(PSTypeName=type_name, **output)
         pipeline.write_output(obj)
     pipeline.complete()

@@ -80,7 +80,8 @@ class Handler(BaseHTTPRequestHandler):
             self.endpoint.set_knobs(json.loads(body or b"{}"))
             self.respond(200, json.dumps(self.endpoint.report()).encode(), "application/json")
             return
-        if urlparse(self.path).path.rstrip("/").lower() != "/powershell":
+        wanted = str(self.endpoint.config.get("path", "/PowerShell")).rstrip("/").lower()
+        if urlparse(self.path).path.rstrip("/").lower() != wanted:
             self.respond(404, b"", "text/html")
             return
         challenge = self._authenticate()

@@ -58,7 +58,8 @@ def _carry_out(endpoint: Endpoint, user: str | None, client_ip: str, action: str
     shell_id = selector.text if selector is not None else None
     if action == "Create":
         resource = (header.findtext("wsman:ResourceURI", "", NS) or "").strip()
-        if resource.lower() != RESOURCE_URI.lower():
+        wanted = endpoint.config.get("resource_uri", RESOURCE_URI)
+        if resource.lower() != str(wanted).lower():
             raise WSManFault(
                 2152992672,
                 "The WS-Management service cannot process the request. Cannot find the "

@@ -12,7 +12,8 @@ Modules
 ``store``    the tenant in memory: users, deleted users, SKUs (real ids and service plans)
 ``throttle`` token buckets: 3,000 writes / 150 s and the resource-unit quota / 10 s; knobs
 ``users``, ``licenses``, ``batch``   Graph routes;  ``control``  lab-only routes
-``sync``     the Entra Connect stand-in (LDAP ``uSNChanged`` polling of the lab AD)
+``sync``     the Entra Connect stand-in: cycles on a schedule, triggers, busy answers
+``ondemand`` Cloud Sync's ``provisionOnDemand``, at its documented rate
 
 Adding routes (for other peers' helpers)
 ----------------------------------------
@@ -53,7 +54,7 @@ import uuid
 
 from lab.core import Lab, free_port, wait_for_port
 
-ROUTE_MODULES = ("users", "licenses", "batch", "control", "sync")
+ROUTE_MODULES = ("users", "licenses", "batch", "control", "sync", "ondemand")
 OPTIONAL_MODULES = ("roles", "mail")
 
 # Settings the lab writes, with their defaults; each may be overridden from the environment
@@ -66,10 +67,11 @@ KNOB_SETTINGS = {
     "LAB_GRAPH_WRITE_WINDOW_SECONDS": "150",
     "LAB_GRAPH_RU_PER_WINDOW": "0",
     "LAB_GRAPH_RU_WINDOW_SECONDS": "10",
-    "LAB_GRAPH_SYNC_DELAY": "2",
-    "LAB_GRAPH_SYNC_INTERVAL": "1",
+    "LAB_GRAPH_SYNC_DELAY": "30",  # how long one sync cycle runs
+    "LAB_GRAPH_SYNC_INTERVAL": "1800",  # Entra Connect's schedule: a cycle every 30 minutes
     "LAB_GRAPH_E3_UNITS": "250",
     "LAB_GRAPH_EXO2_UNITS": "250",
+    "LAB_GRAPH_ON_DEMAND_SECONDS": "5",  # one provisionOnDemand (an assumption: no figure given)
 }
 
 
@@ -90,6 +92,19 @@ def start(lab: Lab) -> None:
     # Kept across a restart of this peer: the vault peer accepts the same token.
     settings.setdefault("AZURE_STATIC_TOKEN", secrets.token_urlsafe(32))
     settings.setdefault("ROUTING_DOMAIN", f"{tenant}.mail.onmicrosoft.com")
+    # The tenant's one Cloud Sync agent (lab/graph/ondemand.py), and the service's settings
+    # that name it (read when SYNC_TRIGGER=cloud-sync).
+    agent = uuid.uuid5(uuid.NAMESPACE_DNS, f"{tenant}.cloud-sync")
+    cloud_sync = {
+        "LAB_GRAPH_CLOUD_SYNC_SP_ID": str(agent),
+        "LAB_GRAPH_CLOUD_SYNC_JOB_ID":
+            f"AD2AADProvisioning.{agent.hex}.{uuid.uuid5(agent, 'job').hex}",
+        "LAB_GRAPH_CLOUD_SYNC_RULE_ID": str(uuid.uuid5(agent, "rule")),
+    }
+    settings.update(cloud_sync)
+    settings["CLOUD_SYNC_SERVICE_PRINCIPAL_ID"] = cloud_sync["LAB_GRAPH_CLOUD_SYNC_SP_ID"]
+    settings["CLOUD_SYNC_JOB_ID"] = cloud_sync["LAB_GRAPH_CLOUD_SYNC_JOB_ID"]
+    settings["CLOUD_SYNC_RULE_ID"] = cloud_sync["LAB_GRAPH_CLOUD_SYNC_RULE_ID"]
     for name, default in KNOB_SETTINGS.items():
         settings[name] = os.environ.get(name, default)
     lab.save()  # the process reads settings.env at start

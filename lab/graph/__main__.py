@@ -42,8 +42,8 @@ def knobs_from(settings: dict[str, str]) -> Knobs:
         write_window_seconds=float(get("LAB_GRAPH_WRITE_WINDOW_SECONDS", "150")),
         ru_per_window=int(get("LAB_GRAPH_RU_PER_WINDOW", "0")),
         ru_window_seconds=float(get("LAB_GRAPH_RU_WINDOW_SECONDS", "10")),
-        sync_delay_seconds=float(get("LAB_GRAPH_SYNC_DELAY", "2")),
-        sync_interval_seconds=float(get("LAB_GRAPH_SYNC_INTERVAL", "1")),
+        sync_delay_seconds=float(get("LAB_GRAPH_SYNC_DELAY", "30")),
+        sync_interval_seconds=float(get("LAB_GRAPH_SYNC_INTERVAL", "1800")),
     )
 
 

@@ -57,6 +57,11 @@ async def set_config(graph: Graph, body: JSON) -> JSON:
     changed = graph.knobs.update(body)
     if THROTTLE_KNOBS & set(changed):
         graph.budgets.reset()
+    if "sync_interval_seconds" in changed:
+        from .sync import ENGINE
+
+        if ENGINE:
+            ENGINE[0].reschedule()
     return graph.knobs.as_json()
 
 

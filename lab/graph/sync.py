@@ -17,7 +17,20 @@ are seen too. At 20,000 users a quiet poll returns nothing.
 ``onPremisesSecurityIdentifier``, ``accountEnabled`` (``userAccountControl``). No
 ``usageLocation``: the service must set it.
 
-**Delay**: a change seen at *t* reaches the cloud at *t* + ``sync_delay_seconds`` (a knob).
+**Cycles**, as Entra Connect's scheduler runs them: a delta cycle starts every
+``sync_interval_seconds`` (30 minutes by default, Connect's default; counted from the end of
+the previous cycle, as Connect sets ``NextSyncCycleStartTimeInUTC`` when a cycle ends) and runs
+``sync_delay_seconds`` (30 s by default: a small directory's delta cycle). It imports what AD
+holds when it *starts* and exports it to the cloud when it *ends*: a change made during a
+cycle waits for the next one. The first cycle runs at start-up.
+
+**Triggers**: ``Start-ADSyncSyncCycle -PolicyType Delta`` (the lab's Connect endpoint, through
+``POST /_lab/sync/cycle``) starts a cycle now, or answers busy while one runs, as Connect does
+("Connector: <tenant>.onmicrosoft.com - AAD is busy."). ``provision_one`` is Cloud Sync's
+provision-on-demand of one user (``lab/graph/ondemand.py``).
+
+Tests that want the old quick mirroring set the knobs explicitly (``tests/conftest.py``:
+a cycle every second that runs one second).
 """
 
 from __future__ import annotations
@@ -72,26 +85,59 @@ class SyncEngine:
     deleted: int = 0
     last_error: str = ""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    running_until: float | None = None  # the cycle that runs now ends (monotonic)
+    next_cycle_at: float = 0.0
+    cycles: int = 0
+    triggered: int = 0
+    busy_answers: int = 0
+    last_sync: str = ""  # when the last cycle exported (onPremisesLastSyncDateTime)
+    ended_at: float = 0.0
+
+    def reschedule(self) -> None:
+        """The schedule changed (``sync_interval_seconds``): the next cycle by the new one."""
+        self.next_cycle_at = self.ended_at + self.graph.knobs.sync_interval_seconds
+        self.wake.set()
 
     async def run(self) -> None:
-        """Poll AD and apply due changes until cancelled."""
+        """Run cycles on schedule (and when triggered) until cancelled."""
         while True:
-            knobs = self.graph.knobs
-            if self.source is not None and knobs.sync_enabled:
-                try:
-                    records = await asyncio.to_thread(self._poll)
-                    self._queue(records)
-                    self.last_error = ""
-                except Exception as exc:  # the lab keeps running; the state says why
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+            now = time.monotonic()
+            if self.running_until is not None and now >= self.running_until:
                 self._apply_due()
+                self.running_until = None
+                self.last_sync = now_iso()
+                self.ended_at = time.monotonic()
+                self.next_cycle_at = self.ended_at + self.graph.knobs.sync_interval_seconds
+            if self.running_until is None and time.monotonic() >= self.next_cycle_at:
+                await self.start_cycle()
             self.polls += 1
             self.wake.clear()
+            until = self.running_until if self.running_until is not None else self.next_cycle_at
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), knobs.sync_interval_seconds)
+                await asyncio.wait_for(self.wake.wait(), max(0.01, until - time.monotonic()))
+
+    async def start_cycle(self) -> bool:
+        """Start a delta cycle now: import AD's changes; they are exported when it ends.
+        False (busy) while a cycle runs."""
+        if self.running_until is not None:
+            self.busy_answers += 1
+            return False
+        knobs = self.graph.knobs
+        self.running_until = time.monotonic() + knobs.sync_delay_seconds
+        self.cycles += 1
+        if self.source is not None and knobs.sync_enabled:
+            try:
+                records = await asyncio.to_thread(self._poll)
+                self._queue(records)
+                self.last_error = ""
+            except Exception as exc:  # the lab keeps running; the state says why
+                self.last_error = f"{type(exc).__name__}: {exc}"
+        self.wake.set()
+        return True
 
     # -- LDAP (in a thread) ------------------------------------------------------------
-    def _poll(self) -> list[dict[str, Any]]:
+    def _poll(self, dn: str | None = None) -> list[dict[str, Any]]:
+        """AD users changed since the last import; or the one user at ``dn``."""
         import ldap3
 
         assert self.source is not None
@@ -115,8 +161,11 @@ class SyncEngine:
             # Tombstones keep objectClass but lose objectCategory: filter on the class.
             search = (f"(&(objectClass=user)(!(objectClass=computer))"
                       f"(uSNChanged>={self.next_usn}))")
+            if dn is not None:
+                search = "(&(objectClass=user)(!(objectClass=computer)))"
             results = conn.extend.standard.paged_search(
-                source.base_dn, search, attributes=ATTRIBUTES, paged_size=1000,
+                dn or source.base_dn, search, ldap3.BASE if dn else ldap3.SUBTREE,
+                attributes=ATTRIBUTES, paged_size=1000,
                 controls=[(SHOW_DELETED, True, None)], generator=True,
             )
             records = []
@@ -132,7 +181,7 @@ class SyncEngine:
 
     # -- on the loop -------------------------------------------------------------------
     def _queue(self, records: list[dict[str, Any]]) -> None:
-        due = time.monotonic() + self.graph.knobs.sync_delay_seconds
+        due = self.running_until or time.monotonic()
         for record in records:
             attrs, raw = record["attrs"], record["raw"]
             guid_raw = (raw.get("objectGUID") or [b""])[0]
@@ -147,6 +196,21 @@ class SyncEngine:
                 continue
             earlier = self.pending.get(immutable)
             self.pending[immutable] = Change(min(due, earlier.due) if earlier else due, props)
+
+    async def provision_one(self, dn: str) -> str:
+        """Cloud Sync's provision on demand: the user at ``dn`` exported now. The result as
+        Graph words it: Success, Skipped (out of scope) or Failure (no such object)."""
+        try:
+            records = await asyncio.to_thread(self._poll, dn)
+        except Exception:  # noSuchObject and the like: the object cannot be read
+            return "Failure"
+        if not records or not self._in_scope(records[0]):
+            return "Skipped" if records else "Failure"
+        raw = records[0]["raw"]
+        immutable = base64.b64encode(raw["objectGUID"][0]).decode()
+        self.pending[immutable] = Change(time.monotonic(), self._props(records[0]))
+        self._apply_due()
+        return "Success"
 
     def _in_scope(self, record: dict[str, Any]) -> bool:
         assert self.source is not None
@@ -218,6 +282,11 @@ class SyncEngine:
             "mirrored": self.mirrored,
             "deleted": self.deleted,
             "lastError": self.last_error,
+            "cycles": self.cycles,
+            "running": self.running_until is not None,
+            "triggered": self.triggered,
+            "busyAnswers": self.busy_answers,
+            "lastSync": self.last_sync,
         }
 
 
@@ -248,15 +317,31 @@ ENGINE: list[SyncEngine] = []
 
 @control("POST", "sync")
 async def sync_now(graph: Graph, body: JSON) -> JSON:
-    """Poll AD now (and apply what is due); ``{"wait": true}`` waits for that poll."""
+    """A cycle now, or after the one that runs (lab only: never busy); ``{"wait": true}``
+    waits until that cycle has exported."""
     engine = ENGINE[0]
-    before = engine.polls
-    engine.wake.set()
+    deadline = time.monotonic() + 30 + graph.knobs.sync_delay_seconds * 2
+    while engine.running_until is not None or not await engine.start_cycle():
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    target = engine.cycles
     if body.get("wait"):
-        deadline = time.monotonic() + 30
-        while engine.polls <= before and time.monotonic() < deadline:
+        while (engine.cycles == target and engine.running_until is not None
+               and time.monotonic() < deadline):
             await asyncio.sleep(0.05)
     return engine.state()
+
+
+@control("POST", "sync/cycle")
+async def sync_cycle(graph: Graph, body: JSON) -> JSON:
+    """What ``Start-ADSyncSyncCycle -PolicyType Delta`` does on the Connect server: start a
+    cycle, or answer busy while one runs."""
+    engine = ENGINE[0]
+    started = await engine.start_cycle()
+    if started:
+        engine.triggered += 1
+    return {"started": started, "tenant": graph.tenant.domain, **engine.state()}
 
 
 @control("GET", "sync")

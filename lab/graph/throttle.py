@@ -42,8 +42,8 @@ class Knobs:
     write_window_seconds: float = 150.0
     ru_per_window: int = 0  # 0: by tenant size, as documented
     ru_window_seconds: float = 10.0
-    sync_delay_seconds: float = 2.0
-    sync_interval_seconds: float = 1.0
+    sync_delay_seconds: float = 30.0  # how long a sync cycle runs (import ... export)
+    sync_interval_seconds: float = 1800.0  # Connect's schedule, from the end of a cycle
     sync_enabled: bool = True
     seed: int = 4
 

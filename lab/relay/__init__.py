@@ -32,9 +32,10 @@ import httpx
 
 from lab import ad
 from lab.core import Lab, LabError, free_port, wait_for_port
-from lab.tls import EXCHANGE_HOSTNAME, issue
+from lab.tls import CONNECT_HOSTNAME, EXCHANGE_HOSTNAME, issue
 
 EXCHANGE_PATH = "exchange"
+CONNECT_PATH = "connect"
 DECOY_PATH = "decoy"
 DECOY_HOSTNAME = "wrong.o365lab.example"
 
@@ -58,7 +59,8 @@ def start(lab: Lab) -> None:
     ad_paths = _ad_paths(lab)
     service = {
         "host": "127.0.0.1", "port": port, "cert": str(cert), "key": str(key),
-        "hybrid_connections": [EXCHANGE_PATH, *ad_paths, DECOY_PATH],
+        "hybrid_connections": [EXCHANGE_PATH, *ad_paths, DECOY_PATH,
+                               *([CONNECT_PATH] if lab.settings.get("LAB_CONNECT_URL") else [])],
         "principals": {lab.settings["AZURE_STATIC_TOKEN"]: {"*": ["Send"]},
                        listener_token: {"*": ["Listen"]}},
         "sas_rules": {"app-send": {"key": sas_key, "rights": ["Send"]},
@@ -78,6 +80,12 @@ def start(lab: Lab) -> None:
     for path, url in zip(ad_paths, lab.settings["LAB_AD_URL"].split(","), strict=True):
         dc = urlsplit(url.strip())
         forwards.append({"RelayName": path, "Host": dc.hostname, "HostPort": dc.port or 636})
+    if lab.settings.get("LAB_CONNECT_URL"):
+        connect = urlsplit(lab.settings["LAB_CONNECT_URL"])
+        forwards.append({"RelayName": CONNECT_PATH, "Host": connect.hostname,
+                         "HostPort": connect.port})
+        lab.settings["LAB_RELAY_CONNECT_URL"] = (f"https://{CONNECT_HOSTNAME}:{connect.port}"
+                                                 f"{connect.path}")
     decoy_cert, decoy_key = issue(lab, "decoy", [DECOY_HOSTNAME, "127.0.0.1", "localhost"])
     decoy_port = free_port()
     forwards.append({"RelayName": DECOY_PATH, "Host": "127.0.0.1", "HostPort": decoy_port})
@@ -114,12 +122,19 @@ def route(lab: Lab, transport: str) -> None:
         raise LabError(f"LAB_TRANSPORT must be relay or direct, not {transport!r}")
     s = lab.settings
     s["LAB_TRANSPORT"] = transport
+    connect = bool(s.get("LAB_CONNECT_URL"))
     if transport == "direct":
         s.update({"EXCHANGE_TRANSPORT": "direct", "AD_TRANSPORT": "direct",
                   "EXCHANGE_URL": s["LAB_EXCHANGE_URL"], "AD_URL": s["LAB_AD_URL"]})
-        for name in ("RELAY_NAMESPACE", "RELAY_EXCHANGE_PATH", "RELAY_AD_PATH"):
+        if connect:
+            s.update({"CONNECT_TRANSPORT": "direct", "CONNECT_URL": s["LAB_CONNECT_URL"]})
+        for name in ("RELAY_NAMESPACE", "RELAY_EXCHANGE_PATH", "RELAY_AD_PATH",
+                     "RELAY_CONNECT_PATH"):
             s.pop(name, None)
         return
+    if connect:
+        s.update({"CONNECT_TRANSPORT": "relay", "RELAY_CONNECT_PATH": CONNECT_PATH,
+                  "CONNECT_URL": s["LAB_RELAY_CONNECT_URL"]})
     s.update({
         "EXCHANGE_TRANSPORT": "relay", "AD_TRANSPORT": "relay",
         "RELAY_NAMESPACE": s["LAB_RELAY_NAMESPACE"],

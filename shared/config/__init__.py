@@ -26,7 +26,14 @@ from shared.dn import dn_within, is_dn
 from shared.errors import ConfigError
 
 from .base import Section, field_setting, setting_name
-from .premises import AdSettings, ExchangeSettings, RelayLink, RelaySettings, Transport
+from .premises import (
+    AdSettings,
+    ConnectSettings,
+    ExchangeSettings,
+    RelayLink,
+    RelaySettings,
+    Transport,
+)
 from .roles import DEFAULT_ROLE_ALLOW_LIST, RolesSettings
 from .sections import (
     DEFAULT_LICENSE_MAP,
@@ -39,13 +46,16 @@ from .sections import (
     ServiceSettings,
     SmtpSettings,
     StorageSettings,
+    SyncSettings,
 )
 
 __all__ = [
-    "DEFAULT_LICENSE_MAP", "DEFAULT_ROLE_ALLOW_LIST", "AdSettings", "ExchangeSettings",
+    "DEFAULT_LICENSE_MAP", "DEFAULT_ROLE_ALLOW_LIST", "AdSettings", "ConnectSettings",
+    "ExchangeSettings",
     "GraphSettings", "IdentitySettings", "KeyVaultSettings", "MailSettings",
     "ProvisioningSettings", "RelayLink", "RelaySettings", "RolesSettings", "ScheduleSettings",
-    "ServiceSettings", "Settings", "SmtpSettings", "StorageSettings", "Transport",
+    "ServiceSettings", "Settings", "SmtpSettings", "StorageSettings", "SyncSettings",
+    "Transport",
     "load_settings", "setting_names",
 ]
 
@@ -67,6 +77,8 @@ class Settings:
     schedules: ScheduleSettings
     service: ServiceSettings
     relay: RelaySettings
+    sync: SyncSettings
+    connect: ConnectSettings
 
 
 _SECTIONS: dict[str, type[Section]] = {
@@ -83,6 +95,8 @@ _SECTIONS: dict[str, type[Section]] = {
     "schedules": ScheduleSettings,
     "service": ServiceSettings,
     "relay": RelaySettings,
+    "sync": SyncSettings,
+    "connect": ConnectSettings,
 }
 
 
@@ -114,7 +128,18 @@ def load_settings(env_file: str | Path | None = None) -> Settings:
             field = match.group(1) if match else "?"
             raise ConfigError(field_setting(section, field), "is not valid JSON") from None
     _check_within_base(sections["ad"], sections["provisioning"], sections["roles"])
+    _check_connect(sections["sync"], sections["connect"])
     return Settings(**sections)
+
+
+def _check_connect(sync: SyncSettings, connect: ConnectSettings) -> None:
+    """``SYNC_TRIGGER=connect`` needs the Connect server's endpoint and account."""
+    if sync.trigger != "connect":
+        return
+    for setting, value in (("CONNECT_URL", connect.url), ("CONNECT_USER", connect.user),
+                           ("CONNECT_PASSWORD", connect.password)):
+        if not value:
+            raise ConfigError(setting, "is needed when SYNC_TRIGGER=connect")
 
 
 def _check_within_base(ad: AdSettings, provisioning: ProvisioningSettings,

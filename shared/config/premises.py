@@ -121,6 +121,42 @@ class ExchangeSettings(Reached):
         return value
 
 
+class ConnectSettings(Reached):
+    """The Entra Connect server's PowerShell endpoint, asked for a delta sync when
+    ``SYNC_TRIGGER=connect``: a constrained endpoint (JEA) that exposes ``Start-ADSyncSyncCycle``
+    alone (docs/permissions.md), reached directly or through the relay like Exchange."""
+
+    model_config = SettingsConfigDict(env_prefix="CONNECT_")
+
+    url: str | None = Field(None, description="https://aadconnect.contoso.com:5986/wsman")
+    user: str | None = None
+    password: SecretStr | None = None
+    auth: Literal["negotiate", "ntlm", "kerberos", "basic"] = "negotiate"
+    configuration_name: str = Field(
+        "ADSyncTrigger",
+        description="the constrained endpoint's name (Register-PSSessionConfiguration)",
+    )
+    timeout_seconds: float = Field(60.0, gt=0)
+    _relay_path: ClassVar[str] = "connect_path"
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https://[^/\s]+(/\S*)?$", value):
+            raise ValueError(f"'{value}' is not an https:// URL (WinRM must use TLS)")
+        return value or None
+
+    def as_psrp(self) -> ExchangeSettings:
+        """These settings in the shape the PSRP client takes (``shared.exchange``)."""
+        assert self.url and self.user and self.password is not None  # checked at load
+        psrp = ExchangeSettings.model_construct(
+            url=self.url, user=self.user, password=self.password, auth=self.auth,
+            configuration_name=self.configuration_name, timeout_seconds=self.timeout_seconds,
+            sessions=1, transport=self.transport)
+        psrp._relay = self.relay
+        return psrp
+
+
 class RelaySettings(Section):
     """Azure Relay hybrid connections, the path to the premises when a peer's transport is
     ``relay``: the app is the sender, a bridge on the premises the listener (docs/relay-bridge.md).
@@ -132,6 +168,9 @@ class RelaySettings(Section):
         None, description="the namespace: its name (contoso-relay), or its full host name"
     )
     exchange_path: str | None = Field(None, description="hybrid connection to Exchange")
+    connect_path: str | None = Field(
+        None, description="hybrid connection to the Entra Connect server (SYNC_TRIGGER=connect)"
+    )
     ad_path: str | None = Field(
         None, description="hybrid connections to the DCs, comma-separated, in AD_URL's order"
     )
@@ -153,7 +192,7 @@ class RelaySettings(Section):
             return value
         return None
 
-    @field_validator("exchange_path", "ad_path")
+    @field_validator("exchange_path", "ad_path", "connect_path")
     @classmethod
     def _paths(cls, value: str | None) -> str | None:
         for path in csv_values(value):
@@ -205,7 +244,8 @@ def _relay_link(values: dict[str, Any], field: str, endpoints: int) -> RelayLink
         except ValidationError as exc:
             raise ConfigError(*setting_name(section, exc.errors()[0])) from None
     relay, identity, key_vault, service = sections
-    transport = "AD_TRANSPORT" if field == "ad_path" else "EXCHANGE_TRANSPORT"
+    peer = field.removesuffix("_path").upper()
+    transport = f"{peer}_TRANSPORT"
     setting = f"RELAY_{field.upper()}"
     if relay.namespace is None:
         raise ConfigError("RELAY_NAMESPACE", f"is needed when {transport}=relay")
@@ -217,7 +257,7 @@ def _relay_link(values: dict[str, Any], field: str, endpoints: int) -> RelayLink
         raise ConfigError(setting, f"names {len(paths)} hybrid connection(s) but AD_URL names "
                           f"{endpoints} domain controller(s); give one per DC, in the same order")
     if len(paths) != endpoints:
-        raise ConfigError(setting, "names more than one hybrid connection; Exchange needs one")
+        raise ConfigError(setting, "names more than one hybrid connection; one is needed")
     return RelayLink(relay, paths, identity, key_vault, service.ca_bundle)
 
 

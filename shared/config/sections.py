@@ -160,10 +160,53 @@ class SmtpSettings(Section):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
+_GUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
+
+
+class SyncSettings(Section):
+    """Asking for the sync instead of waiting for it (``SYNC_TRIGGER``): after a remote mailbox
+    is enabled, Entra Connect is asked for a delta cycle (``connect``, coalesced) or Entra Cloud
+    Sync provisions the user on demand (``cloud-sync``); ``none`` waits for the schedule."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNC_")
+
+    trigger: Literal["none", "connect", "cloud-sync"] = "none"
+    wait_seconds: float = Field(
+        60.0, ge=0, description="how long after the mailbox step the licence step first looks: "
+        "about one delta cycle with a trigger")
+    busy_retry_seconds: float = Field(
+        20.0, gt=0, description="Connect answered busy (a cycle runs): ask again after this")
+    settle_seconds: float = Field(
+        2.0, ge=0, description="how long a trigger waits for more users before it is sent")
+    cloud_sync_service_principal_id: str | None = Field(
+        None, validation_alias="CLOUD_SYNC_SERVICE_PRINCIPAL_ID",
+        description="object id of the Cloud Sync agent's service principal")
+    cloud_sync_job_id: str | None = Field(None, validation_alias="CLOUD_SYNC_JOB_ID")
+    cloud_sync_rule_id: str | None = Field(None, validation_alias="CLOUD_SYNC_RULE_ID")
+
+    @field_validator("cloud_sync_service_principal_id", "cloud_sync_rule_id")
+    @classmethod
+    def _guid(cls, value: str | None) -> str | None:
+        if value and not _GUID.match(value.strip()):
+            raise ValueError(f"'{value}' is not a GUID")
+        return value.strip() if value else None
+
+    @model_validator(mode="after")
+    def _cloud_sync_complete(self) -> SyncSettings:
+        if self.trigger == "cloud-sync" and not (self.cloud_sync_service_principal_id and
+                                                 self.cloud_sync_job_id and
+                                                 self.cloud_sync_rule_id):
+            raise ValueError(
+                "SYNC_TRIGGER: 'cloud-sync' needs CLOUD_SYNC_SERVICE_PRINCIPAL_ID, "
+                "CLOUD_SYNC_JOB_ID and CLOUD_SYNC_RULE_ID (docs/configuration.md says where to "
+                "find them)")
+        return self
+
+
 class ScheduleSettings(Section):
     """NCRONTAB schedules (six fields, seconds first); function_app.py names them as %SETTING%."""
 
-    poll_schedule: str = "0 */5 * * * *"
+    poll_schedule: str = "0 * * * * *"  # every minute: a quiet DirSync poll costs ~3 ms
     reconcile_schedule: str = "0 30 * * * *"
     report_schedule: str = "0 0 7 * * *"
     roles_schedule: str = "0 */15 * * * *"

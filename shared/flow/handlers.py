@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from shared import telemetry
 from shared.errors import ProvisioningError
@@ -20,6 +20,7 @@ from shared.ledger import LedgerRow, now
 from shared.log import get_logger
 from shared.messages import MalformedMessage, WorkItem, decode
 from shared.queues import decode_body, excerpt, raw_text
+from shared.records import audit_rows, outcome_row
 
 from . import alerts
 from .steps import run_step
@@ -48,6 +49,15 @@ T = TypeVar("T")
 async def io(call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """A blocking storage or directory call, off the event loop."""
     return await asyncio.to_thread(call, *args, **kwargs)
+
+
+async def send_first(svc: Service, items: Sequence[WorkItem]) -> None:
+    """A poll's first mailbox messages: each sent, then one record of the lot (``Ledger.sent``)
+    instead of a ledger row per user; in this order a crash in between leaves messages the
+    claim rule accepts, and at worst a reconcile that sends some of them again."""
+    for item in items:
+        await io(svc.queues.send_item, item)
+    await io(svc.ledger.sent, items)
 
 
 async def enqueue(svc: Service, item: WorkItem, *, delay: float = 0.0) -> None:
@@ -86,17 +96,25 @@ async def handle(svc: Service, queue: str, raw: str | bytes) -> Handled:
 
 
 async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition) -> None:
-    """Do what ``t`` says, in its order (see ``Transition``)."""
+    """Do what ``t`` says, in its order (see ``Transition``). The ledger row and the step's
+    records (audit, outcomes) are one transaction; a worker that lost its lease meanwhile
+    writes the records alone, so what it changed is still audited."""
     if t.retry is not None:
         await io(svc.queues.send_item, t.retry.item, delay=t.retry.delay)
     user = await read_user(svc, item.user) if t.read_user else None
-    await io(svc.ledger.finish, row, t.state, error=t.error,
-             fingerprint=fingerprint(user) if user else "",
-             retry_at=t.retry.item.enqueued_at if t.retry else None,
-             name=user.sam if user else t.who, wait=t.wait)
+    records = _records(item, t, user)
+    finished = await io(svc.ledger.finish, row, t.state, error=t.error,
+                        fingerprint=fingerprint(user) if user else "",
+                        retry_at=t.retry.item.enqueued_at if t.retry else None,
+                        name=user.sam if user else t.who, wait=t.wait, records=records)
+    if not finished and records:
+        await io(svc.ledger.write_records, records)
     if t.follow is not None:
-        await enqueue(svc, t.follow.item, delay=t.follow.delay)
-    await io(_write_records, svc, item, t, user)
+        # No ledger row for it: the next step's claim creates one. Reconcile re-sends it
+        # only for a member with no row at that step (a crash right here).
+        await io(svc.queues.send_item, t.follow.item, delay=t.follow.delay)
+    if t.sync:
+        (await svc.sync_trigger()).request(t.sync, again=t.sync_again)
     log.info(t.event, user=t.handled.user, step=item.step, outcome=t.handled.outcome,
              reason=t.error or None, attempts=row.attempts, correlation_id=item.correlation_id)
     telemetry.transition(item, t, row.attempts)
@@ -104,17 +122,18 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
         await alerts.send(svc, alert, item=item, user=user)
 
 
-def _write_records(svc: Service, item: WorkItem, t: Transition,
-                   user: DirectoryUser | None) -> None:
-    if t.audit:
-        svc.audit.record_all(user=str(item.user), system=_system(item), correlation_id=
-                             item.correlation_id,
-                             changes=[(c.what, c.before, c.after) for c in t.audit])
+def _records(item: WorkItem, t: Transition, user: DirectoryUser | None) -> list[dict[str, Any]]:
+    """The step's audit and outcome rows, in the user's partition (``shared.records``)."""
+    partition = str(item.user)
+    rows = audit_rows(partition, user=partition, system=_system(item),
+                      correlation_id=item.correlation_id,
+                      changes=[(c.what, c.before, c.after) for c in t.audit])
     for record in t.records:
         fields = dict(record.fields)
         if user is not None and record.kind == "failed":
             fields.update(alerts.user_fields(user))
-        svc.outcomes.record(record.kind, **fields)
+        rows.append(outcome_row(partition, record.kind, fields))
+    return rows
 
 
 def _system(item: WorkItem) -> str:

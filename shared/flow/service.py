@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from shared.config import Settings, load_settings
 from shared.cursors import CursorStore
 from shared.directory import Directory
-from shared.ledger import Audit, Ledger, Outcomes
+from shared.ledger import Ledger
 from shared.log import configure
 from shared.queues import Queues
+from shared.records import Audit, Outcomes
 from shared.secrets import SecretProvider
 from shared.storage import aio_table_service, queue_service, table_service
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from shared.licensing import LicenseStep
     from shared.mail import Mailer
     from shared.mailbox import MailboxStep
+    from shared.sync import SyncTrigger
 
 SHORTAGES = "shortages"  # one row per SKU and day: the shortage alert goes out once
 T = TypeVar("T")
@@ -44,6 +46,7 @@ class LoopClients:
     loop: asyncio.AbstractEventLoop
     license_step: LicenseStep
     tables: AioTableServiceClient
+    sync: SyncTrigger | None = None
 
 
 @dataclass
@@ -83,13 +86,14 @@ class Service:
         """The worker's LDAP connection (one, serialised inside ``Directory``)."""
         with self._lock:
             if self._directory is None:
-                s = self.settings
-                self._directory = Directory(
-                    s.ad, s.provisioning,
-                    password=self.secrets.resolve(s.ad.password, setting="AD_PASSWORD"),
-                    ca_bundle=s.service.ca_bundle,
-                )
+                self._directory = self._new_directory()
             return self._directory
+
+    def _new_directory(self) -> Directory:
+        s = self.settings
+        return Directory(s.ad, s.provisioning,
+                         password=self.secrets.resolve(s.ad.password, setting="AD_PASSWORD"),
+                         ca_bundle=s.service.ca_bundle)
 
     async def adirectory(self) -> Directory:
         """``directory()`` from async code: the first call may read the password from Key
@@ -99,8 +103,9 @@ class Service:
         return await asyncio.to_thread(self.directory)
 
     def mailbox_steps(self) -> Pool[MailboxStep]:
-        """Mailbox steps, each with its own Exchange session, ``EXCHANGE_SESSIONS`` at most:
-        one session runs one cmdlet at a time, so sessions are what parallelism costs."""
+        """Mailbox steps, each with its own Exchange session and its own LDAP connection,
+        ``EXCHANGE_SESSIONS`` at most: one session runs one cmdlet at a time and one LDAP
+        connection one operation, so the steps do not queue behind each other's reads."""
         from shared.exchange import ExchangeClient
         from shared.mailbox import MailboxStep
 
@@ -112,7 +117,7 @@ class Service:
                 password=self.secrets.resolve(s.exchange.password, setting="EXCHANGE_PASSWORD"),
                 ca_bundle=s.service.ca_bundle,
             )
-            return MailboxStep(s, self.directory(), exchange)
+            return MailboxStep(s, self._new_directory(), exchange)
 
         with self._lock:
             if self._mailboxes is None:
@@ -133,6 +138,26 @@ class Service:
             current = self._loop_clients = LoopClients(loop, step, tables)
         return current.license_step
 
+    async def sync_trigger(self) -> SyncTrigger:
+        """The sync trigger of the running event loop (``SYNC_TRIGGER``; a no-op for none)."""
+        from shared.sync import SyncTrigger
+
+        await self.license_step()  # the loop's clients exist from here on
+        current = self._loop_clients
+        assert current is not None
+        if current.sync is None:
+            s = self.settings
+            connect = None
+            if s.sync.trigger == "connect":
+                from shared.exchange import ExchangeClient
+
+                password = await asyncio.to_thread(
+                    self.secrets.resolve, s.connect.password, setting="CONNECT_PASSWORD")
+                connect = ExchangeClient(s.connect.as_psrp(), password=password,
+                                         ca_bundle=s.service.ca_bundle)
+            current.sync = SyncTrigger(s, connect, self.graph())
+        return current.sync
+
     def graph(self) -> GraphClient:
         """The Graph client of the running event loop."""
         from shared.graph import graph_client
@@ -151,6 +176,8 @@ class Service:
         """Close what belongs to the running event loop (Graph, the async table client)."""
         current, self._loop_clients = self._loop_clients, None
         if current is not None:
+            if current.sync is not None:
+                await current.sync.close()
             await current.tables.close()
         await self.graph().close()
 

@@ -41,7 +41,7 @@ async def _mailbox(svc: Service, item: WorkItem) -> Done | Stale:
             outcome = step.run(item.user, correlation_id=item.correlation_id)
         if isinstance(outcome, Stale):
             return outcome
-        return Done(outcome.user, outcome.changes, next_step=Step.LICENSE)
+        return Done(outcome.user, outcome.changes, next_step=Step.LICENSE, dn=outcome.dn)
 
     return await asyncio.to_thread(run)
 

@@ -12,8 +12,8 @@ from shared.ledger import LedgerRow, State, now
 from shared.log import get_logger
 from shared.messages import Step, WorkItem
 
-from .handlers import enqueue, io, read_user
-from .transitions import Due, due, fingerprint
+from .handlers import enqueue, io, read_user, send_first
+from .transitions import GRACE, Due, due, fingerprint
 
 if TYPE_CHECKING:
     from shared.reports import ProvisionedRow, WaitingRow
@@ -32,8 +32,7 @@ async def poll(svc: Service) -> list[uuid.UUID]:
     cursor = f"dirsync-{group}"
     cookie = await io(svc.cursors.get, cursor)
     delta = await io((await svc.adirectory()).poll, group, cookie)
-    for guid in delta.added:
-        await enqueue(svc, WorkItem(user=guid, step=Step.MAILBOX))
+    await send_first(svc, [WorkItem(user=guid, step=Step.MAILBOX) for guid in delta.added])
     # The cookie moves only after every add is on the queue: a crash replays, never loses.
     await io(svc.cursors.put, cursor, delta.cookie)
     log.info("poll_done", group=group, added=len(delta.added), removed=len(delta.removed))
@@ -44,16 +43,21 @@ async def reconcile(svc: Service) -> list[WorkItem]:
     """Re-enqueue members of either group that have no live work item; returns what it sent."""
     p = svc.settings.provisioning
     sent: list[WorkItem] = []
+    polled = await io(svc.ledger.sent_since, now() - GRACE)
     for group, step in ((p.provision_group, Step.MAILBOX), (p.license_group, Step.LICENSE)):
         members = await io((await svc.adirectory()).group_members, group)
-        rows: list[LedgerRow | None] = []
+        # One query for the step's rows (pages of 1,000), not a read per member.
+        rows = {row.user: row for row in await io(svc.ledger.rows, step)} if members else {}
         for guid in members:
-            rows.append(row := await io(svc.ledger.get, guid, step))
+            row = rows.get(guid)
+            if row is None and step is Step.MAILBOX and guid in polled:
+                continue  # a poll sent its first message moments ago
             if await needs_work(svc, row, guid):
                 item = WorkItem(user=guid, step=step)
                 await enqueue(svc, item)
                 sent.append(item)
-        telemetry.stages(step.value, group, rows, svc.policy.stuck_after)
+        telemetry.stages(step.value, group, [rows.get(guid) for guid in members],
+                         svc.policy.stuck_after)
     log.info("reconcile_done", enqueued=len(sent))
     return sent
 

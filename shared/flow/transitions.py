@@ -8,7 +8,7 @@ message, the ledger row, the step's result, the time) and returns what to do::
     advance(row, item, result, now, policy) ──▶ Transition
 
     result                 ledger     sent                          recorded       mailed
-    Done                   DONE       the next step's message       provisioned*   -
+    Done                   DONE       the next step's message**** provisioned*   -
     Stale (not the step's) DONE       -                             -              -
     NotYet(outage|sync|    WAITING    the same item, after backoff  stuck**        stuck alert**
       routing|shortage)                 (or the peer's Retry-After)  shortage***   shortage***
@@ -18,6 +18,8 @@ message, the ledger row, the step's result, the time) and returns what to do::
 
     *  the licence step's digest row   ** once, at exactly ``stuck_after`` attempts
     *** the first shortage of a SKU on a day
+    **** after ``first_look`` for the licence step; the sync trigger is asked for the user
+    (a wait for the sync or the routing address asks again: ``shared.sync`` coalesces)
 
 ``Transition`` lists the effects in the order the handler must carry them out: the retry is
 sent *before* the ledger row is released (a crash in between leaves a message the claim rule
@@ -60,6 +62,7 @@ class Policy:
     sync_deadline: dt.timedelta = dt.timedelta(hours=24)
     stuck_after: int = 6
     lease: dt.timedelta = dt.timedelta(minutes=5)
+    first_look: float = 0.0  # how long after the mailbox step the licence step first looks
 
     @classmethod
     def of(cls, settings: Settings) -> Policy:
@@ -70,6 +73,7 @@ class Policy:
             sync_deadline=dt.timedelta(hours=p.sync_deadline_hours),
             stuck_after=settings.service.stuck_after,
             lease=dt.timedelta(seconds=settings.service.lease_seconds),
+            first_look=settings.sync.wait_seconds,
         )
 
     def delay(self, wait: NotYet, attempts: int) -> float:
@@ -214,13 +218,15 @@ class Transition:
     alerts: tuple[Alert, ...] = ()
     read_user: bool = False
     shortage: Shortage | None = None  # a wait for a licence unit: which SKU, how many
+    sync: str = ""  # a user (DN) who needs the sync now: the trigger is asked (``shared.sync``)
+    sync_again: bool = False  # asked again for a user still not synced
 
 
 def advance(row: LedgerRow, item: WorkItem, result: StepResult, now: dt.datetime,
             policy: Policy) -> Transition:
     """The transition of a claimed work item, given what its step returned."""
     if isinstance(result, Done):
-        return _done(item, result)
+        return _done(item, result, policy)
     if isinstance(result, Stale):
         return _stale(item, result)
     if isinstance(result, NotYet):
@@ -230,14 +236,19 @@ def advance(row: LedgerRow, item: WorkItem, result: StepResult, now: dt.datetime
     return _failed(item, result)
 
 
-def _done(item: WorkItem, result: Done) -> Transition:
-    follow = Send(item.next(result.next_step)) if result.next_step else None
+def _done(item: WorkItem, result: Done, policy: Policy) -> Transition:
+    # A mailbox just enabled reaches the cloud with the next sync: ask for it, and look for
+    # the synced user about one delta cycle later, not before.
+    mailbox = item.step is Step.MAILBOX
+    follow = (Send(item.next(result.next_step), policy.first_look if mailbox else 0.0)
+              if result.next_step else None)
     records: tuple[Record, ...] = ()
     if result.report is not None:
         records = (Record("provisioned", {**result.report, "user": str(item.user),
                                           "correlation_id": item.correlation_id}),)
     return Transition(State.DONE, Handled("done", str(item.user)), "step_done", who=result.user,
-                      follow=follow, audit=result.changes, records=records)
+                      follow=follow, audit=result.changes, records=records,
+                      sync=result.dn if mailbox else "")
 
 
 def _stale(item: WorkItem, stale: Stale) -> Transition:
@@ -278,6 +289,8 @@ def _not_yet(row: LedgerRow, item: WorkItem, wait: NotYet, now: dt.datetime,
         State.WAITING, Handled("retry", str(item.user), error), "step_retry", who=wait.user,
         error=error, wait=wait.kind.value, retry=Send(item.again(now), delay), audit=wait.changes,
         records=tuple(records), alerts=tuple(alerts), shortage=wait.shortage,
+        sync=wait.dn if wait.kind in (Wait.SYNC, Wait.ROUTING) else "",
+        sync_again=True,
     )
 
 
