@@ -463,19 +463,20 @@ def test_a_safety_stop_is_this_transition() -> None:
 
 
 def test_the_policy_comes_from_the_settings(tmp_path, monkeypatch) -> None:
-    """SYNC_RETRY_MIN/MAX_SECONDS, SYNC_DEADLINE_HOURS, STUCK_AFTER and LEASE_SECONDS are
-    the policy's; the outage back-off keeps its own bounds."""
+    """SYNC_RETRY_MIN/MAX_SECONDS, SYNC_DEADLINE_HOURS, STUCK_AFTER, LEASE_SECONDS and
+    SYNC_WAIT_SECONDS are the policy's; the outage back-off keeps its own bounds."""
     from shared.config import load_settings, setting_names
     from tests.test_config import MINIMAL
 
     for name in setting_names():
         monkeypatch.delenv(name, raising=False)
     values = {**MINIMAL, "SYNC_RETRY_MIN_SECONDS": "15", "SYNC_RETRY_MAX_SECONDS": "900",
-              "SYNC_DEADLINE_HOURS": "6", "STUCK_AFTER": "4", "LEASE_SECONDS": "120"}
+              "SYNC_DEADLINE_HOURS": "6", "STUCK_AFTER": "4", "LEASE_SECONDS": "120",
+              "SYNC_WAIT_SECONDS": "45"}
     env = tmp_path / "settings.env"
     env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     assert Policy(sync_min=15, sync_max=900, sync_deadline=dt.timedelta(hours=6),
-                  stuck_after=4, lease=dt.timedelta(seconds=120)) == Policy.of(
+                  stuck_after=4, lease=dt.timedelta(seconds=120), first_look=45.0) == Policy.of(
         load_settings(env))
 
 
