@@ -57,7 +57,7 @@ async def reconcile(svc: Service) -> list[WorkItem]:
 
 async def needs_work(svc: Service, row: LedgerRow | None, guid: uuid.UUID) -> bool:
     """Whether reconcile should enqueue ``guid``, whose ledger row is ``row``."""
-    decision = due(row, now())
+    decision = due(row, now(), svc.policy.grace)
     if decision is not Due.IF_CHANGED:
         return decision is Due.YES
     assert row is not None
