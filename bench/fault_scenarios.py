@@ -73,6 +73,7 @@ def _relay_down(ctx: Context) -> None:
 
 
 def _short_units(ctx: Context) -> None:
+    """Before the run (the harness has counted the consumed units already)."""
     skus = {s["skuPartNumber"]: s for s in ctx.graph.skus()}
     e3 = skus["ENTERPRISEPACK"]
     wanted = len(ctx.sams) // 4  # about half of the E3 users

@@ -66,6 +66,10 @@ ADMIN_UPN = f"Administrator@{REALM.lower()}"
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 ADDRESS_LOCK = Path("/tmp/o365-lab-ad-address.lock")
+# One file per address a lab's DC holds, naming that lab: while the lab is up (even with its DC
+# stopped for a restart) no other lab takes the address, so a restarted DC keeps it and the
+# relay bridge's forward to it stays right. ``lab down`` gives it back.
+RESERVATIONS = Path("/tmp/o365-lab-addresses")
 SERVICES = "ldap, kdc"  # no smb, nbt, dns, drepl, kcc, winbindd: the service needs LDAP only
 
 
@@ -258,7 +262,7 @@ def _claim_address(lab: Lab, prefer: str | None = None) -> str:
     ``lab down`` removes it."""
     candidates = [f"127.0.0.{n}" for n in range(2, 255)]
     for host in ([prefer] if prefer else []) + candidates:
-        if not _ports_free(host):
+        if _reserved_by_another(lab, host) or not _ports_free(host):
             continue
         if host not in _lo_addresses():
             ip = system.tool("ip")
@@ -273,8 +277,32 @@ def _claim_address(lab: Lab, prefer: str | None = None) -> str:
             if host not in lab.aliases:
                 lab.aliases.append(host)
                 lab.save()
+        RESERVATIONS.mkdir(exist_ok=True)
+        (RESERVATIONS / host).write_text(str(lab.root))
         return host
     raise LabError("ad: no loopback address 127.0.0.2-254 has ports 389 and 636 free")
+
+
+def _reserved_by_another(lab: Lab, host: str) -> bool:
+    """Whether another lab that is still up holds ``host`` for its DC."""
+    mark = RESERVATIONS / host
+    try:
+        owner = Path(mark.read_text().strip())
+    except OSError:
+        return False
+    if owner == lab.root:
+        return False
+    settings = owner / "settings.env"
+    return settings.exists() and f'LAB_AD_HOST="{host}"' in settings.read_text()
+
+
+def release_address(lab: Lab) -> None:
+    """Give back the address this lab's DC held (``lab down``)."""
+    host = lab.settings.get("LAB_AD_HOST", "")
+    mark = RESERVATIONS / host
+    with contextlib.suppress(OSError):
+        if host and Path(mark.read_text().strip()) == lab.root:
+            mark.unlink()
 
 
 # -- start -------------------------------------------------------------------------------

@@ -104,9 +104,13 @@ async def run_once(
     for licences and roles."""
     started = time.monotonic()
     summary = Summary()
-    summary.enqueued += len(await flow.poll(svc))
-    summary.enqueued += len(await flow.reconcile(svc))
-    summary.enqueued += len(await flow.roles_cycle(svc))
+    for timer in (flow.poll, flow.reconcile, flow.roles_cycle):
+        # As in the function app, one timer failing (a DC down) does not stop the queues.
+        try:
+            summary.enqueued += len(await timer(svc))
+        except ProvisioningError as exc:
+            flow.log.warning("timer_failed", timer=timer.__name__, reason=str(exc))
+            summary.outcomes["timer-failed"] += 1
     task = progress.add_task("provisioning", total=None) if progress else None
     # Handlers wait on Exchange, LDAP and storage in threads: more threads than the default
     # (cores + 4), or Exchange sessions would starve the storage calls.
