@@ -340,8 +340,9 @@ def run(lab: Lab) -> None:
     """Start samba on the database in ``ad/``, on a free loopback address; wait for a bind."""
     ad_dir = lab.root / "ad"
     samba = system.tool("samba")
+    before = lab.settings.get("LAB_AD_HOST")
     with _address_lock():
-        host = _claim_address(lab, lab.settings.get("LAB_AD_HOST"))
+        host = _claim_address(lab, before)
         cert, key = tls.issue(lab, f"ad-{host}", [HOSTNAME, host])
         ca_cert, _ = tls.ca(lab)
         conf = ad_dir / "smb.conf"
@@ -360,6 +361,12 @@ def run(lab: Lab) -> None:
     lab.endpoint("ad", "ldap", f"ldap://{host}:389")
     lab.save()  # a restart may move the DC: settings.env must say where it is now
     _wait_for_bind(lab, proc)
+    if before and host != before and "relay-bridge" in lab.peers:
+        # The on-premises bridge forwards to the DC's address: follow the move, as an
+        # administrator would repoint azbridge's remote forward.
+        from . import relay
+
+        relay.repoint_dc(lab, before, host)
 
 
 def start(lab: Lab, archive: Path | None = None) -> None:
