@@ -241,8 +241,12 @@ def _address_lock() -> Iterator[None]:
 
 
 def _ports_free(host: str) -> bool:
+    """Whether no one listens on ``host``'s LDAP ports. SO_REUSEADDR, as Samba binds: the
+    connections of a DC stopped a moment ago (TIME_WAIT) must not count as a listener, or a
+    restarted DC would move to another address."""
     for port in (389, 636):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
