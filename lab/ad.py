@@ -66,6 +66,10 @@ ADMIN_UPN = f"Administrator@{REALM.lower()}"
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 ADDRESS_LOCK = Path("/tmp/o365-lab-ad-address.lock")
+# One file per address a lab's DC holds, naming that lab: while the lab is up (even with its DC
+# stopped for a restart) no other lab takes the address, so a restarted DC keeps it and the
+# relay bridge's forward to it stays right. ``lab down`` gives it back.
+RESERVATIONS = Path("/tmp/o365-lab-addresses")
 SERVICES = "ldap, kdc"  # no smb, nbt, dns, drepl, kcc, winbindd: the service needs LDAP only
 
 
@@ -237,8 +241,12 @@ def _address_lock() -> Iterator[None]:
 
 
 def _ports_free(host: str) -> bool:
+    """Whether no one listens on ``host``'s LDAP ports. SO_REUSEADDR, as Samba binds: the
+    connections of a DC stopped a moment ago (TIME_WAIT) must not count as a listener, or a
+    restarted DC would move to another address."""
     for port in (389, 636):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
@@ -258,7 +266,7 @@ def _claim_address(lab: Lab, prefer: str | None = None) -> str:
     ``lab down`` removes it."""
     candidates = [f"127.0.0.{n}" for n in range(2, 255)]
     for host in ([prefer] if prefer else []) + candidates:
-        if not _ports_free(host):
+        if _reserved_by_another(lab, host) or not _ports_free(host):
             continue
         if host not in _lo_addresses():
             ip = system.tool("ip")
@@ -273,8 +281,32 @@ def _claim_address(lab: Lab, prefer: str | None = None) -> str:
             if host not in lab.aliases:
                 lab.aliases.append(host)
                 lab.save()
+        RESERVATIONS.mkdir(exist_ok=True)
+        (RESERVATIONS / host).write_text(str(lab.root))
         return host
     raise LabError("ad: no loopback address 127.0.0.2-254 has ports 389 and 636 free")
+
+
+def _reserved_by_another(lab: Lab, host: str) -> bool:
+    """Whether another lab that is still up holds ``host`` for its DC."""
+    mark = RESERVATIONS / host
+    try:
+        owner = Path(mark.read_text().strip())
+    except OSError:
+        return False
+    if owner == lab.root:
+        return False
+    settings = owner / "settings.env"
+    return settings.exists() and f'LAB_AD_HOST="{host}"' in settings.read_text()
+
+
+def release_address(lab: Lab) -> None:
+    """Give back the address this lab's DC held (``lab down``)."""
+    host = lab.settings.get("LAB_AD_HOST", "")
+    mark = RESERVATIONS / host
+    with contextlib.suppress(OSError):
+        if host and Path(mark.read_text().strip()) == lab.root:
+            mark.unlink()
 
 
 # -- start -------------------------------------------------------------------------------
@@ -312,8 +344,9 @@ def run(lab: Lab) -> None:
     """Start samba on the database in ``ad/``, on a free loopback address; wait for a bind."""
     ad_dir = lab.root / "ad"
     samba = system.tool("samba")
+    before = lab.settings.get("LAB_AD_HOST")
     with _address_lock():
-        host = _claim_address(lab, lab.settings.get("LAB_AD_HOST"))
+        host = _claim_address(lab, before)
         cert, key = tls.issue(lab, f"ad-{host}", [HOSTNAME, host])
         ca_cert, _ = tls.ca(lab)
         conf = ad_dir / "smb.conf"
@@ -332,6 +365,12 @@ def run(lab: Lab) -> None:
     lab.endpoint("ad", "ldap", f"ldap://{host}:389")
     lab.save()  # a restart may move the DC: settings.env must say where it is now
     _wait_for_bind(lab, proc)
+    if before and host != before and "relay-bridge" in lab.peers:
+        # The on-premises bridge forwards to the DC's address: follow the move, as an
+        # administrator would repoint azbridge's remote forward.
+        from . import relay
+
+        relay.repoint_dc(lab, before, host)
 
 
 def start(lab: Lab, archive: Path | None = None) -> None:

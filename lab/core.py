@@ -131,9 +131,10 @@ class Lab:
 
     def down(self) -> list[str]:
         """Stop every peer and remove the loopback addresses this lab added; returns those."""
-        from . import system  # system names its errors with LabError, from here
+        from . import ad, system  # they name their errors with LabError, from here
 
         self.stop_all()
+        ad.release_address(self)
         removed = []
         for host in list(self.aliases):
             done = subprocess.run([system.tool("ip"), "addr", "del", f"{host}/32", "dev", "lo"],

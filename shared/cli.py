@@ -105,8 +105,9 @@ async def run_once(
     for licences and roles. An idle queue is asked less and less often, up to every 5 s."""
     started = time.monotonic()
     summary = Summary()
-    summary.enqueued += len(await flow.poll(svc)) + len(await flow.reconcile(svc))
-    summary.enqueued += len(await flow.roles_cycle(svc))
+    enqueued, failed = await flow.every_timer(svc)
+    summary.enqueued += enqueued
+    summary.outcomes["timer-failed"] += failed
     task = progress.add_task("provisioning", total=None) if progress else None
     # Handlers wait on Exchange, LDAP and storage in threads: more threads than the default
     # (cores + 4), or Exchange sessions would starve the storage calls.

@@ -117,3 +117,15 @@ def start(lab: Lab) -> None:
         "EXCHANGE_AUTH": "ntlm",
     })
     lab.settings.setdefault("ROUTING_DOMAIN", routing)
+
+
+def restart(lab: Lab) -> None:
+    """Stop the endpoint and start it again on the same port, with the same accounts (what an
+    IIS reset or a server reboot looks like to the service: every session is gone)."""
+    config_path = lab.path("exchange", "config.json")
+    config = json.loads(config_path.read_text())
+    lab.stop("exchange")
+    proc = lab.python("exchange", "lab.exchange", str(config_path))
+    wait_for_port(config["host"], int(config["port"]), peer="exchange", lab=lab, proc=proc)
+    lab.endpoint("exchange", "url", lab.settings["LAB_EXCHANGE_URL"])
+    lab.save()

@@ -277,6 +277,14 @@ async def _faults(graph: Graph, http: web.Request) -> web.Response | None:
         if http.transport is not None:
             http.transport.abort()
         raise asyncio.CancelledError  # aiohttp discards a handler cancelled after abort
+    if knobs.throttle_rate and graph.random.random() < knobs.throttle_rate:
+        graph.stats.count("*", "429")
+        return _json_response(
+            Reply(429, graph_error_body(
+                "TooManyRequests",
+                "Too many requests. Retry after the time the Retry-After header gives."),
+                {"Retry-After": str(knobs.retry_after_429)})
+        )
     fail = knobs.fail_next > 0 or (knobs.error_rate and graph.random.random() < knobs.error_rate)
     if fail:
         knobs.fail_next = max(0, knobs.fail_next - 1)
@@ -315,7 +323,15 @@ async def handle_graph(http: web.Request) -> web.StreamResponse:
         base_url=f"{http.scheme}://{http.host}/{version}",
         version=version,
     )
-    return _json_response(await graph.dispatch(request))
+    reply = await graph.dispatch(request)
+    knobs = graph.knobs
+    if knobs.drop_after_rate and graph.random.random() < knobs.drop_after_rate:
+        # Carried out, and the answer lost: what a dropped connection mid-request looks like.
+        graph.stats.count("*", "dropped_after")
+        if http.transport is not None:
+            http.transport.abort()
+        raise asyncio.CancelledError
+    return _json_response(reply)
 
 
 async def handle_control(http: web.Request) -> web.Response:

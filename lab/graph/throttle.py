@@ -37,6 +37,9 @@ class Knobs:
     drop_rate: float = 0.0  # share of connections closed without an answer
     fail_next: int = 0  # the next N requests get 503
     drop_next: int = 0  # the next N connections are dropped
+    drop_after_rate: float = 0.0  # share of requests carried out, then dropped unanswered
+    throttle_rate: float = 0.0  # share of requests answered 429 (over any budget's own 429s)
+    retry_after_429: int = 2  # the Retry-After of those
     retry_after_503: int = 1
     writes_per_window: int = 3000
     write_window_seconds: float = 150.0

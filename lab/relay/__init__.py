@@ -165,6 +165,20 @@ def start_bridge(lab: Lab, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def repoint_dc(lab: Lab, old: str, new: str) -> None:
+    """The DC moved from address ``old`` to ``new``: rewrite the bridge's forwards to it and
+    restart the bridge."""
+    path = lab.root / "relay" / "bridge.json"
+    config = json.loads(path.read_text())
+    for forward in config["RemoteForward"]:
+        if forward["Host"] == old:
+            forward["Host"] = new
+    path.write_text(json.dumps(config, indent=2))
+    lab.stop("relay-bridge")
+    start_bridge(lab)
+    lab.save()
+
+
 def kill_bridge(lab: Lab) -> None:
     """SIGKILL the bridge, as a crash or a pulled plug would end it."""
     record = lab.peers.get("relay-bridge")

@@ -225,6 +225,10 @@ class ServiceSettings(Section):
     lease_seconds: float = Field(
         300.0, ge=5, description="how long a worker holds a user; longer than any one step"
     )
+    reconcile_grace_seconds: float = Field(
+        900.0, ge=10, description="how overdue a user's live work may be before reconcile sends "
+        "it again (a message or worker lost)",
+    )
     stuck_after: int = Field(
         6, ge=2, description="attempts after which a waiting user is reported stuck (one alert)"
     )

@@ -20,7 +20,16 @@ The rooms:
 
 from .handlers import enqueue, handle, io, log, poisoned, redrive
 from .service import Pool, Service, service
-from .timers import Report, needs_work, poll, provisioned_row, reconcile, report, roles_cycle
+from .timers import (
+    Report,
+    every_timer,
+    needs_work,
+    poll,
+    provisioned_row,
+    reconcile,
+    report,
+    roles_cycle,
+)
 from .transitions import GRACE, STEP_OF_QUEUE, Handled, Policy, fingerprint
 
 __all__ = [
@@ -32,6 +41,7 @@ __all__ = [
     "Report",
     "Service",
     "enqueue",
+    "every_timer",
     "fingerprint",
     "handle",
     "io",

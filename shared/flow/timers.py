@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
+from shared.errors import ProvisioningError
 from shared.ledger import LedgerRow, State, now
 from shared.log import get_logger
 from shared.messages import Step, WorkItem
 
 from .handlers import enqueue, io, read_user, send_first
-from .transitions import GRACE, Due, due, fingerprint
+from .transitions import Due, due, fingerprint
 
 if TYPE_CHECKING:
     from shared.reports import ProvisionedRow, WaitingRow
@@ -24,6 +25,20 @@ log = get_logger("shared.flow")
 REPORT_CURSOR = "report-provisioned"
 # Outcome kinds the digest reports; a new row of any of them makes a digest worth sending.
 REPORTED = ("provisioned", "failed", "blocked", "stuck", "shortage")
+
+
+async def every_timer(svc: Service) -> tuple[int, int]:
+    """Poll, reconcile and plan roles once (``run --once``); returns the items enqueued and
+    the timers that failed. As in the function app, one timer failing (a DC down) does not
+    stop the others or the queues."""
+    enqueued = failed = 0
+    for timer in (poll, reconcile, roles_cycle):
+        try:
+            enqueued += len(await timer(svc))
+        except ProvisioningError as exc:
+            log.warning("timer_failed", timer=timer.__name__, reason=str(exc))
+            failed += 1
+    return enqueued, failed
 
 
 async def poll(svc: Service) -> list[uuid.UUID]:
@@ -43,7 +58,7 @@ async def reconcile(svc: Service) -> list[WorkItem]:
     """Re-enqueue members of either group that have no live work item; returns what it sent."""
     p = svc.settings.provisioning
     sent: list[WorkItem] = []
-    polled = await io(svc.ledger.sent_since, now() - GRACE)
+    polled = await io(svc.ledger.sent_since, now() - svc.policy.grace)
     for group, step in ((p.provision_group, Step.MAILBOX), (p.license_group, Step.LICENSE)):
         members = await io((await svc.adirectory()).group_members, group)
         # One query for the step's rows (pages of 1,000), not a read per member.
@@ -64,7 +79,7 @@ async def reconcile(svc: Service) -> list[WorkItem]:
 
 async def needs_work(svc: Service, row: LedgerRow | None, guid: uuid.UUID) -> bool:
     """Whether reconcile should enqueue ``guid``, whose ledger row is ``row``."""
-    decision = due(row, now())
+    decision = due(row, now(), svc.policy.grace)
     if decision is not Due.IF_CHANGED:
         return decision is Due.YES
     assert row is not None

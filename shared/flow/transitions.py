@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from shared.directory import DirectoryUser
 
 STEP_OF_QUEUE = {queue: step for step, queue in QUEUES.items()}
-# How overdue a queued item may be before reconcile sends it again.
+# How overdue a queued item may be before reconcile sends it again (RECONCILE_GRACE_SECONDS).
 GRACE = dt.timedelta(minutes=15)
 
 StepResult = Done | NotYet | Stale | PermanentError | SafetyStop
@@ -63,6 +63,7 @@ class Policy:
     stuck_after: int = 6
     lease: dt.timedelta = dt.timedelta(minutes=5)
     first_look: float = 0.0  # how long after the mailbox step the licence step first looks
+    grace: dt.timedelta = GRACE
 
     @classmethod
     def of(cls, settings: Settings) -> Policy:
@@ -74,6 +75,7 @@ class Policy:
             stuck_after=settings.service.stuck_after,
             lease=dt.timedelta(seconds=settings.service.lease_seconds),
             first_look=settings.sync.wait_seconds,
+            grace=dt.timedelta(seconds=settings.service.reconcile_grace_seconds),
         )
 
     def delay(self, wait: NotYet, attempts: int) -> float:
@@ -324,18 +326,18 @@ class Due(StrEnum):
     IF_CHANGED = "if-changed"  # failed for good: only once someone changed what made it fail
 
 
-def due(row: LedgerRow | None, now: dt.datetime) -> Due:
+def due(row: LedgerRow | None, now: dt.datetime, grace: dt.timedelta = GRACE) -> Due:
     """Whether reconcile should enqueue a group member whose ledger row is ``row``."""
     if row is None:
         return Due.YES
-    if row.is_live(now, GRACE):
+    if row.is_live(now, grace):
         return Due.NO
     if row.state is State.FAILED:
         return Due.IF_CHANGED
     if row.state is State.DONE:
         # Finished, yet still in the group: someone re-added them, or a crash came between
         # the group moves. Steps are idempotent, so doing it again is safe.
-        return Due.YES if row.finished_at is None or now - row.finished_at > GRACE else Due.NO
+        return Due.YES if row.finished_at is None or now - row.finished_at > grace else Due.NO
     return Due.YES  # queued, waiting or working, but overdue: the message or worker was lost
 
 

@@ -1,0 +1,323 @@
+"""``python -m bench.faults``: the service under faults, on the lab, with figures.
+
+Each scenario seeds N fresh users (default 100) into O365_Provision, then runs the service's
+worker (``python -m shared.cli run --once``, again and again, as the timers would) while the
+scenario breaks something, until every user is provisioned or the scenario's deadline passes.
+Nothing is done by hand: the harness only starts the worker again, as the timers do. Then it
+counts, for that scenario's users:
+
+- provisioned: a remote mailbox, the mapped licence and nothing else, in neither group;
+- lost: not provisioned when the run ended;
+- licensed twice: users holding more than one SKU, plus units consumed beyond one per
+  provisioned user;
+- extra Graph writes: writes the lab Graph carried out beyond one usageLocation and one
+  assignLicense per user;
+- time to converge: from the first worker start to the moment all were provisioned;
+- alerts: mails other than the digest the lab's SMTP server received meanwhile.
+
+    LAB_DIR=/tmp/lab-faults python -m bench.faults                  # every scenario, N = 100
+    LAB_DIR=/tmp/lab-faults python -m bench.faults --only sigkill --users 40
+
+Results: ``bench/results/faults.json`` and ``faults.md`` (the table README.md shows).
+The scenarios are in ``bench/fault_scenarios.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.e2e import LabGraph
+from lab import ad
+from lab import exchange as lab_exchange
+from lab.__main__ import up
+from lab.core import REPO, Lab, format_env
+from lab.seed import seed
+
+RESULTS = REPO / "bench" / "results"
+WORKER_LIMIT = 90  # s per `run --once`: the timers fire again after it
+# The service as a production timer setup runs it, with waits shortened to the lab's scale:
+# reconcile sends lost work again after a minute instead of 15 (its only lab-specific value).
+WORKER_SETTINGS = {"ROLES_ENABLED": "false", "RECONCILE_GRACE_SECONDS": "60"}
+
+
+@dataclass
+class Context:
+    """What a scenario's fault sees: the lab, the seeded users and the running worker."""
+
+    lab: Lab
+    graph: LabGraph
+    sams: list[str]
+    stop: threading.Event = field(default_factory=threading.Event)
+    worker: subprocess.Popen[bytes] | None = None
+    notes: list[str] = field(default_factory=list)
+    kills: int = 0
+
+    def progress(self) -> float:
+        """The share of the users out of O365_Provision (their mailbox step done)."""
+        members = set(_members(self.lab, ad.PROVISION_GROUP))
+        return sum(sam not in members for sam in self.sams) / max(len(self.sams), 1)
+
+    def wait_progress(self, share: float, timeout: float = 300.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            if self.progress() >= share:
+                return True
+            time.sleep(0.5)
+        return False
+
+    def sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    fault: Callable[[Context], None] = lambda ctx: None  # runs in a thread during the run
+    before: Callable[[Context], None] = lambda ctx: None  # before the first worker starts
+    after: Callable[[Context], None] = lambda ctx: None  # undo knobs, whatever happened
+    worker_prefix: tuple[str, ...] = ()  # e.g. faketime
+    deadline: float = 600.0
+
+
+@dataclass
+class Row:
+    scenario: str
+    users: int
+    provisioned: int
+    lost: int
+    licensed_twice: int
+    extra_graph_writes: int
+    converge_seconds: float | None
+    alerts: int
+    worker_runs: int
+    notes: str = ""
+
+
+# -- reading the lab -----------------------------------------------------------------------------
+def _members(lab: Lab, group: str) -> list[str]:
+    conn = ad.admin_connection(lab, timeout=30)
+    try:
+        conn.search(f"CN={group},{ad.GROUPS_OU}", "(objectClass=group)", "BASE",
+                    attributes=["member"])
+        members = conn.response[0]["attributes"].get("member") or []
+        found = []
+        for dn in members:
+            conn.search(dn, "(objectClass=user)", "BASE", attributes=["sAMAccountName"])
+            if conn.response:
+                found.append(str(conn.response[0]["attributes"]["sAMAccountName"]))
+        return found
+    finally:
+        conn.unbind()
+
+
+def _users(lab: Lab, sams: list[str]) -> dict[str, dict[str, Any]]:
+    conn = ad.admin_connection(lab, timeout=30)
+    try:
+        found = {}
+        for sam in sams:
+            conn.search(ad.STAFF_OU, f"(sAMAccountName={sam})",
+                        attributes=["userPrincipalName", "msExchRemoteRecipientType",
+                                    "extensionAttribute1", "memberOf"])
+            attrs = conn.response[0]["attributes"]
+            found[sam] = {"upn": str(attrs["userPrincipalName"]),
+                          "remote": attrs.get("msExchRemoteRecipientType"),
+                          "licence": str(attrs.get("extensionAttribute1") or ""),
+                          "groups": [str(g) for g in attrs.get("memberOf") or []]}
+        return found
+    finally:
+        conn.unbind()
+
+
+def _skus_of(graph: LabGraph, upn: str) -> list[str]:
+    """The user's SKUs; the harness's own reads ride out the faults it injects."""
+    for _ in range(50):
+        try:
+            response = graph.http.get(f"{graph.graph}/users/{upn}/licenseDetails")
+        except httpx.TransportError:
+            time.sleep(0.2)
+            continue
+        if response.status_code in (429, 503):
+            time.sleep(float(response.headers.get("Retry-After", "1")))
+            continue
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return sorted(d["skuPartNumber"] for d in response.json()["value"])
+    raise RuntimeError(f"the lab Graph kept refusing licenseDetails of {upn}")
+
+
+def _consumed(graph: LabGraph) -> int:
+    return sum(int(s["consumedUnits"]) for s in graph.skus())
+
+
+def _applied_writes(stats: dict[str, Any]) -> int:
+    """Writes the lab Graph carried out on users (usageLocation, assignLicense): requests
+    minus those answered with an error."""
+    done = 0
+    for path in ("PATCH users/{id}", "POST users/{id}/assignLicense"):
+        counts = stats["paths"].get(path, {})
+        errors = sum(v for k, v in counts.items() if k.isdigit())
+        done += counts.get("requests", 0) - errors
+    return done
+
+
+def _mails(lab: Lab) -> list[Path]:
+    return sorted(Path(lab.settings["LAB_MAIL_DIR"]).glob("*.eml"))
+
+
+def _is_digest(path: Path) -> bool:
+    head = path.read_bytes()[:4000].decode("utf-8", "replace")
+    return "Subject: Office 365 Provisioning Report" in head
+
+
+# -- one scenario -------------------------------------------------------------------------------
+def _worker_env(lab: Lab) -> Path:
+    """The worker's settings: the lab's (re-read: a restarted peer may have moved) and ours."""
+    path = lab.root / "faults.env"
+    settings = {**Lab.open(lab.root).settings, **WORKER_SETTINGS}
+    path.write_text(format_env(settings))
+    path.chmod(0o600)
+    return path
+
+
+def _provisioned(lab: Lab, graph: LabGraph, sams: list[str]) -> tuple[list[str], int, int]:
+    """(provisioned sAMAccountNames, users holding more than one SKU, users holding any)."""
+    maps = {"E3": "ENTERPRISEPACK", "Exchange 2": "EXCHANGEENTERPRISE"}
+    done, doubled, holding = [], 0, 0
+    for sam, user in _users(lab, sams).items():
+        in_groups = any(f"CN={g}," in dn for dn in user["groups"]
+                        for g in (ad.PROVISION_GROUP, ad.LICENSE_GROUP))
+        skus = _skus_of(graph, user["upn"])
+        doubled += len(skus) > 1
+        holding += bool(skus)
+        if not in_groups and user["remote"] == 1 and skus == [maps[user["licence"]]]:
+            done.append(sam)
+    return done, doubled, holding
+
+
+def run_scenario(lab: Lab, scenario: Scenario, users: int) -> Row:
+    graph = LabGraph(lab)
+    graph.post("config", {"throttle_rate": 0, "error_rate": 0, "drop_rate": 0,
+                          "drop_after_rate": 0, "sync_enabled": True})
+    lab_exchange.configure(lab, reset=True)
+    sams = seed(lab, users)
+    graph.units_for(users)
+    ctx = Context(lab, graph, sams)
+    consumed_before, mails_before = _consumed(graph), set(_mails(lab))
+    scenario.before(ctx)  # after the harness's own reads: a throttled Graph would refuse them
+    graph.post("stats/reset", {})
+    started = time.monotonic()
+    converged: float | None = None
+    runs = 0
+    fault = threading.Thread(target=scenario.fault, args=(ctx,), daemon=True)
+    fault.start()
+    try:
+        while time.monotonic() - started < scenario.deadline:
+            argv = [*scenario.worker_prefix, sys.executable, "-m", "shared.cli", "--env-file",
+                    str(_worker_env(lab)), "run", "--once", "--limit", str(WORKER_LIMIT)]
+            ctx.worker = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True)
+            ctx.worker.wait()
+            runs += 1
+            if not fault.is_alive() and _converged(lab, sams):
+                done, _, _ = _provisioned(lab, graph, sams)
+                if len(done) == len(sams):
+                    converged = time.monotonic() - started
+                    break
+            time.sleep(1.0)  # the next timer tick
+    finally:
+        ctx.stop.set()
+        if ctx.worker is not None and ctx.worker.poll() is None:
+            ctx.worker.kill()
+        fault.join(timeout=300)
+        with contextlib.suppress(Exception):
+            scenario.after(ctx)
+        graph.post("config", {"throttle_rate": 0, "error_rate": 0, "drop_rate": 0,
+                              "drop_after_rate": 0})
+    done, doubled, holding = _provisioned(lab, graph, sams)
+    stats = graph.get("stats")
+    extra = _applied_writes(stats) - 2 * len(done)
+    alerts = [p for p in set(_mails(lab)) - mails_before if not _is_digest(p)]
+    # A unit consumed beyond one per user holding a licence was consumed twice.
+    twice = doubled + max(0, _consumed(graph) - consumed_before - holding)
+    graph.close()
+    return Row(scenario.name, users, len(done), users - len(done), twice, extra,
+               None if converged is None else round(converged, 1), len(alerts), runs,
+               "; ".join(ctx.notes + ([f"{ctx.kills} SIGKILLs"] if ctx.kills else [])))
+
+
+def _converged(lab: Lab, sams: list[str]) -> bool:
+    left = set(_members(lab, ad.PROVISION_GROUP)) | set(_members(lab, ad.LICENSE_GROUP))
+    return not left & set(sams)
+
+
+# -- the run --------------------------------------------------------------------------------------
+def fresh_lab(root: Path) -> Lab:
+    """The lab at ``root``, started afresh with storage that survives a restart."""
+    os.environ["LAB_STORAGE_PERSIST"] = "1"
+    lab = Lab.open(root)
+    lab.down()
+    lab.settings = {}
+    return up(lab)
+
+
+def markdown(rows: list[Row], command: str) -> str:
+    lines = ["| scenario | users | provisioned | lost | licensed twice | extra Graph writes | "
+             "time to converge | alerts sent | worker runs |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        took = f"{r.converge_seconds:.0f} s" if r.converge_seconds is not None else "no"
+        lines.append(f"| {r.scenario} | {r.users} | {r.provisioned} | {r.lost} | "
+                     f"{r.licensed_twice} | {r.extra_graph_writes} | {took} | {r.alerts} | "
+                     f"{r.worker_runs} |")
+    notes = [f"- {r.scenario}: {r.notes}" for r in rows if r.notes]
+    return "\n".join([*lines, "", *notes, "", f"Reproduce: `{command}`", ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.fault_scenarios import SCENARIOS
+
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--name", default="faults", help="results file name")
+    args = parser.parse_args(argv)
+    wanted = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
+    root = Path(os.environ.get("LAB_DIR", "/tmp/lab-faults"))
+    command = (f"LAB_DIR={root} python -m bench.faults --users {args.users}"
+               + (f" --only {args.only}" if args.only else ""))
+    lab = fresh_lab(root)
+    rows: list[Row] = []
+    try:
+        for scenario in wanted:
+            print(f"== {scenario.name}: {scenario.what}", flush=True)
+            row = run_scenario(lab, scenario, args.users)
+            lab = Lab.open(root)
+            rows.append(row)
+            print(f"   {asdict(row)}", flush=True)
+    finally:
+        Lab.open(root).down()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(
+        {"command": command, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(rows, command))
+    print(markdown(rows, command))
+    return 0 if all(r.lost == 0 and r.licensed_twice == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
