@@ -20,7 +20,7 @@ param alertEmail string
 @description('Minutes between two polls (POLL_SCHEDULE); the no-poll rule waits three of them.')
 @minValue(1)
 @maxValue(60)
-param pollIntervalMinutes int = 5
+param pollIntervalMinutes int = 1
 
 @description('Function failures: a function alerts above this share of failed invocations (percent) ...')
 @minValue(1)
