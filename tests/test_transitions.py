@@ -239,6 +239,8 @@ def test_the_first_shortage_of_the_day_is_recorded_and_alerted() -> None:
         first.records
     assert (ShortageAlert("ENTERPRISEPACK", 25, 25),) == first.alerts
     assert ((), ()) == (later.records, later.alerts)
+    # Every waiting call carries its shortage: the telemetry event names the SKU.
+    assert (short, later.shortage) == (first.shortage, Shortage("ENTERPRISEPACK", 25, 25, False))
 
 
 def test_changes_made_before_a_wait_are_audited() -> None:
@@ -464,7 +466,8 @@ def test_a_safety_stop_is_this_transition() -> None:
 
 def test_the_policy_comes_from_the_settings(tmp_path, monkeypatch) -> None:
     """SYNC_RETRY_MIN/MAX_SECONDS, SYNC_DEADLINE_HOURS, STUCK_AFTER, LEASE_SECONDS and
-    SYNC_WAIT_SECONDS are the policy's; the outage back-off keeps its own bounds."""
+    SYNC_WAIT_SECONDS and RECONCILE_GRACE_SECONDS are the policy's; the outage back-off keeps
+    its own bounds."""
     from shared.config import load_settings, setting_names
     from tests.test_config import MINIMAL
 
@@ -472,11 +475,12 @@ def test_the_policy_comes_from_the_settings(tmp_path, monkeypatch) -> None:
         monkeypatch.delenv(name, raising=False)
     values = {**MINIMAL, "SYNC_RETRY_MIN_SECONDS": "15", "SYNC_RETRY_MAX_SECONDS": "900",
               "SYNC_DEADLINE_HOURS": "6", "STUCK_AFTER": "4", "LEASE_SECONDS": "120",
-              "SYNC_WAIT_SECONDS": "45"}
+              "SYNC_WAIT_SECONDS": "45", "RECONCILE_GRACE_SECONDS": "90"}
     env = tmp_path / "settings.env"
     env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     assert Policy(sync_min=15, sync_max=900, sync_deadline=dt.timedelta(hours=6),
-                  stuck_after=4, lease=dt.timedelta(seconds=120), first_look=45.0) == Policy.of(
+                  stuck_after=4, lease=dt.timedelta(seconds=120), first_look=45.0,
+                  grace=dt.timedelta(seconds=90)) == Policy.of(
         load_settings(env))
 
 
@@ -525,6 +529,13 @@ def test_a_mailbox_done_asks_for_the_sync_and_looks_after_first_look() -> None:
     assert ((Step.LICENSE, 75.0), dn, False, "") == (
         (follow.item.step, follow.delay) if follow else None, mailbox.sync, mailbox.sync_again,
         licence.sync)
+
+
+def test_only_the_mailbox_step_s_follow_waits_for_the_first_look() -> None:
+    """The first look is the sync's wait: a next step after any other step is sent at once."""
+    t = advance(row(), item(Step.LICENSE), Done("ann", next_step=Step.ROLE), NOW,
+                Policy(first_look=75.0))
+    assert t.follow is not None and (Step.ROLE, 0.0) == (t.follow.item.step, t.follow.delay)
 
 
 @pytest.mark.parametrize(("kind", "asks"), [(Wait.SYNC, True), (Wait.ROUTING, True),
