@@ -11,10 +11,10 @@ points ``CONNECT_URL`` through the tunnel unless ``LAB_TRANSPORT=direct``).
 
 from __future__ import annotations
 
-import json
 import secrets
 
-from .core import Lab, LabError, free_port, wait_for_port
+from .core import Lab, LabError, free_port
+from .exchange import launch, ntlm_account
 from .tls import issue
 
 
@@ -29,10 +29,7 @@ def start(lab: Lab) -> None:
     netbios = realm.split(".")[0].upper()
     host, port = "127.0.0.1", free_port()
     cert, key = issue(lab, "connect", [host, "localhost"])
-    password = secrets.token_urlsafe(18)
-    ntlm_file = lab.path("connect", "ntlm_users")
-    ntlm_file.write_text(f"{netbios}:svc-adsync:{password}\n")
-    ntlm_file.chmod(0o600)
+    password, ntlm_file = ntlm_account(lab, "connect", netbios, "svc-adsync")
     config = {
         "role": "connect", "host": host, "port": port, "path": "/wsman",
         "resource_uri": "http://schemas.microsoft.com/powershell/ADSyncTrigger",
@@ -42,13 +39,7 @@ def start(lab: Lab) -> None:
         "graph_control_url": lab.settings["LAB_GRAPH_CONTROL_URL"],
         "graph_token": lab.settings["AZURE_STATIC_TOKEN"],
     }
-    path = lab.path("connect", "config.json")
-    path.write_text(json.dumps(config, indent=2))
-    path.chmod(0o600)
-    proc = lab.python("connect", "lab.exchange", str(path))
-    wait_for_port(host, port, peer="connect", lab=lab, proc=proc)
-    url = f"https://{host}:{port}/wsman"
-    lab.endpoint("connect", "url", url)
+    url = launch(lab, "connect", config, "/wsman")
     lab.settings.update({
         "LAB_CONNECT_URL": url,
         "CONNECT_URL": url,

@@ -196,6 +196,13 @@ NO_UNITS = "does not have any available licenses"
 
 
 # -- the step ----------------------------------------------------------------------------------
+def _report(ad: DirectoryUser, who: str, inputs: rules.Valid, status: str) -> dict[str, str]:
+    """The digest row of a licensed user (``Done.report``)."""
+    return {"name": ad.sam or who, "display_name": ad.display_name or "", "mail": ad.mail or "",
+            "licence": inputs.licence, "sku": inputs.sku, "status": status,
+            "alias": inputs.alias}
+
+
 class LicenseStep:
     """Executor of the licence plan for one user at a time (one instance per event loop)."""
 
@@ -225,7 +232,7 @@ class LicenseStep:
         who = ad.upn or ad.sam
         group = self.provisioning.license_group
         if not await self._directory(self.directory.is_member, ad, group):
-            return Stale(f"{who} is not a member of {group}", user=who)
+            return await self._not_in_group(ad, who, group)
         inputs = rules.check(ad, self.provisioning)
         if isinstance(inputs, rules.Invalid):
             raise PermanentError(inputs.reason, user=who, step=STEP, fix=inputs.fix)
@@ -285,10 +292,24 @@ class LicenseStep:
                 await self._directory(self.directory.remove_member, action.group, ad)
         status = "licensed" if any(c.what == "licenses" for c in changes) \
             else "already-licensed"
-        report = {"name": ad.sam or who, "display_name": ad.display_name or "",
-                  "mail": ad.mail or "", "licence": inputs.licence, "sku": part,
-                  "status": status, "alias": inputs.alias}
-        return Done(who, tuple(changes), report=report)
+        return Done(who, tuple(changes), report=_report(ad, who, inputs, status))
+
+    async def _not_in_group(self, ad: DirectoryUser, who: str, group: str) -> Done | Stale:
+        """Work for a user who is not in the licence group is stale, unless the user holds
+        exactly the licence the rules map them to: this step takes a user out of the group
+        only after assigning it, so an earlier attempt got that far and lost the DC's answer
+        to the removal (a timeout). The user is provisioned, and reported so."""
+        stale = Stale(f"{who} is not a member of {group}", user=who)
+        inputs = rules.check(ad, self.provisioning)
+        if isinstance(inputs, rules.Invalid):
+            return stale
+        cloud = await self.graph.find_user(to_immutable_id(ad.guid), ad.upn)
+        subscribed = {s.part_number: s
+                      for s in await self.graph.subscribed_skus(max_age=SKU_MAX_AGE)}
+        mapped = subscribed.get(inputs.sku)
+        if cloud is None or mapped is None or cloud.sku_ids != {mapped.sku_id}:
+            return stale
+        return Done(who, report=_report(ad, who, inputs, "already-licensed"))
 
     async def _shortage(self, who: str, part_number: str, sku: SubscribedSku,
                         changes: list[Change]) -> NotYet:

@@ -100,9 +100,10 @@ def in_group(directory: Directory, settings: Settings, guid: uuid.UUID) -> bool:
 def test_unsynced_user_waits_then_is_licensed_and_second_run_writes_nothing(
         glab: GraphLab, provisioned, directory: Directory, settings: Settings) -> None:
     """Not synced → NotYet(sync), saying what it means past the deadline; after the sync
-    engine mirrors the user → licensed, out of O365_License; a second message is stale (the
-    user left the group) and a user put back in the group is already licensed: neither makes a
-    Graph write."""
+    engine mirrors the user → licensed, out of O365_License; a second message (an attempt
+    whose answer to the group removal was lost) finds the user out of the group holding the
+    licence: done, reported already licensed; a user put back in the group is already
+    licensed too: neither makes a Graph write."""
     glab.config(sync_enabled=False)
     user = provisioned()
     [early] = run_step(settings, directory, [user.guid])
@@ -118,12 +119,29 @@ def test_unsynced_user_waits_then_is_licensed_and_second_run_writes_nothing(
     assert ["ENTERPRISEPACK"] == licences(glab, cloud["id"])
     assert not in_group(directory, settings, user.guid)
     glab.reset_stats()
-    [stale] = run_step(settings, directory, [user.guid])
-    assert isinstance(stale, Stale), stale
+    [lost_answer] = run_step(settings, directory, [user.guid])
+    assert isinstance(lost_answer, Done) and lost_answer.report is not None, lost_answer
+    assert ("already-licensed", "ENTERPRISEPACK", ()) == (
+        lost_answer.report["status"], lost_answer.report["sku"], lost_answer.changes)
     directory.add_member(settings.provisioning.license_group, directory.user(user.guid))
     [again] = run_step(settings, directory, [user.guid])
     assert isinstance(again, Done) and again.report is not None
     assert "already-licensed" == again.report["status"]
+    assert 0 == glab.stats()["total"].get("writes", 0)
+
+
+def test_a_user_out_of_the_group_without_the_licence_is_stale(
+        glab: GraphLab, provisioned, directory: Directory, settings: Settings) -> None:
+    """Taken out of O365_License before any licence (or holding another one): the message is
+    stale, names the user and the group, and nothing is written."""
+    user = provisioned()
+    glab.wait_for_user(user.guid)
+    directory.remove_member(settings.provisioning.license_group, directory.user(user.guid))
+    glab.reset_stats()
+    [stale] = run_step(settings, directory, [user.guid])
+    assert isinstance(stale, Stale), stale
+    assert f"{stale.user} is not a member of {settings.provisioning.license_group}" == \
+        stale.reason
     assert 0 == glab.stats()["total"].get("writes", 0)
 
 

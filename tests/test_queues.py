@@ -147,3 +147,32 @@ def test_the_function_app_parks_an_undecodable_message(lab: Lab, settings: Setti
         assert [("license", "not base64")] == [(r["queue"], r["reason"]) for r in rows]
     finally:
         svc.close()
+
+
+@pytest.mark.lab
+def test_run_once_works_the_queues_when_the_dc_is_down(lab: Lab,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the DC unreachable the poll and reconcile fail: each is logged as ``timer_failed``
+    and counted (the role cycle stops itself, its inputs unreadable), and the run still works
+    the queues, as the function app's separate functions do: a bad message is parked and
+    recorded."""
+    from structlog.testing import capture_logs
+
+    from shared.config import load_settings
+
+    monkeypatch.setenv("AD_TRANSPORT", "direct")
+    monkeypatch.setenv("AD_URL", "ldaps://127.0.0.1:9")  # the discard port: nothing listens
+    service = flow.Service.build(load_settings(lab.settings_file))
+    body = f"not base64 {uuid.uuid4().hex}"
+    try:
+        service.queues.send_raw("mailbox", body)
+        with capture_logs() as logs:
+            summary = asyncio.run(run_once(service, limit=120))
+        parked = [r for r in service.outcomes.since("poison", "") if r.get("message") == body]
+    finally:
+        service.close()
+    failed = sorted(e["timer"] for e in logs if e["event"] == "timer_failed")
+    stopped = [e["event"] for e in logs if e["event"].startswith("role_cycle")]
+    assert (["poll", "reconcile"], 2, True, ["not base64"], ["role_cycle_stopped"]) == (
+        failed, summary.outcomes["timer-failed"], summary.drained,
+        [r["reason"] for r in parked], stopped)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -70,10 +71,7 @@ def start(lab: Lab) -> None:
     host, port = "127.0.0.1", free_port()
     cert, key = issue(lab, "exchange", [host, "localhost"])
     user = f"{netbios}\\svc-exchange"
-    password = secrets.token_urlsafe(18)
-    ntlm_file = lab.path("exchange", "ntlm_users")
-    ntlm_file.write_text(f"{netbios}:svc-exchange:{password}\n")
-    ntlm_file.chmod(0o600)
+    password, ntlm_file = ntlm_account(lab, "exchange", netbios, "svc-exchange")
     routing = lab.settings.get("ROUTING_DOMAIN") or "contoso.mail.onmicrosoft.com"
     admin_token = secrets.token_urlsafe(18)
     config: dict[str, Any] = {
@@ -99,13 +97,7 @@ def start(lab: Lab) -> None:
             "dc_name": _dc_name(lab),
         },
     }
-    config_path = lab.path("exchange", "config.json")
-    config_path.write_text(json.dumps(config, indent=2))
-    config_path.chmod(0o600)
-    proc = lab.python("exchange", "lab.exchange", str(config_path))
-    wait_for_port(host, port, peer="exchange", lab=lab, proc=proc)
-    url = f"https://{host}:{port}/PowerShell"
-    lab.endpoint("exchange", "url", url)
+    url = launch(lab, "exchange", config, "/PowerShell")
     lab.settings.update({
         "LAB_EXCHANGE_URL": url,
         "LAB_EXCHANGE_USER": user,
@@ -117,6 +109,30 @@ def start(lab: Lab) -> None:
         "EXCHANGE_AUTH": "ntlm",
     })
     lab.settings.setdefault("ROUTING_DOMAIN", routing)
+
+
+def ntlm_account(lab: Lab, name: str, netbios: str, account: str) -> tuple[str, Path]:
+    """A new password for the endpoint ``name``'s one account, and the NTLM user file (0600)
+    that holds it; returns both."""
+    password = secrets.token_urlsafe(18)
+    ntlm_file = lab.path(name, "ntlm_users")
+    ntlm_file.write_text(f"{netbios}:{account}:{password}\n")
+    ntlm_file.chmod(0o600)
+    return password, ntlm_file
+
+
+def launch(lab: Lab, name: str, config: dict[str, Any], path: str) -> str:
+    """Run this package's WS-Management + PSRP server as the lab peer ``name`` with ``config``
+    (written 0600: it holds the account's password) and wait for it; returns its URL, ``path``
+    on the config's host and port."""
+    config_path = lab.path(name, "config.json")
+    config_path.write_text(json.dumps(config, indent=2))
+    config_path.chmod(0o600)
+    proc = lab.python(name, "lab.exchange", str(config_path))
+    wait_for_port(config["host"], config["port"], peer=name, lab=lab, proc=proc)
+    url = f"https://{config['host']}:{config['port']}{path}"
+    lab.endpoint(name, "url", url)
+    return url
 
 
 def restart(lab: Lab) -> None:
