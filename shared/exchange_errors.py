@@ -16,6 +16,7 @@ is said only of what only a bug can cause (a parse error: the service never send
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,6 +112,22 @@ def record_reason(record: Any) -> str:
     return str(reason)
 
 
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a TLS failure is the certificate's (an unknown CA, another host's name): an
+    ``ssl.SSLCertVerificationError`` anywhere in the chain requests and urllib3 wrap it in."""
+    todo, seen = [exc], set()
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return True
+        todo += [e for e in (error.__cause__, error.__context__, getattr(error, "reason", None),
+                             *error.args) if isinstance(e, BaseException)]
+    return False
+
+
 def transport_error(exc: Exception, cmdlet: str, settings: ExchangeSettings) -> (
         ProvisioningError):
     """The error a failure of the transport (HTTP, TLS, WS-Management) means."""
@@ -122,12 +139,21 @@ def transport_error(exc: Exception, cmdlet: str, settings: ExchangeSettings) -> 
             fix="check EXCHANGE_USER and the Exchange password secret in Key Vault, and that "
                 "the account is not locked out",
         )
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, requests.exceptions.SSLError) and _certificate_refused(exc):
         return PermanentError(
             f"the TLS certificate of {where} is not trusted",
             step=STEP,
             fix="add the CA that issued Exchange's certificate to CA_BUNDLE, or check "
                 "EXCHANGE_URL's host name",
+        )
+    if isinstance(exc, requests.exceptions.SSLError):
+        # The connection closed during the handshake (a restarting server, a bridge that
+        # could not reach it): nothing about the certificate.
+        return TransientError(
+            f"{where} closed the connection during the TLS handshake for {cmdlet}",
+            step=STEP,
+            fix="nothing to do; the service retries (if this repeats, check that Exchange "
+                "and the hybrid connection's bridge are up)",
         )
     if isinstance(exc, WSManFaultError):
         reason = redact(str(exc.reason or exc.code))

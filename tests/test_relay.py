@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -384,3 +385,36 @@ def test_the_lab_bridge_answers_preambles_as_azbridge_does(
             return bytes(message.data[:3]) if message.type is aiohttp.WSMsgType.BINARY else b""
 
     assert answer == asyncio.run(send())
+
+
+def test_a_connection_closed_during_the_tls_handshake_is_transient(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Pins what a restarting Exchange (or a bridge that cannot reach it) looks like to the
+    client: the connection is taken and closed before TLS completes. That says nothing about
+    the certificate: a TransientError naming Exchange, so the user is retried, not failed (the
+    faults bench's exchange-restart failed 8 of 100 users permanently before)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def take_and_close() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=take_and_close, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.getsockname()[1]}/PowerShell"
+        error = failure(settings_with(lab, tmp_path, EXCHANGE_TRANSPORT="direct",
+                                      EXCHANGE_URL=url), "exchange")
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert (TransientError, f"Exchange at {url} closed the connection during the TLS handshake") \
+        == (type(error), error.reason.split(" for ")[0])
