@@ -15,6 +15,9 @@ counts, for that scenario's users:
 - time to converge: from the first worker start to the moment all were provisioned;
 - alerts: mails other than the digest the lab's SMTP server received meanwhile.
 
+Each scenario starts on its own: the users an earlier one left unfinished leave the groups and
+the queues are emptied first, so no row counts another scenario's users.
+
     LAB_DIR=/tmp/lab-faults python -m bench.faults                  # every scenario, N = 100
     LAB_DIR=/tmp/lab-faults python -m bench.faults --only sigkill --users 40
 
@@ -38,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from azure.core.exceptions import ResourceNotFoundError
+from ldap3 import MODIFY_DELETE
 
 from bench.e2e import LabGraph
 from lab import ad
@@ -45,6 +50,10 @@ from lab import exchange as lab_exchange
 from lab.__main__ import up
 from lab.core import REPO, Lab, format_env
 from lab.seed import seed
+from shared.config import load_settings
+from shared.messages import QUEUES, poison_queue
+from shared.queues import Queues
+from shared.storage import queue_service
 
 RESULTS = REPO / "bench" / "results"
 WORKER_LIMIT = 90  # s per `run --once`: the timers fire again after it
@@ -209,7 +218,29 @@ def _provisioned(lab: Lab, graph: LabGraph, sams: list[str]) -> tuple[list[str],
     return done, doubled, holding
 
 
+def _isolate(lab: Lab) -> None:
+    """Start a scenario on its own: an earlier scenario's unfinished users leave the groups
+    and every queue is emptied, so the worker of this one finishes nobody else's work and the
+    counts below (units consumed, Graph writes, alerts) are this scenario's users' alone."""
+    queues = Queues(queue_service(load_settings(lab.settings_file).storage))
+    for queue in QUEUES.values():
+        for name in (queue, poison_queue(queue)):
+            with contextlib.suppress(ResourceNotFoundError):
+                queues.client(name).clear_messages()
+    conn = ad.admin_connection(lab, timeout=30)
+    try:
+        for group in (ad.PROVISION_GROUP, ad.LICENSE_GROUP):
+            dn = f"CN={group},{ad.GROUPS_OU}"
+            conn.search(dn, "(objectClass=group)", "BASE", attributes=["member"])
+            members = conn.response[0]["attributes"].get("member") or []
+            if members:
+                conn.modify(dn, {"member": [(MODIFY_DELETE, list(members))]})
+    finally:
+        conn.unbind()
+
+
 def run_scenario(lab: Lab, scenario: Scenario, users: int) -> Row:
+    _isolate(lab)
     graph = LabGraph(lab)
     graph.post("config", {"throttle_rate": 0, "error_rate": 0, "drop_rate": 0,
                           "drop_after_rate": 0, "sync_enabled": True})

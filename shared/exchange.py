@@ -39,6 +39,16 @@ from .relay_tls import pin_session
 log = get_logger(__name__)
 
 STEP = "mailbox"
+# The idle timeout each runspace pool asks Exchange for (rsp:IdleTimeOut in the shell's Create,
+# what PowerShell sends for PSSessionOption.IdleTimeout, "how long the runspace on the server
+# waits before it declares the client dead and closes itself down": learn.microsoft.com,
+# System.Management.Automation.Remoting.PSSessionOption.IdleTimeout). Without it a worker that
+# dies (SIGKILL, an instance recycled) leaves its pools open for IIS's 15 minutes, and each
+# counts against the account's 18 (PowerShellMaxConcurrency): a few such deaths and no worker
+# can open a pool at all. The worker itself replaces a pool idle for three quarters of that,
+# before Exchange drops it.
+SHELL_IDLE_TIMEOUT_SECONDS = 120
+REOPEN_AFTER_IDLE_SHARE = 0.75
 
 @dataclass(frozen=True)
 class RemoteMailbox:
@@ -122,14 +132,15 @@ class ExchangeClient:
         *,
         password: str,
         ca_bundle: Path | None,
-        idle_reopen_seconds: float = 600.0,
+        shell_idle_timeout: int = SHELL_IDLE_TIMEOUT_SECONDS,
     ) -> None:
         self._settings = settings
         self._password = password
         self._ca_bundle = ca_bundle
-        # Exchange's IIS drops idle PowerShell sessions (15 min by default); opening a new
-        # pool before that beats failing a message on a dead one.
-        self._idle_reopen = idle_reopen_seconds
+        # Exchange drops a pool idle for shell_idle_timeout; opening a new pool before that
+        # beats failing a message on a dead one.
+        self._shell_idle_timeout = shell_idle_timeout
+        self._idle_reopen = shell_idle_timeout * REOPEN_AFTER_IDLE_SHARE
         self._lock = threading.Lock()
         self._pool: RunspacePool | None = None
         self._last_used = 0.0
@@ -221,7 +232,8 @@ class ExchangeClient:
         )
         if proxy is not None:
             pin_session(wsman.transport)  # no environment proxy or CA file may interfere
-        pool = RunspacePool(wsman, configuration_name=self._settings.configuration_name)
+        pool = RunspacePool(wsman, configuration_name=self._settings.configuration_name,
+                            idle_timeout=self._shell_idle_timeout)
         try:
             pool.open()
         except BaseException:

@@ -7,8 +7,12 @@ back from Samba over LDAPS as the domain admin.
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -24,6 +28,7 @@ from shared.errors import PermanentError, TransientError
 from shared.exchange import ExchangeClient
 
 pytestmark = pytest.mark.lab
+REPO = Path(__file__).resolve().parents[1]
 
 INJECTIONS = ('x"; Remove-Mailbox -Identity *; "', "$(Get-Process)", "*", "'; Get-Process; '")
 
@@ -243,6 +248,44 @@ def test_session_limit_is_transient_with_delay(settings, lab, knobs, client):
 
     assert "maximum number of connections allowed : 1" in caught.value.reason
     assert 60.0 == caught.value.retry_after
+
+
+_WORKER_THAT_DIES = """
+import sys, time
+from shared.config import load_settings
+from shared.exchange import ExchangeClient
+settings = load_settings(sys.argv[1])
+client = ExchangeClient(settings.exchange, password=sys.argv[2],
+                        ca_bundle=settings.service.ca_bundle, shell_idle_timeout=2)
+client.get_remote_mailbox("dies with its pool open")
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_workers_pool_is_dropped_after_the_idle_timeout_it_asked_for(
+        settings, lab, knobs):
+    """A worker SIGKILLed with its pool open cannot delete its shell; the pool asked Exchange
+    for a short idle timeout, so it stops counting against the per-user limit then, and the
+    next worker gets a pool without anyone's hand."""
+    knobs(max_sessions_per_user=1, close_sessions=True)
+    password = lab.settings["LAB_EXCHANGE_PASSWORD"]
+    dying = subprocess.Popen([sys.executable, "-c", _WORKER_THAT_DIES, str(lab.settings_file),
+                              password], stdout=subprocess.PIPE, cwd=REPO)
+    try:
+        assert dying.stdout is not None
+        assert b"open\n" in iter(dying.stdout.readline, b"")  # after the worker's log lines
+    finally:
+        dying.kill()
+        dying.wait()
+    assert list(lab_exchange.status(lab)["sessions"].values()) == [1]  # the dead one's
+    with ExchangeClient(settings.exchange, password=password,
+                        ca_bundle=settings.service.ca_bundle, shell_idle_timeout=2) as next_one:
+        with pytest.raises(TransientError) as refused:
+            next_one.get_remote_mailbox("refused while the dead pool counts")
+        time.sleep(2.5)
+        assert next_one.get_remote_mailbox("after the idle timeout") is None
+    assert "maximum number of connections allowed : 1" in refused.value.reason
 
 
 def _quick_client(settings: Settings, lab: Lab, timeout: float) -> ExchangeClient:

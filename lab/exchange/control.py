@@ -8,7 +8,8 @@ through ``configure(lab, ...)``, which POSTs to ``/lab/knobs`` with a lab-only t
                            roles and builds the session; seconds on a real server)
     max_sessions_per_user  Exchange's PowerShellMaxConcurrency (default 18): more open
                            runspace pools for one user are refused at Create
-    idle_timeout_seconds   pools idle this long are dropped, as IIS/WinRM do
+    idle_timeout_seconds   pools idle this long are dropped, as IIS/WinRM do (a shorter
+                           IdleTimeOut the client asks for in Create applies instead)
     faults                 [{"kind": "http500"|"drop"|"slow", "action": "Command"|...|"any",
                              "count": 1, "skip": 0, "seconds": 5, "when": "before"|"after"}]
                            injected into the next matching WS-Management requests, after

@@ -29,6 +29,9 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
     outbox: dict[uuid.UUID | None, list[bytes]] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
+    # The idle timeout the client asked for in Create (rsp:IdleTimeOut, as PowerShell's
+    # PSSessionOption.IdleTimeout sends it); the server's own applies when it is shorter.
+    requested_idle: float | None = None
     # Recent Receive answers by request MessageID: a client that timed out re-sends the same
     # message (pypsrp does) and must get the same data, which the first answer lost.
     replies: dict[str, bytes] = field(default_factory=dict)
@@ -61,6 +64,7 @@ class Endpoint:
 
     def report(self) -> dict[str, Any]:
         with self.lock:
+            self._drop_idle()
             per_user: dict[str, int] = {}
             for session in self.sessions.values():
                 per_user[session.user] = per_user.get(session.user, 0) + 1
@@ -89,12 +93,22 @@ class Endpoint:
         return float(lowered.get(cmdlet.lower(), lowered.get("*", 0))) / 1000.0
 
     # -- sessions -----------------------------------------------------------------------
-    def open_session(self, shell_id: str, user: str) -> Session:
+    def idle_timeout(self, session: Session) -> float:
+        """How long ``session`` may stay idle: the client's request, at most the server's."""
+        server = float(self.knobs["idle_timeout_seconds"])
+        return min(server, session.requested_idle or server)
+
+    def _drop_idle(self) -> None:
+        """Delete the shells idle past their timeout, as WinRM does (caller holds the lock)."""
         now = time.monotonic()
+        for key in [k for k, s in self.sessions.items()
+                    if now - s.last_used > self.idle_timeout(s)]:
+            del self.sessions[key]
+
+    def open_session(self, shell_id: str, user: str, requested_idle: float | None = None
+                     ) -> Session:
         with self.lock:
-            idle = float(self.knobs["idle_timeout_seconds"])
-            for key in [k for k, s in self.sessions.items() if now - s.last_used > idle]:
-                del self.sessions[key]
+            self._drop_idle()
             limit = int(self.knobs["max_sessions_per_user"])
             open_now = sum(1 for s in self.sessions.values() if s.user == user)
             if open_now >= limit:
@@ -106,13 +120,15 @@ class Endpoint:
                     f"allowed : {limit} for the policy party : MaxConcurrency. Please close "
                     "existing runspace and try again.",
                 )
-            session = Session(shell_id, user, psrpcore.ServerRunspacePool())
+            session = Session(shell_id, user, psrpcore.ServerRunspacePool(),
+                              requested_idle=requested_idle)
             self.sessions[shell_id.upper()] = session
             self.stats["sessions_opened"] += 1
             return session
 
     def session(self, shell_id: str | None, user: str) -> Session:
         with self.lock:
+            self._drop_idle()
             session = self.sessions.get((shell_id or "").upper())
         if session is None or session.user != user:
             raise WSManFault(

@@ -8,6 +8,7 @@ timeout gets the data the first answer lost.
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -70,13 +71,14 @@ def _carry_out(endpoint: Endpoint, user: str | None, client_ip: str, action: str
         assert shell is not None
         shell_id = shell.get("ShellId") or str(uuid.uuid4()).upper()
         creation = shell.findtext("pwsh:creationXml", "", NS)
-        session = endpoint.open_session(shell_id, user)
+        session = endpoint.open_session(shell_id, user, _duration(shell.findtext(
+            "rsp:IdleTimeOut", "", NS)))
         opening = float(endpoint.knobs["open_latency_ms"]) / 1000.0
         if opening:
             time.sleep(opening)
         with session.lock:
             feed(session, base64.b64decode(creation))
-        return _created(endpoint, user, client_ip, shell_id)
+        return _created(endpoint, user, client_ip, session)
     session = endpoint.session(shell_id, user)
     with session.lock:
         if action == "Delete":
@@ -155,7 +157,17 @@ def _receive(endpoint: Endpoint, session: Session, body: ET.Element | None) -> E
     return reply
 
 
-def _created(endpoint: Endpoint, user: str, client_ip: str, shell_id: str) -> ET.Element:
+def _duration(text: str) -> float | None:
+    """Seconds of an xs:duration as WS-Management writes them (``PT120S``, ``PT1.5S``)."""
+    match = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?", text.strip())
+    if not text.strip() or match is None:
+        return None
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds or None
+
+
+def _created(endpoint: Endpoint, user: str, client_ip: str, session: Session) -> ET.Element:
+    shell_id = session.shell_id
     created = ET.Element(qname("wst", "ResourceCreated"))
     ET.SubElement(created, qname("wsa", "Address")).text = (
         f"https://{endpoint.config['host']}:{endpoint.config['port']}/PowerShell"
@@ -170,7 +182,7 @@ def _created(endpoint: Endpoint, user: str, client_ip: str, shell_id: str) -> ET
     ET.SubElement(shell, qname("rsp", "Owner")).text = user or ""
     ET.SubElement(shell, qname("rsp", "ClientIP")).text = client_ip
     ET.SubElement(shell, qname("rsp", "IdleTimeOut")).text = (
-        f"PT{float(endpoint.knobs['idle_timeout_seconds']):.3f}S"
+        f"PT{endpoint.idle_timeout(session):.3f}S"
     )
     ET.SubElement(shell, qname("rsp", "InputStreams")).text = "stdin pr"
     ET.SubElement(shell, qname("rsp", "OutputStreams")).text = "stdout"
