@@ -462,7 +462,7 @@ async def host_cycle(svc: Any, *, limit: float) -> Any:
     (twice ``EXCHANGE_SESSIONS`` for mailboxes, ``GRAPH_CONCURRENCY`` for the rest) instead
     of host.json's batch sizes, and its pool has 32 threads."""
     from shared import flow
-    from shared.cli import MAX_DEQUEUE, WORK_QUEUES, Summary
+    from shared.flow.worker import MAX_DEQUEUE, WORK_QUEUES, Summary
     from shared.messages import poison_queue
     from shared.queues import Received
 
@@ -592,7 +592,7 @@ async def work(settings: Settings, limit: float, driver: str = "cli") -> dict[st
     """One cycle: ``run_once`` as ``python -m shared.cli run --once`` runs it (``cli``), or
     the queues consumed as the Functions host would (``host``)."""
     from shared import flow
-    from shared.cli import run_once
+    from shared.flow.worker import run_once
 
     svc = flow.Service.build(settings)
     assert settings.storage.connection is not None  # the lab's Azurite
