@@ -15,6 +15,7 @@ from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
 from shared.messages import QUEUES, Step, poison_queue
 from shared.queues import Received
+from shared.storage import THREADS
 
 from .handlers import handle, io, log, poisoned
 from .service import Service
@@ -54,8 +55,9 @@ async def run_once(
     summary.outcomes["timer-failed"] += failed
     task = progress.add_task("provisioning", total=None) if progress else None
     # Handlers wait on Exchange, LDAP and storage in threads: more threads than the default
-    # (cores + 4), or Exchange sessions would starve the storage calls.
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, "worker"))
+    # (cores + 4), or Exchange sessions would starve the storage calls. The storage clients
+    # keep a connection for each of them.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(THREADS, "worker"))
     lease = int(svc.settings.service.lease_seconds)
     slots = dict.fromkeys(WORK_QUEUES, svc.settings.graph.concurrency)
     slots[QUEUES[Step.MAILBOX]] = 2 * svc.settings.exchange.sessions
