@@ -25,8 +25,33 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
 MAX_DEQUEUE, WORK_QUEUES = 5, tuple(QUEUES.values())  # as host.json's maxDequeueCount
-IDLE_POLL, MAX_IDLE = 0.5, 5.0  # an empty queue is asked again after 0.5 s, doubling to 5 s
-POISON_POLL = 30.0  # s between looks at the poison queues while work runs
+RECEIVE = 32  # messages asked for at once: Storage's most
+IDLE_POLL, MAX_IDLE = 0.5, 5.0  # an empty queue is asked again after 1 s, doubling to 5 s
+PACE = 2.0  # s before a queue whose last receive was not full is asked again
+RECHECK = 30.0  # s at most between depth checks while only delayed messages are left
+POISON_POLL = 300.0  # s between looks at poison queues nobody told us about (other workers)
+
+
+@dataclass
+class Asking:
+    """When to ask one work queue for messages again, from what its last receive returned."""
+
+    at: float = 0.0  # not before this (time.monotonic())
+    wait: float = IDLE_POLL  # after an empty receive: doubling up to MAX_IDLE
+    dry: bool = False  # the last receive came back empty
+
+    def received(self, count: int, now: float) -> None:
+        """A full receive leaves more behind: ask again as soon as slots are free. One that
+        was not full took what there was: the queue is given ``PACE`` to fill up, so the next
+        receive brings more than one or two messages (a message waits at most that long). An
+        empty one: waits that double, as the host's polling interval grows."""
+        self.dry = count == 0
+        if count:
+            self.wait = IDLE_POLL
+            self.at = now if count >= RECEIVE else now + PACE
+        else:
+            self.wait = min(MAX_IDLE, self.wait * 2)
+            self.at = now + self.wait
 
 
 @dataclass
@@ -47,7 +72,15 @@ async def run_once(
     slot, not when a whole batch is done, so one slow Exchange cmdlet holds up nobody. The
     slots: twice ``EXCHANGE_SESSIONS`` for mailboxes (a handler waits for a session only while
     another one's cmdlet runs, and does its storage writes without one), ``GRAPH_CONCURRENCY``
-    for licences and roles. An idle queue is asked less and less often, up to every 5 s."""
+    for licences and roles.
+
+    Every request to Storage counts (issue 17: at most 8 per user, and the user's own work
+    takes 8.0), so the loop asks only what it needs to know: a queue whose last receive was
+    not full is given ``PACE`` to fill up, an empty one is asked less and less often (up to
+    every 5 s), the poison queues are looked at first and then after a handler parked a
+    message (or every ``POISON_POLL`` for other workers'), and depths only once nothing runs
+    and every queue came back empty, one queue at a time until one holds messages. Drained
+    means what it always did: no message left on any queue or poison queue, visible or not."""
     started = time.monotonic()
     summary = Summary()
     enqueued, failed = await every_timer(svc)
@@ -63,11 +96,15 @@ async def run_once(
     slots[QUEUES[Step.MAILBOX]] = 2 * svc.settings.exchange.sessions
     running: dict[str, set[asyncio.Task[None]]] = {queue: set() for queue in WORK_QUEUES}
     waiting: dict[str, list[Received]] = {queue: [] for queue in WORK_QUEUES}
-    quiet_until = dict.fromkeys(WORK_QUEUES, 0.0)  # an empty queue is asked again after this
-    empty = dict.fromkeys(WORK_QUEUES, IDLE_POLL)  # ... each queue's own, doubling up to 5 s
-    next_poison, idle = 0.0, IDLE_POLL  # as the host's polling interval grows
+    asking = {queue: Asking() for queue in WORK_QUEUES}
+    # Depth checks, queue by queue until one holds messages: the one that did last time first.
+    order = [*WORK_QUEUES, *map(poison_queue, WORK_QUEUES)]
+    parked = True  # look at the poison queues: at the start, and after a handler parked one
+    next_poison = next_depth = 0.0
+    idle = IDLE_POLL  # between depth checks while nothing runs, doubling up to RECHECK
 
     async def one(message: Received) -> None:
+        nonlocal parked
         try:
             handled = await handle(svc, message.queue, message.raw)
         except (ServiceRequestError, ServiceResponseError) as exc:
@@ -83,57 +120,69 @@ async def run_once(
             if message.dequeue_count >= MAX_DEQUEUE:
                 await io(svc.queues.to_poison, message.queue, message.raw)
                 await io(svc.queues.delete, message)
+                parked = True
             summary.outcomes["crashed"] += 1
             return
         if not await io(svc.queues.delete, message):
             log.info("message_redelivered", queue=message.queue, user=handled.user,
                      why="handled after its visibility ran out; the ledger held the copy")
         summary.outcomes[handled.outcome] += 1
+        parked = parked or handled.outcome == "poison"  # handle() parked it
         if progress is not None and task is not None:
             progress.update(task, advance=1, description=_describe(summary))
 
     while time.monotonic() - started < limit:
         moved = 0  # messages received or parked in this round
-        if time.monotonic() >= next_poison:
+        if parked or time.monotonic() >= next_poison:
             # First, so that a parked message's failure is on record before new work starts.
-            next_poison = time.monotonic() + POISON_POLL
+            parked, next_poison = False, time.monotonic() + POISON_POLL
             moved += await _poisoned(svc, lease)
         for queue in WORK_QUEUES:
             # One receive of up to 32 serves several rounds (they stay invisible for the
             # lease); refill when it is used up and half the slots are free.
-            if (not waiting[queue] and time.monotonic() >= quiet_until[queue]
+            if (not waiting[queue] and time.monotonic() >= asking[queue].at
                     and slots[queue] - len(running[queue]) >= max(1, slots[queue] // 2)):
-                waiting[queue] = await io(svc.queues.receive, queue, limit=32,
+                waiting[queue] = await io(svc.queues.receive, queue, limit=RECEIVE,
                                           visibility=lease)
-                empty[queue] = IDLE_POLL if waiting[queue] else min(MAX_IDLE, empty[queue] * 2)
-                quiet_until[queue] = 0.0 if waiting[queue] else time.monotonic() + empty[queue]
+                asking[queue].received(len(waiting[queue]), time.monotonic())
                 moved += len(waiting[queue])
             while waiting[queue] and len(running[queue]) < slots[queue]:
                 started_task = asyncio.create_task(one(waiting[queue].pop(0)))
                 running[queue].add(started_task)
                 started_task.add_done_callback(running[queue].discard)
         busy = set().union(*running.values())
-        if not busy:
-            if moved:  # what this round took may have finished already, and sent more
-                idle = IDLE_POLL
-                continue
-            depths = [await io(svc.queues.depth, q)
-                      for q in (*WORK_QUEUES, *map(poison_queue, WORK_QUEUES))]
-            if not any(depths):
+        if busy or moved:  # what this round took may have finished already, and sent more
+            idle, next_depth = IDLE_POLL, 0.0
+            if busy:
+                await asyncio.wait(busy, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+            continue
+        if all(a.dry for a in asking.values()) and time.monotonic() >= next_depth:
+            # Nothing runs and every queue came back empty: drained, unless messages are
+            # left that no receive can see yet (delayed, or in another worker's hands), or
+            # parked. The depth counts those too.
+            left = await _holding(svc, order)
+            if left is None:
                 summary.drained = True
                 break
-            next_poison = 0.0 if any(depths[len(WORK_QUEUES):]) else next_poison
-            await asyncio.sleep(idle)  # only delayed or in-flight messages are left
-            idle = min(MAX_IDLE, idle * 2)
-            continue
-        idle = IDLE_POLL
-        await asyncio.wait(busy, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+            order.insert(0, order.pop(order.index(left)))
+            parked = parked or left not in WORK_QUEUES
+            next_depth, idle = time.monotonic() + idle, min(RECHECK, idle * 2)
+        if not parked:  # wait for the first queue that is due to be asked again
+            await asyncio.sleep(max(0.0, min(a.at for a in asking.values()) - time.monotonic()))
     for leftover in set().union(*running.values()):  # past the limit: let started work finish
         await leftover
     summary.report = await report(svc)
     summary.seconds = time.monotonic() - started
     await svc.aclose()
     return summary
+
+
+async def _holding(svc: Service, queues: list[str]) -> str | None:
+    """The first of ``queues`` that holds any message, visible or not; None if all are empty."""
+    for queue in queues:
+        if await io(svc.queues.depth, queue):
+            return queue
+    return None
 
 
 async def _poisoned(svc: Service, lease: int) -> int:
