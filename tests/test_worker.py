@@ -147,13 +147,19 @@ def test_run_once_waits_for_a_delayed_message_then_ends_drained(
 def test_a_message_a_handler_parks_is_handled_before_the_run_ends(
     queues: MemoryQueues, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``handle`` parks an undecodable message on the poison queue: the run looks at the
-    poison queues again at once (not only every ``POISON_POLL``) and ends drained."""
+    """``handle`` parks an undecodable message on the poison queue: the run looks at that
+    poison queue again at once (not only every ``POISON_POLL``) and ends drained. The 40
+    messages parked before the run are all handled too, more than one receive brings."""
     _, parked = _handlers(monkeypatch, queues)
+    for n in range(40):
+        queues.send("license-poison", f"old{n}")
     queues.send("mailbox", "bad")
     summary = asyncio.run(worker.run_once(_service(queues), limit=30))
-    assert (True, Counter(poison=1), ["bad"]) == (summary.drained, +summary.outcomes, parked)
-    assert 2 == queues.asked("receive")["mailbox-poison"]  # at the start, and once parked
+    assert (True, Counter(poison=1)) == (summary.drained, +summary.outcomes)
+    assert ["bad", *(f"old{n}" for n in range(40))] == sorted(parked, key=len)
+    # at the start (license-poison: twice, 32 + 8), and mailbox-poison once it was parked
+    assert Counter({"mailbox-poison": 2, "license-poison": 2, "roles-poison": 1}) == Counter(
+        {q: n for q, n in queues.asked("receive").items() if q.endswith("-poison")})
     assert {} == {q: m for q, m in queues.stored.items() if m}
 
 

@@ -99,12 +99,12 @@ async def run_once(
     asking = {queue: Asking() for queue in WORK_QUEUES}
     # Depth checks, queue by queue until one holds messages: the one that did last time first.
     order = [*WORK_QUEUES, *map(poison_queue, WORK_QUEUES)]
-    parked = True  # look at the poison queues: at the start, and after a handler parked one
+    # Work queues whose poison twin to look at: all at the start, then where a handler parked.
+    parked = set(WORK_QUEUES)
     next_poison = next_depth = 0.0
     idle = IDLE_POLL  # between depth checks while nothing runs, doubling up to RECHECK
 
     async def one(message: Received) -> None:
-        nonlocal parked
         try:
             handled = await handle(svc, message.queue, message.raw)
         except (ServiceRequestError, ServiceResponseError) as exc:
@@ -120,23 +120,28 @@ async def run_once(
             if message.dequeue_count >= MAX_DEQUEUE:
                 await io(svc.queues.to_poison, message.queue, message.raw)
                 await io(svc.queues.delete, message)
-                parked = True
+                parked.add(message.queue)
             summary.outcomes["crashed"] += 1
             return
         if not await io(svc.queues.delete, message):
             log.info("message_redelivered", queue=message.queue, user=handled.user,
                      why="handled after its visibility ran out; the ledger held the copy")
         summary.outcomes[handled.outcome] += 1
-        parked = parked or handled.outcome == "poison"  # handle() parked it
+        if handled.outcome == "poison":  # handle() parked it
+            parked.add(message.queue)
         if progress is not None and task is not None:
             progress.update(task, advance=1, description=_describe(summary))
 
     while time.monotonic() - started < limit:
         moved = 0  # messages received or parked in this round
-        if parked or time.monotonic() >= next_poison:
+        if time.monotonic() >= next_poison:
+            parked.update(WORK_QUEUES)
+            next_poison = time.monotonic() + POISON_POLL
+        if parked:
             # First, so that a parked message's failure is on record before new work starts.
-            parked, next_poison = False, time.monotonic() + POISON_POLL
-            moved += await _poisoned(svc, lease)
+            due = [queue for queue in WORK_QUEUES if queue in parked]
+            parked.difference_update(due)  # a handler may park another meanwhile
+            moved += await _poisoned(svc, lease, due)
         for queue in WORK_QUEUES:
             # One receive of up to 32 serves several rounds (they stay invisible for the
             # lease); refill when it is used up and half the slots are free.
@@ -165,7 +170,7 @@ async def run_once(
                 summary.drained = True
                 break
             order.insert(0, order.pop(order.index(left)))
-            parked = parked or left not in WORK_QUEUES
+            parked.update(q for q in WORK_QUEUES if left == poison_queue(q))
             next_depth, idle = time.monotonic() + idle, min(RECHECK, idle * 2)
         if not parked:  # wait for the first queue that is due to be asked again
             await asyncio.sleep(max(0.0, min(a.at for a in asking.values()) - time.monotonic()))
@@ -185,15 +190,19 @@ async def _holding(svc: Service, queues: list[str]) -> str | None:
     return None
 
 
-async def _poisoned(svc: Service, lease: int) -> int:
-    """What the *-poison functions do in Azure, for the messages parked now; returns how many."""
+async def _poisoned(svc: Service, lease: int, queues: list[str]) -> int:
+    """What the *-poison functions do in Azure, for the messages parked now on the poison
+    twins of ``queues``; returns how many."""
     handled = 0
-    for queue in WORK_QUEUES:
-        for message in await io(svc.queues.receive, poison_queue(queue), limit=32,
-                                visibility=lease):
-            await poisoned(svc, queue, message.raw, dequeue_count=message.dequeue_count)
-            await io(svc.queues.delete, message)
-            handled += 1
+    for queue in queues:
+        batch = RECEIVE
+        while batch == RECEIVE:  # a full receive may have left more behind
+            messages = await io(svc.queues.receive, poison_queue(queue), limit=RECEIVE,
+                                visibility=lease)
+            for message in messages:
+                await poisoned(svc, queue, message.raw, dequeue_count=message.dequeue_count)
+                await io(svc.queues.delete, message)
+            handled, batch = handled + len(messages), len(messages)
     return handled
 
 
