@@ -144,7 +144,8 @@ def test_enqueue_of_an_existing_row_keeps_its_history(ledger: Ledger) -> None:
 
 
 def test_delayed_message_stays_invisible(storage: StorageSettings) -> None:
-    """A delayed send is not received before its delay: how the licence step waits for sync."""
+    """A delayed send is not received before its delay: how the licence step waits for sync.
+    ``Queues.visible`` says when the last message sent is visible (run --once's pacing)."""
     queues = Queues(queue_service(storage))
     name = f"t{uuid.uuid4().hex[:12]}"
     queues.send(name, "later", delay=30)
@@ -152,6 +153,7 @@ def test_delayed_message_stays_invisible(storage: StorageSettings) -> None:
     got = queues.receive(name, limit=10, visibility=5)
     assert [m.text for m in got] == ["now"]
     assert queues.depth(name) == 2
+    assert 29 < queues.visible[name] - time.monotonic() <= 31
 
 
 def test_deleting_a_message_received_again_elsewhere_is_not_an_error(

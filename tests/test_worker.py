@@ -38,11 +38,13 @@ class MemoryQueues:
     stored: dict[str, list[Stored]] = field(default_factory=dict)
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     ids: itertools.count[int] = field(default_factory=itertools.count)
+    visible: dict[str, float] = field(default_factory=dict)  # as ``Queues.visible``
 
     def send(self, queue: str, raw: str, delay: float = 0.0) -> None:
         self.requests["send", queue] += 1
         self.stored.setdefault(queue, []).append(
             Stored(raw, time.monotonic() + delay, str(next(self.ids))))
+        self.visible[queue] = max(self.visible.get(queue, 0.0), time.monotonic() + delay + 1)
 
     def to_poison(self, queue: str, raw: str) -> None:
         self.send(f"{queue}-poison", raw)
@@ -166,37 +168,59 @@ def test_a_message_a_handler_parks_is_handled_before_the_run_ends(
 def test_waiting_for_delayed_messages_asks_storage_little(
     queues: MemoryQueues, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """While only delayed messages are left, a round asks each work queue once (empty ones
-    less and less often) and the depth of one queue, the one holding them, not all six; the
-    poison queues are received from once, at the start, and their depth asked in the last
-    check only."""
+    """While only a delayed message is left (sent before the run, by another worker), the
+    depth is asked of one queue at a time, the one holding it, not of all six; that queue is
+    asked for messages at the usual pace (the depth said it holds some), the two that came
+    back empty and that nobody here sent to only every ``RECHECK``; the poison queues are
+    received from once, at the start, and their depth asked in the last check only."""
     _handlers(monkeypatch, queues)
     queues.send("license", "later", delay=2.0)
+    queues.visible.clear()  # not this worker's
     summary = asyncio.run(worker.run_once(_service(queues), limit=30))
     assert summary.drained
     depths, receives = queues.asked("depth"), queues.asked("receive")
     assert Counter({"mailbox-poison": 1, "license-poison": 1, "roles-poison": 1}) == Counter(
         {q: n for q, n in depths.items() if q.endswith("-poison")})
     assert 1 == receives["license-poison"]
-    # 2 s: the empty queues are asked at 0.1, 0.2, 0.4, 0.5 s apart (MAX_IDLE scaled)
-    assert receives["roles"] <= 8
+    # 2 s: the licence queue asked at 0.1, 0.2, 0.4, 0.5 s apart (MAX_IDLE scaled) until
+    # the message shows, then once more; the others once (RECHECK scaled: 3 s)
+    assert (1, 1) == (receives["mailbox"], receives["roles"])
+    assert receives["license"] <= 9
     assert depths["license"] <= receives["license"]
-    assert depths["mailbox"] + depths["roles"] <= 4  # the first check, and the last
+    # mailbox: in the first check (before license) and the last; roles: in the last only
+    assert (2, 1) == (depths["mailbox"], depths["roles"])
 
 
 def test_asking_a_queue_again_depends_on_what_it_returned() -> None:
     """A full receive: again at once; one that was not full: after PACE; empty ones: after
     waits that double from 1 s up to MAX_IDLE."""
     asking = worker.Asking()
-    asking.received(worker.RECEIVE, 100.0)
-    assert (100.0, False) == (asking.at, asking.dry)
-    asking.received(3, 100.0)
-    assert (100.0 + worker.PACE, False) == (asking.at, asking.dry)
+    asking.received(worker.RECEIVE, 99.9, 100.0)
+    assert (100.0, False) == (asking.when(100.0), asking.dry)
+    asking.received(3, 99.9, 100.0)
+    assert (100.0 + worker.PACE, False) == (asking.when(100.0), asking.dry)
     waits = []
     for _ in range(5):
-        asking.received(0, 100.0)
-        waits.append(asking.at - 100.0)
+        asking.received(0, 99.9, 100.0)
+        waits.append(asking.when(100.0) - 100.0)
     assert ([1.0, 2.0, 4.0, 5.0, 5.0], True) == (waits, asking.dry)
-    asking.received(1, 100.0)
-    asking.received(0, 100.0)
-    assert 1.0 == asking.at - 100.0
+    asking.received(1, 99.9, 100.0)
+    asking.received(0, 99.9, 100.0)
+    assert 1.0 == asking.when(100.0) - 100.0
+
+
+def test_an_empty_queue_nobody_here_sent_to_is_asked_every_recheck() -> None:
+    """Empty since this worker's last message to it was visible: asked again after RECHECK,
+    not MAX_IDLE. A message it sent that is visible only later, or a depth check that found
+    messages (until a receive brings some), puts it back to the usual waits."""
+    asking = worker.Asking()
+    asking.received(0, 100.0, 100.1)
+    assert 100.0 + worker.RECHECK == asking.when(visible=99.0)
+    assert 101.1 == asking.when(visible=100.5)  # sent during the receive: maybe not seen
+    asking.expected = True
+    assert 101.1 == asking.when(visible=99.0)
+    asking.received(0, 102.0, 102.1)
+    assert 104.1 == asking.when(visible=99.0)  # still expected: nothing came yet
+    asking.received(2, 104.0, 104.1)
+    asking.received(0, 106.0, 106.1)
+    assert 106.0 + worker.RECHECK == asking.when(visible=99.0)

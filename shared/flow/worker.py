@@ -28,7 +28,9 @@ MAX_DEQUEUE, WORK_QUEUES = 5, tuple(QUEUES.values())  # as host.json's maxDequeu
 RECEIVE = 32  # messages asked for at once: Storage's most
 IDLE_POLL, MAX_IDLE = 0.5, 5.0  # an empty queue is asked again after 1 s, doubling to 5 s
 PACE = 2.0  # s before a queue whose last receive was not full is asked again
-RECHECK = 30.0  # s at most between depth checks while only delayed messages are left
+# s at most between depth checks while only delayed messages are left, and between asking a
+# queue that came back empty and that only another worker can have filled
+RECHECK = 30.0
 POISON_POLL = 300.0  # s between looks at poison queues nobody told us about (other workers)
 
 
@@ -39,8 +41,10 @@ class Asking:
     at: float = 0.0  # not before this (time.monotonic())
     wait: float = IDLE_POLL  # after an empty receive: doubling up to MAX_IDLE
     dry: bool = False  # the last receive came back empty
+    asked: float = 0.0  # when the last receive was sent
+    expected: bool = False  # a depth check found messages no receive has brought since
 
-    def received(self, count: int, now: float) -> None:
+    def received(self, count: int, asked: float, now: float) -> None:
         """A full receive leaves more behind: ask again as soon as slots are free. One that
         was not full took what there was: the queue is given ``PACE`` to fill up, so the next
         receive brings more than one or two messages (a message waits at most that long). An
@@ -52,6 +56,16 @@ class Asking:
         else:
             self.wait = min(MAX_IDLE, self.wait * 2)
             self.at = now + self.wait
+        self.asked, self.expected = asked, self.expected and not count
+
+    def when(self, visible: float) -> float:
+        """When to ask next, given when the last message this worker sent to the queue is
+        visible. A queue that came back empty after that, and on which no depth check found
+        messages, is asked only every ``RECHECK`` s: only another worker (or an operator) can
+        have filled it."""
+        if self.dry and not self.expected and self.asked > visible:
+            return max(self.at, self.asked + RECHECK)
+        return self.at
 
 
 @dataclass
@@ -76,11 +90,13 @@ async def run_once(
 
     Every request to Storage counts (issue 17: at most 8 per user, and the user's own work
     takes 8.0), so the loop asks only what it needs to know: a queue whose last receive was
-    not full is given ``PACE`` to fill up, an empty one is asked less and less often (up to
-    every 5 s), the poison queues are looked at first and then after a handler parked a
-    message (or every ``POISON_POLL`` for other workers'), and depths only once nothing runs
-    and every queue came back empty, one queue at a time until one holds messages. Drained
-    means what it always did: no message left on any queue or poison queue, visible or not."""
+    not full is given ``PACE`` to fill up; an empty one is asked less and less often, up to
+    every 5 s, or every ``RECHECK`` once this worker's own messages to it were all visible
+    and no depth check found others; the poison queues are looked at first, then after a
+    handler parked a message (or every ``POISON_POLL`` for other workers'); and depths only
+    once nothing runs and every queue came back empty, one queue at a time until one holds
+    messages. Drained means what it always did: no message left on any queue or poison
+    queue, visible or not."""
     started = time.monotonic()
     summary = Summary()
     enqueued, failed = await every_timer(svc)
@@ -103,6 +119,9 @@ async def run_once(
     parked = set(WORK_QUEUES)
     next_poison = next_depth = 0.0
     idle = IDLE_POLL  # between depth checks while nothing runs, doubling up to RECHECK
+
+    def visible(queue: str) -> float:  # when the last message this worker sent to it is
+        return svc.queues.visible.get(queue, 0.0)
 
     async def one(message: Received) -> None:
         try:
@@ -145,11 +164,12 @@ async def run_once(
         for queue in WORK_QUEUES:
             # One receive of up to 32 serves several rounds (they stay invisible for the
             # lease); refill when it is used up and half the slots are free.
-            if (not waiting[queue] and time.monotonic() >= asking[queue].at
+            asked = time.monotonic()
+            if (not waiting[queue] and asked >= asking[queue].when(visible(queue))
                     and slots[queue] - len(running[queue]) >= max(1, slots[queue] // 2)):
                 waiting[queue] = await io(svc.queues.receive, queue, limit=RECEIVE,
                                           visibility=lease)
-                asking[queue].received(len(waiting[queue]), time.monotonic())
+                asking[queue].received(len(waiting[queue]), asked, time.monotonic())
                 moved += len(waiting[queue])
             while waiting[queue] and len(running[queue]) < slots[queue]:
                 started_task = asyncio.create_task(one(waiting[queue].pop(0)))
@@ -170,10 +190,13 @@ async def run_once(
                 summary.drained = True
                 break
             order.insert(0, order.pop(order.index(left)))
+            if left in asking:
+                asking[left].expected = True
             parked.update(q for q in WORK_QUEUES if left == poison_queue(q))
             next_depth, idle = time.monotonic() + idle, min(RECHECK, idle * 2)
         if not parked:  # wait for the first queue that is due to be asked again
-            await asyncio.sleep(max(0.0, min(a.at for a in asking.values()) - time.monotonic()))
+            wake = min(asking[q].when(visible(q)) for q in WORK_QUEUES)
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
     for leftover in set().union(*running.values()):  # past the limit: let started work finish
         await leftover
     summary.report = await report(svc)
