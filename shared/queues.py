@@ -15,6 +15,7 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -94,6 +95,10 @@ class Queues:
     def __init__(self, service: QueueServiceClient) -> None:
         self._service = service
         self._clients: dict[str, QueueClient] = {}
+        # When the last message this process sent to each queue is visible, by
+        # time.monotonic() (a second late rather than early): run --once asks a queue that came
+        # back empty after that less often (``shared.flow.worker``).
+        self.visible: dict[str, float] = {}
 
     def client(self, name: str) -> QueueClient:
         if name not in self._clients:
@@ -119,6 +124,7 @@ class Queues:
         """Store ``raw`` exactly as given (a message that was never ours keeps its bytes)."""
         seconds = int(min(max(delay, 0.0), MAX_DELAY.total_seconds()))
         self.client(queue).send_message(raw, visibility_timeout=seconds or None)
+        self.visible[queue] = max(self.visible.get(queue, 0.0), time.monotonic() + seconds + 1)
 
     def receive(self, queue: str, *, limit: int, visibility: int) -> list[Received]:
         messages = self.client(queue).receive_messages(

@@ -24,9 +24,9 @@ import pytest
 from lab.core import REPO, Lab
 from lab.seed import seed
 from shared import flow
-from shared.cli import run_once
 from shared.config import Settings
 from shared.directory import DirectoryUser
+from shared.flow.worker import run_once
 from shared.ledger import State
 from shared.messages import Step, WorkItem
 from shared.queues import encode_body

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from lab.core import REPO
-from shared.cli import MAX_DEQUEUE
 from shared.config import setting_names
+from shared.flow.worker import MAX_DEQUEUE
 from shared.messages import QUEUES, poison_queue
 
 HOST = json.loads((REPO / "host.json").read_text())

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from lab.core import Lab
 from shared.config import StorageSettings
 from shared.ledger import Ledger, LedgerRow, State, Verdict, now
-from shared.records import Audit
 from shared.messages import Step, WorkItem
 from shared.queues import Queues, Received
-from shared.storage import queue_service, table_service
+from shared.records import Audit
+from shared.storage import THREADS, queue_service, table_service
 
 pytestmark = pytest.mark.lab
 LEASE = dt.timedelta(seconds=30)
@@ -142,7 +144,8 @@ def test_enqueue_of_an_existing_row_keeps_its_history(ledger: Ledger) -> None:
 
 
 def test_delayed_message_stays_invisible(storage: StorageSettings) -> None:
-    """A delayed send is not received before its delay: how the licence step waits for sync."""
+    """A delayed send is not received before its delay: how the licence step waits for sync.
+    ``Queues.visible`` says when the last message sent is visible (run --once's pacing)."""
     queues = Queues(queue_service(storage))
     name = f"t{uuid.uuid4().hex[:12]}"
     queues.send(name, "later", delay=30)
@@ -150,6 +153,7 @@ def test_delayed_message_stays_invisible(storage: StorageSettings) -> None:
     got = queues.receive(name, limit=10, visibility=5)
     assert [m.text for m in got] == ["now"]
     assert queues.depth(name) == 2
+    assert 29 < queues.visible[name] - time.monotonic() <= 31
 
 
 def test_deleting_a_message_received_again_elsewhere_is_not_an_error(
@@ -208,3 +212,24 @@ def test_a_first_claim_creates_the_row_and_a_poll_s_sends_are_one_record(
     verdict, row = ledger.claim(items[0], LEASE)
     assert ({i.user for i in items}, Verdict.CLAIMED, 1) == (
         {i.user for i in items} & ledger.sent_since(before), verdict, row.attempts if row else 0)
+
+
+def test_storage_clients_keep_a_connection_for_each_worker_thread(
+    storage: StorageSettings, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As many threads as run --once's executor, asking a queue at once, reuse their
+    connections: urllib3 throws none away as "Connection pool is full" (requests' default
+    pool holds 10)."""
+    queues = Queues(queue_service(storage))
+    name = f"t{uuid.uuid4().hex[:12]}"
+    queues.client(name)
+    barrier = threading.Barrier(THREADS)
+
+    def ask(_: int) -> int:
+        barrier.wait()
+        return queues.depth(name)
+
+    with caplog.at_level(logging.WARNING, "urllib3.connectionpool"), \
+            ThreadPoolExecutor(THREADS) as pool:
+        assert [0] * THREADS == list(pool.map(ask, range(THREADS)))
+    assert [] == [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()]

@@ -21,8 +21,8 @@ import pytest
 from lab.core import Lab
 from lab.seed import seed
 from shared import flow
-from shared.cli import run_once
 from shared.config import Settings
+from shared.flow.worker import run_once
 from shared.queues import (
     MAX_RAW_CHARS,
     Undecodable,

@@ -19,9 +19,9 @@ from lab import relay as lab_relay
 from lab.core import Lab, format_env
 from lab.seed import seed
 from shared import flow
-from shared.cli import run_once
 from shared.config import Settings, load_settings
 from shared.directory import DirectoryUser
+from shared.flow.worker import run_once
 from shared.ledger import State
 from shared.messages import Step
 
