@@ -1,194 +1,243 @@
-"""run --once's worker loop (``shared.flow.worker``) on queues in memory: when it stops (drained
-means no message left anywhere, delayed ones included), that it handles what a handler parks,
-and which Storage requests it makes while it waits. The handlers, timers and report are
-stand-ins; the lab tests (test_flow.py, test_queues.py) run the real ones."""
+"""run --once's worker loop (``shared.flow.worker``): when it stops (drained means no message
+left anywhere, delayed ones included), that it handles what a handler parks, and which Storage
+requests it makes while it waits.
+
+The loop runs against the lab's Azurite through the real ``Queues`` of a real ``flow.Service``,
+with the real ``handle``, ``poisoned`` and ``report``; the requests are counted where requests'
+HTTP adapter sends them (as ``bench/e2e.py``'s ``StorageMeter`` does), so each one counted went
+to Azurite. The messages are ones whose real handling is cheap: undecodable ones (parked, then
+recorded with an alert), and licence messages the ledger says another worker holds or a newer
+message replaced (sent back delayed, or dropped). Only ``every_timer`` is a stand-in (see
+``service``). The ``Asking`` tests at the end are pure logic and need no peer."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import datetime as dt
+import threading
 import time
+import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from requests.adapters import HTTPAdapter
 
+from shared import flow
+from shared.config import Settings
 from shared.flow import worker
-from shared.flow.timers import Report
-from shared.flow.transitions import Handled
-from shared.queues import Received
+from shared.ledger import State, Verdict, now
+from shared.messages import Step, WorkItem, poison_queue
+from shared.queues import Queues
+from shared.storage import queue_service
+
+QUEUES = (*worker.WORK_QUEUES, *map(poison_queue, worker.WORK_QUEUES))
 
 
-@dataclass
-class Stored:
-    raw: str
-    visible_at: float
-    message_id: str
-    pop_receipt: str = ""
-    dequeue_count: int = 0
+class StorageRequests:
+    """The queue requests this process sends to Storage, by kind and queue, counted as
+    requests' adapter sends them (the storage clients' sessions are requests sessions)."""
 
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint.rstrip("/") + "/"
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.delays: list[int] = []  # of the messages sent, in s (visibilitytimeout)
+        self.lock = threading.Lock()  # the worker's threads send at once
 
-@dataclass
-class MemoryQueues:
-    """Storage queues as the worker uses them: visibility, pop receipts, approximate count
-    (the invisible messages included), and every request counted by kind and queue."""
-
-    stored: dict[str, list[Stored]] = field(default_factory=dict)
-    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
-    ids: itertools.count[int] = field(default_factory=itertools.count)
-    visible: dict[str, float] = field(default_factory=dict)  # as ``Queues.visible``
-
-    def send(self, queue: str, raw: str, delay: float = 0.0) -> None:
-        self.requests["send", queue] += 1
-        self.stored.setdefault(queue, []).append(
-            Stored(raw, time.monotonic() + delay, str(next(self.ids))))
-        self.visible[queue] = max(self.visible.get(queue, 0.0), time.monotonic() + delay + 1)
-
-    def to_poison(self, queue: str, raw: str) -> None:
-        self.send(f"{queue}-poison", raw)
-
-    def receive(self, queue: str, *, limit: int, visibility: int) -> list[Received]:
-        self.requests["receive", queue] += 1
-        now = time.monotonic()
-        taken = [m for m in self.stored.get(queue, []) if m.visible_at <= now][:limit]
-        for message in taken:
-            message.visible_at, message.dequeue_count = now + visibility, message.dequeue_count + 1
-            message.pop_receipt = str(next(self.ids))
-        return [Received(queue, m.raw, m.raw, m.dequeue_count, m.message_id, m.pop_receipt)
-                for m in taken]
-
-    def delete(self, message: Received) -> bool:
-        self.requests["delete", message.queue] += 1
-        stored = self.stored.get(message.queue, [])
-        mine = [m for m in stored if (m.message_id, m.pop_receipt) ==
-                (message.message_id, message.pop_receipt)]
-        for m in mine:
-            stored.remove(m)
-        return bool(mine)
-
-    def depth(self, queue: str) -> int:
-        self.requests["depth", queue] += 1
-        return len(self.stored.get(queue, []))
+    def count(self, method: str, url: str) -> None:
+        if not url.startswith(self.endpoint):
+            return  # tables, Graph, ...
+        parts = urlsplit(url)
+        path = url[len(self.endpoint):].split("?", 1)[0].split("/")
+        query = parse_qs(parts.query)
+        queue, messages = path[0], path[1:2] == ["messages"]
+        if messages and method == "GET":
+            kind = "peek" if query.get("peekonly") == ["true"] else "receive"
+        elif messages and method == "POST":
+            kind = "send"
+        elif messages and method == "DELETE":
+            kind = "delete" if len(path) > 2 else "clear"
+        elif not messages and method == "GET" and query.get("comp") == ["metadata"]:
+            kind = "depth"
+        else:
+            kind = f"{method} {'/'.join(path)}"
+        with self.lock:
+            self.counts[kind, queue] += 1
+            if kind == "send":
+                self.delays.append(int(query.get("visibilitytimeout", ["0"])[0]))
 
     def asked(self, kind: str) -> Counter[str]:
-        return Counter({q: n for (k, q), n in self.requests.items() if k == kind})
+        return Counter({q: n for (k, q), n in self.counts.items() if k == kind})
+
+    def reset(self) -> None:
+        with self.lock:
+            self.counts.clear()
+            self.delays.clear()
 
 
 @pytest.fixture
-def queues(monkeypatch: pytest.MonkeyPatch) -> MemoryQueues:
-    """The worker's waits scaled down tenfold, its timers and report stubbed."""
+def requests_sent(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> StorageRequests:
+    """Every queue request of this process, counted (and then sent as usual)."""
+    assert settings.storage.connection is not None  # the lab's Azurite
+    fields = dict(part.split("=", 1) for part in
+                  settings.storage.connection.get_secret_value().split(";") if "=" in part)
+    meter = StorageRequests(fields["QueueEndpoint"])
+    send = HTTPAdapter.send
+
+    def counted(adapter: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
+        meter.count(str(request.method), str(request.url))
+        return send(adapter, request, *args, **kwargs)
+
+    monkeypatch.setattr(HTTPAdapter, "send", counted)
+    return meter
+
+
+@pytest.fixture
+def service(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[flow.Service]:
+    """A worker's service from the lab's settings, its six queues emptied before and after.
+
+    The worker's waits are scaled down (MAX_IDLE 0.5 s, PACE 0.2 s, RECHECK 5 s). The timers
+    are a stand-in that finds nothing: the real ones poll and reconcile the lab's AD groups,
+    which every lab test shares, and would enqueue whatever other tests left there (and plan
+    roles against Graph): other work on the queues these tests count. test_flow.py and
+    test_queues.py run them for real."""
     for name, value in (("IDLE_POLL", 0.05), ("MAX_IDLE", 0.5), ("PACE", 0.2),
-                        ("RECHECK", 3.0)):
+                        ("RECHECK", 5.0)):
         monkeypatch.setattr(worker, name, value)
 
-    async def no_timers(svc: Any) -> tuple[int, int]:
+    async def no_timers(svc: flow.Service) -> tuple[int, int]:
         return 0, 0
 
-    async def no_report(svc: Any) -> Report:
-        return Report(0)
-
     monkeypatch.setattr(worker, "every_timer", no_timers)
-    monkeypatch.setattr(worker, "report", no_report)
-    return MemoryQueues()
+    svc = flow.Service.build(settings)
+    for queue in QUEUES:
+        svc.queues.client(queue).clear_messages()
+    yield svc
+    for queue in QUEUES:
+        svc.queues.client(queue).clear_messages()
+    svc.close()
 
 
-def _service(queues: MemoryQueues) -> Any:
-    async def aclose() -> None:
-        return None
-
-    settings = SimpleNamespace(service=SimpleNamespace(lease_seconds=30),
-                               graph=SimpleNamespace(concurrency=8),
-                               exchange=SimpleNamespace(sessions=4))
-    return SimpleNamespace(settings=settings, queues=queues, aclose=aclose)
+@pytest.fixture
+def other_worker(settings: Settings) -> Queues:
+    """The queues as another worker (or the Functions host) writes to them: sends of its own,
+    which this worker's ``Queues.visible`` knows nothing about."""
+    return Queues(queue_service(settings.storage))
 
 
-def _handlers(monkeypatch: pytest.MonkeyPatch, queues: MemoryQueues,
-              follow_delay: float = 0.0) -> tuple[list[tuple[str, str]], list[str]]:
-    """A mailbox message sends its licence message after ``follow_delay`` s; a message that
-    reads ``bad`` is parked, as ``handle`` parks what it cannot decode."""
-    handled: list[tuple[str, str]] = []
-    parked: list[str] = []
-
-    async def handle(svc: Any, queue: str, raw: str) -> Handled:
-        handled.append((queue, raw))
-        if raw == "bad":
-            queues.to_poison(queue, raw)
-            return Handled("poison")
-        if queue == "mailbox":
-            queues.send("license", raw, delay=follow_delay)
-        return Handled("done", raw)
-
-    async def poisoned(svc: Any, queue: str, raw: str, *, dequeue_count: int = 0) -> Handled:
-        parked.append(raw)
-        return Handled("poison")
-
-    monkeypatch.setattr(worker, "handle", handle)
-    monkeypatch.setattr(worker, "poisoned", poisoned)
-    return handled, parked
+def _depths(svc: flow.Service) -> dict[str, int]:
+    return {queue: n for queue in QUEUES if (n := svc.queues.depth(queue))}
 
 
+def _replaced(svc: flow.Service, *, held_until: dt.datetime | None = None) -> WorkItem:
+    """A licence message of a user with no AD account whose ledger row already names a newer
+    message: the real handler drops it as stale, touching nothing but the ledger. With
+    ``held_until``, another worker holds that user's lease until then: the handler sends the
+    message back, delayed until the lease ends (at least 1 s), instead."""
+    newer = WorkItem(user=uuid.uuid4(), step=Step.LICENSE)
+    if held_until is None:
+        svc.ledger.enqueued(newer)
+    else:
+        verdict, _ = svc.ledger.claim(newer, held_until - now())
+        assert Verdict.CLAIMED is verdict
+    return WorkItem(user=newer.user, step=Step.LICENSE,
+                    enqueued_at=newer.enqueued_at - dt.timedelta(minutes=1))
+
+
+@pytest.mark.lab
 def test_run_once_waits_for_a_delayed_message_then_ends_drained(
-    queues: MemoryQueues, monkeypatch: pytest.MonkeyPatch,
+    service: flow.Service, other_worker: Queues, requests_sent: StorageRequests,
 ) -> None:
-    """A licence message sent with a delay is invisible to every receive for that time; the
-    run does not call itself drained meanwhile (the depth counts it), handles it when it
-    shows, and then stops with nothing left on any queue."""
-    handled, _ = _handlers(monkeypatch, queues, follow_delay=1.0)
-    for n in range(40):
-        queues.send("mailbox", f"u{n}")
-    began = time.monotonic()
-    summary = asyncio.run(worker.run_once(_service(queues), limit=30))
-    assert (True, Counter(done=80)) == (summary.drained, +summary.outcomes)
-    assert {f"u{n}" for n in range(40)} == {raw for q, raw in handled if q == "license"}
-    assert 1.0 <= time.monotonic() - began < 5.0
-    assert {} == {q: m for q, m in queues.stored.items() if m}
+    """40 licence messages of users another worker holds for 4 s more: the handler sends each
+    back with a delay (Storage's whole seconds, 1 s at least) until the lease has ended, then
+    drops it (a newer message replaced it). A delayed message is invisible to every receive
+    for that time; the run does not call itself drained meanwhile (the depth counts it),
+    handles it when it shows, and then stops with nothing left on any queue."""
+    held_until = now() + dt.timedelta(seconds=4)
+    items = [_replaced(service, held_until=held_until) for _ in range(40)]
+    for item in items:
+        other_worker.send_item(item)
+    requests_sent.reset()
+    began, lease_left = time.monotonic(), (held_until - now()).total_seconds()
+    summary = asyncio.run(worker.run_once(service, limit=60))
+    took = time.monotonic() - began
+    handled = summary.outcomes["skipped"]
+    assert (True, Counter(skipped=handled)) == (summary.drained, +summary.outcomes)
+    # Each message: sent back delayed at least once while the lease lasted, then dropped.
+    assert handled >= 2 * len(items)
+    assert ([handled - len(items)], True) == (
+        list(requests_sent.asked("send").values()), all(d >= 1 for d in requests_sent.delays))
+    assert Counter(license=handled) == requests_sent.asked("delete")
+    # The last ones show at most 1 s after the lease ended, and are asked for within 0.5 s.
+    assert lease_left <= took < lease_left + 3.0, (lease_left, took)
+    assert {} == _depths(service)
+    rows = [service.ledger.get(item.user, Step.LICENSE) for item in items]
+    assert {(State.WORKING, 1)} == {(r.state, r.attempts) for r in rows if r}  # not ours
 
 
-def test_a_message_a_handler_parks_is_handled_before_the_run_ends(
-    queues: MemoryQueues, monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.lab
+def test_a_message_the_handler_parks_is_handled_before_the_run_ends(
+    service: flow.Service, other_worker: Queues, requests_sent: StorageRequests,
 ) -> None:
-    """``handle`` parks an undecodable message on the poison queue: the run looks at that
-    poison queue again at once (not only every ``POISON_POLL``) and ends drained. The 40
-    messages parked before the run are all handled too, more than one receive brings."""
-    _, parked = _handlers(monkeypatch, queues)
-    for n in range(40):
-        queues.send("license-poison", f"old{n}")
-    queues.send("mailbox", "bad")
-    summary = asyncio.run(worker.run_once(_service(queues), limit=30))
+    """``handle`` parks a message that is not base64 on mailbox-poison: the run looks at that
+    poison queue again at once (not only every ``POISON_POLL``, nor when a depth check finds
+    it) and ends drained. The 40 undecodable messages parked on license-poison before the run
+    are all handled too, more than one receive brings. ``poisoned`` records each (and
+    alerts)."""
+    tag = uuid.uuid4().hex
+    old = [f"not base64 {tag} {n}" for n in range(40)]
+    for raw in old:
+        other_worker.send_raw("license-poison", raw)
+    other_worker.send_raw("mailbox", f"not base64 {tag}")
+    requests_sent.reset()
+    summary = asyncio.run(worker.run_once(service, limit=60))
     assert (True, Counter(poison=1)) == (summary.drained, +summary.outcomes)
-    assert ["bad", *(f"old{n}" for n in range(40))] == sorted(parked, key=len)
-    # at the start (license-poison: twice, 32 + 8), and mailbox-poison once it was parked
-    assert Counter({"mailbox-poison": 2, "license-poison": 2, "roles-poison": 1}) == Counter(
-        {q: n for q, n in queues.asked("receive").items() if q.endswith("-poison")})
-    assert {} == {q: m for q, m in queues.stored.items() if m}
+    records = [(r["queue"], r["message"], r["reason"])
+               for r in service.outcomes.since("poison", "") if tag in str(r.get("message"))]
+    assert sorted([("mailbox", f"not base64 {tag}", "not base64"),
+                   *(("license", raw, "not base64") for raw in old)]) == sorted(records)
+    # At the start: license-poison twice (32, then 8); mailbox-poison again once the message
+    # was parked. A receive that brings 1 to 31 messages is two requests: the SDK asks for
+    # the rest (up to 32) before it returns.
+    assert Counter({"mailbox-poison": 1 + 2, "license-poison": 1 + 2, "roles-poison": 1}) == \
+        Counter({q: n for q, n in requests_sent.asked("receive").items() if "-poison" in q})
+    # Depths in the last check only: no depth check had to find a parked message.
+    assert Counter(dict.fromkeys(QUEUES, 1)) == requests_sent.asked("depth")
+    assert {} == _depths(service)
 
 
+@pytest.mark.lab
 def test_waiting_for_delayed_messages_asks_storage_little(
-    queues: MemoryQueues, monkeypatch: pytest.MonkeyPatch,
+    service: flow.Service, other_worker: Queues, requests_sent: StorageRequests,
 ) -> None:
     """While only a delayed message is left (sent before the run, by another worker), the
     depth is asked of one queue at a time, the one holding it, not of all six; that queue is
     asked for messages at the usual pace (the depth said it holds some), the two that came
     back empty and that nobody here sent to only every ``RECHECK``; the poison queues are
-    received from once, at the start, and their depth asked in the last check only."""
-    _handlers(monkeypatch, queues)
-    queues.send("license", "later", delay=2.0)
-    queues.visible.clear()  # not this worker's
-    summary = asyncio.run(worker.run_once(_service(queues), limit=30))
-    assert summary.drained
-    depths, receives = queues.asked("depth"), queues.asked("receive")
-    assert Counter({"mailbox-poison": 1, "license-poison": 1, "roles-poison": 1}) == Counter(
+    received from once, at the start, and their depth asked in the last check only. The
+    message, when it shows, is dropped (replaced by a newer one): one delete, no send."""
+    other_worker.send_item(_replaced(service), delay=2)
+    requests_sent.reset()
+    summary = asyncio.run(worker.run_once(service, limit=60))
+    assert (True, Counter(skipped=1)) == (summary.drained, +summary.outcomes)
+    depths, receives = requests_sent.asked("depth"), requests_sent.asked("receive")
+    assert {"depth", "receive", "delete"} == {kind for kind, _ in requests_sent.counts}
+    assert Counter(license=1) == requests_sent.asked("delete")
+    assert Counter(dict.fromkeys(map(poison_queue, worker.WORK_QUEUES), 1)) == Counter(
         {q: n for q, n in depths.items() if q.endswith("-poison")})
-    assert 1 == receives["license-poison"]
-    # 2 s: the licence queue asked at 0.1, 0.2, 0.4, 0.5 s apart (MAX_IDLE scaled) until
-    # the message shows, then once more; the others once (RECHECK scaled: 3 s)
+    assert Counter(dict.fromkeys(map(poison_queue, worker.WORK_QUEUES), 1)) == Counter(
+        {q: n for q, n in receives.items() if q.endswith("-poison")})
+    # 2 s: the licence queue asked every 0.5 s (MAX_IDLE scaled) until the message shows
+    # (that receive is two requests), then once more after PACE: 7 requests, 8 if one more
+    # fitted in; the others once (RECHECK scaled: 5 s)
     assert (1, 1) == (receives["mailbox"], receives["roles"])
-    assert receives["license"] <= 9
+    assert receives["license"] <= 8
     assert depths["license"] <= receives["license"]
     # mailbox: in the first check (before license) and the last; roles: in the last only
     assert (2, 1) == (depths["mailbox"], depths["roles"])
+    assert {} == _depths(service)
 
 
 def test_asking_a_queue_again_depends_on_what_it_returned() -> None:
