@@ -127,9 +127,13 @@ class Queues:
         self.visible[queue] = max(self.visible.get(queue, 0.0), time.monotonic() + seconds + 1)
 
     def receive(self, queue: str, *, limit: int, visibility: int) -> list[Received]:
-        messages = self.client(queue).receive_messages(
-            messages_per_page=limit, max_messages=limit, visibility_timeout=visibility
-        )
+        # One request: the first page only. With max_messages the SDK asks again for the
+        # rest of ``limit`` whenever a page is short, a second request that is nearly always
+        # empty (the queue had fewer messages visible than asked for).
+        pages = self.client(queue).receive_messages(
+            messages_per_page=limit, visibility_timeout=visibility
+        ).by_page()
+        messages = next(pages, [])
         return [
             Received(
                 queue=queue,
