@@ -16,10 +16,11 @@ import binascii
 import contextlib
 import datetime as dt
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.queue import QueueClient, QueueServiceClient
+from azure.storage.queue import QueueClient, QueueMessage, QueueServiceClient
 
 from .messages import QUEUES, WorkItem, poison_queue
 
@@ -133,7 +134,7 @@ class Queues:
         pages = self.client(queue).receive_messages(
             messages_per_page=limit, visibility_timeout=visibility
         ).by_page()
-        messages = next(pages, [])
+        messages: Iterable[QueueMessage] = next(pages, [])
         return [
             Received(
                 queue=queue,
