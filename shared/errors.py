@@ -17,6 +17,7 @@ Secrets never go into any field.
 
 from __future__ import annotations
 
+import ssl
 from typing import TypedDict, Unpack
 
 
@@ -84,3 +85,20 @@ class PermanentError(ProvisioningError):
 
 class SafetyStop(ProvisioningError):
     """A guard refused a change. Nothing is written until an operator acts."""
+
+
+def certificate_refused(exc: BaseException) -> bool:
+    """Whether a TLS failure is the certificate's (an unknown CA, another host's name) and not
+    a connection cut short: an ``ssl.SSLCertVerificationError`` anywhere in the chain that
+    requests, urllib3 and httpx wrap it in, or OpenSSL's verdict in the text."""
+    todo, seen = [exc], set()
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return True
+        todo += [e for e in (error.__cause__, error.__context__, getattr(error, "reason", None),
+                             *error.args) if isinstance(e, BaseException)]
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)

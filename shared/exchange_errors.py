@@ -16,7 +16,6 @@ is said only of what only a bug can cause (a parse error: the service never send
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ import requests
 from pypsrp.exceptions import AuthenticationError, WinRMTransportError, WSManFaultError
 
 from .config import ExchangeSettings
-from .errors import PermanentError, ProvisioningError, TransientError
+from .errors import PermanentError, ProvisioningError, TransientError, certificate_refused
 from .log import redact
 
 STEP = "mailbox"
@@ -112,22 +111,6 @@ def record_reason(record: Any) -> str:
     return str(reason)
 
 
-def _certificate_refused(exc: BaseException) -> bool:
-    """Whether a TLS failure is the certificate's (an unknown CA, another host's name): an
-    ``ssl.SSLCertVerificationError`` anywhere in the chain requests and urllib3 wrap it in."""
-    todo, seen = [exc], set()
-    while todo:
-        error = todo.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return True
-        todo += [e for e in (error.__cause__, error.__context__, getattr(error, "reason", None),
-                             *error.args) if isinstance(e, BaseException)]
-    return False
-
-
 def transport_error(exc: Exception, cmdlet: str, settings: ExchangeSettings) -> (
         ProvisioningError):
     """The error a failure of the transport (HTTP, TLS, WS-Management) means."""
@@ -139,7 +122,7 @@ def transport_error(exc: Exception, cmdlet: str, settings: ExchangeSettings) -> 
             fix="check EXCHANGE_USER and the Exchange password secret in Key Vault, and that "
                 "the account is not locked out",
         )
-    if isinstance(exc, requests.exceptions.SSLError) and _certificate_refused(exc):
+    if isinstance(exc, requests.exceptions.SSLError) and certificate_refused(exc):
         return PermanentError(
             f"the TLS certificate of {where} is not trusted",
             step=STEP,

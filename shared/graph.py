@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import time
 import uuid
 import weakref
@@ -60,7 +59,7 @@ from msgraph_core.middleware import GraphTelemetryHandler
 
 from .config import GraphSettings, IdentitySettings, Settings
 from .entra import CloudUser
-from .errors import PermanentError, TransientError
+from .errors import PermanentError, TransientError, certificate_refused
 from .graph_pacing import MAX_ATTEMPTS, RETRY_STATUSES, Counters, PacingHandler, retry_after
 from .identity import credential as make_credential
 from .identity import scope_for, tls_context
@@ -148,15 +147,6 @@ def _from_api_error(exc: APIError, action: str, user: str) -> TransientError | G
                     action=action, user=user)
 
 
-def _untrusted(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
-
-
 @dataclass(frozen=True)
 class SubscribedSku:
     sku_id: uuid.UUID
@@ -222,7 +212,7 @@ class GraphClient:
         except APIError as exc:
             raise _from_api_error(exc, action, user) from None
         except (httpx.TimeoutException, httpx.TransportError) as exc:
-            if _untrusted(exc):
+            if certificate_refused(exc):
                 raise PermanentError(
                     f"Graph's TLS certificate is not trusted ({action})", user=user, step=STEP,
                     fix="add the CA that issued it to CA_BUNDLE") from None
