@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 from azure.core.exceptions import ResourceNotFoundError
-from ldap3 import MODIFY_DELETE
+from ldap3 import MODIFY_DELETE, Connection
 
 from bench.e2e import LabGraph
 from lab import ad
@@ -117,14 +117,17 @@ class Row:
 
 
 # -- reading the lab -----------------------------------------------------------------------------
+def _member_dns(conn: Connection, group: str) -> list[str]:
+    conn.search(f"CN={group},{ad.GROUPS_OU}", "(objectClass=group)", "BASE",
+                attributes=["member"])
+    return list(conn.response[0]["attributes"].get("member") or [])
+
+
 def _members(lab: Lab, group: str) -> list[str]:
     conn = ad.admin_connection(lab, timeout=30)
     try:
-        conn.search(f"CN={group},{ad.GROUPS_OU}", "(objectClass=group)", "BASE",
-                    attributes=["member"])
-        members = conn.response[0]["attributes"].get("member") or []
         found = []
-        for dn in members:
+        for dn in _member_dns(conn, group):
             conn.search(dn, "(objectClass=user)", "BASE", attributes=["sAMAccountName"])
             if conn.response:
                 found.append(str(conn.response[0]["attributes"]["sAMAccountName"]))
@@ -230,11 +233,9 @@ def _isolate(lab: Lab) -> None:
     conn = ad.admin_connection(lab, timeout=30)
     try:
         for group in (ad.PROVISION_GROUP, ad.LICENSE_GROUP):
-            dn = f"CN={group},{ad.GROUPS_OU}"
-            conn.search(dn, "(objectClass=group)", "BASE", attributes=["member"])
-            members = conn.response[0]["attributes"].get("member") or []
+            members = _member_dns(conn, group)
             if members:
-                conn.modify(dn, {"member": [(MODIFY_DELETE, list(members))]})
+                conn.modify(f"CN={group},{ad.GROUPS_OU}", {"member": [(MODIFY_DELETE, members)]})
     finally:
         conn.unbind()
 
