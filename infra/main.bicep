@@ -475,6 +475,7 @@ module alerts 'modules/alerts.bicep' = if (!empty(alertAddress)) {
     pollIntervalMinutes: pollIntervalMinutes
     functionFailurePercent: functionFailurePercent
     functionFailureMinimum: functionFailureMinimum
+    relayNamespaceId: useRelay ? relay.outputs.id : ''
   }
 }
 

@@ -5,8 +5,9 @@ namespace>/<api version>/types.json``). We do not commit those files: this scrip
 git copy of that repository and writes, for each resource type and API version infra/ declares,
 one small JSON of facts into tests/fixtures/azure-types/:
 
-- ``writable``: every property path a template may set (``properties.siteConfig.appSettings[].name``;
-  ``[]`` is an array item, ``*`` a free key of a map such as ``tags.*``);
+- ``writable``: every property path a template may set
+  (``properties.siteConfig.appSettings[].name``; ``[]`` is an array item,
+  ``*`` a free key of a map such as ``tags.*``);
 - ``readOnly``: paths Azure fills in and a template must not set;
 - ``enums``: for a path whose type is a set of string literals, its values, and whether any
   other string is accepted too (``open``: the union includes ``string``);
@@ -16,8 +17,8 @@ one small JSON of facts into tests/fixtures/azure-types/:
 
 Usage (no network; the repository is a bare clone or a mirror):
 
-    python scripts/azure_types.py /work/.mirror/Azure+bicep-types-az/repo            # what infra/ uses
-    python scripts/azure_types.py REPO Microsoft.Relay/namespaces@2024-01-01 ...      # named ones
+    python scripts/azure_types.py /work/.mirror/Azure+bicep-types-az/repo   # what infra/ uses
+    python scripts/azure_types.py REPO Microsoft.Relay/namespaces@2024-01-01  # named ones
 
 The flags of a property are bit flags of bicep-types' ObjectTypePropertyFlags: 1 Required,
 2 ReadOnly, 4 WriteOnly, 8 DeployTimeConstant, 16 Identifier (Azure/bicep-types,
@@ -152,8 +153,9 @@ def find_type_file(repo: Path, type_at_version: str) -> str:
     ``monitor_1/microsoft.insights``, ``applicationinsights/microsoft.insights``)."""
     resource_type, version = type_at_version.split("@")
     namespace = resource_type.split("/")[0].lower()
+    listing = _git(repo, "ls-tree", "-r", "--name-only", "HEAD", "generated")
     candidates = [
-        line for line in _git(repo, "ls-tree", "-r", "--name-only", "HEAD", "generated").splitlines()
+        line for line in listing.splitlines()
         if line.endswith(f"/{namespace}/{version}/types.json")
     ]
     for candidate in candidates:

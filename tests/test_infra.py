@@ -317,16 +317,16 @@ def test_no_app_service_hybrid_connection_and_no_key_in_infra() -> None:
         assert "sendKeyValue" not in text, path.name
 
 
-def test_relay_is_entra_only_with_the_sender_role_on_each_hybrid_connection() -> None:
-    """Pins the relay: local (SAS) authentication off, one hybrid connection per endpoint that
-    requires client authorisation, and the app identity given Azure Relay Sender on exactly
-    those (the bridge's principal Azure Relay Listener), each named guid(scope, principal,
-    role)."""
+def test_relay_uses_entra_roles_with_the_sender_role_on_each_hybrid_connection() -> None:
+    """Pins the relay: no SAS rule of our own and no claim to turn SAS off (a Relay namespace
+    has no disableLocalAuth: issue 24), one hybrid connection per endpoint that requires client
+    authorisation, and the app identity given Azure Relay Sender on exactly those (the bridge's
+    principal Azure Relay Listener), each named guid(scope, principal, role)."""
     relay = parse(INFRA / "modules" / "relay.bicep")["resources"]
     namespace = relay["namespace"]["config"]["properties"]
     connection = relay["connections"]["config"]["config"]["properties"]
-    assert (namespace["disableLocalAuth"], connection["requiresClientAuthorization"]) == (
-        True, True)
+    assert ({"publicNetworkAccess": "Enabled"}, True) == (
+        namespace, connection["requiresClientAuthorization"])
     text = (INFRA / "modules" / "relay.bicep").read_text()
     for resource, principal, role in (("senders", "senderPrincipalId", "azureRelaySender"),
                                       ("listeners", "listenerPrincipalId", "azureRelayListener")):

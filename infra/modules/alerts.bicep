@@ -31,6 +31,9 @@ param functionFailurePercent int = 10
 @minValue(1)
 param functionFailureMinimum int = 3
 
+@description('Resource id of the Azure Relay namespace (CONNECTIVITY=relay); empty: no relay listener alert.')
+param relayNamespaceId string = ''
+
 var failures = replace(replace(loadTextContent('../monitoring/alerts/function-failures.kql'),
   'let min_failures = 3;', 'let min_failures = ${functionFailureMinimum};'),
   'let max_failure_percent = 10;', 'let max_failure_percent = ${functionFailurePercent};')
@@ -173,6 +176,58 @@ resource alert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for rule i
     }
   }
 }]
+
+// A listener connected to a hybrid connection. Anyone holding a SAS key of the namespace (the
+// RootManageSharedAccessKey every namespace keeps) or Azure Relay Listener can register a
+// listener, and the relay then hands some of the app's streams to it instead of the bridge (TLS
+// stops it reading them, not taking them away). Azure Monitor's Relay metrics count successful
+// listener connections per hybrid connection (ListenerConnections-Success, dimension EntityName:
+// "Supported metrics for Microsoft.Relay/namespaces", learn.microsoft.com); they do not say who
+// connected, so this alert also fires when the bridge restarts: the runbook says how to tell.
+resource relayListener 'Microsoft.Insights/metricAlerts@2018-03-01' = if (!empty(relayNamespaceId)) {
+  name: 'o365prov-relay-listener-connected'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'A listener connected to a hybrid connection of the relay: the bridge restarting, or someone else listening. ${runbook}"Relay listener connected".'
+    severity: 2
+    enabled: true
+    scopes: [
+      relayNamespaceId
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT5M'
+    autoMitigate: true
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          criterionType: 'StaticThresholdCriterion'
+          name: 'listener-connected'
+          metricNamespace: 'Microsoft.Relay/namespaces'
+          metricName: 'ListenerConnections-Success'
+          dimensions: [
+            {
+              name: 'EntityName'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          timeAggregation: 'Total'
+        }
+      ]
+    }
+    actions: [
+      {
+        actionGroupId: actionGroup.id
+      }
+    ]
+  }
+}
 
 output actionGroupId string = actionGroup.id
 output ruleNames array = [for (rule, i) in rules: alert[i].name]
