@@ -285,9 +285,10 @@ def test_app_runs_on_flex_consumption_hardened() -> None:
     resources = app["resources"]
     site = resources["site"]["config"]
     text = (INFRA / "modules" / "functionapp.bicep").read_text()
-    config_ = site["properties"]["siteConfig"]
+    common = app["variables"]["siteConfigCommon"]["value"]
+    dedicated = app["variables"]["siteConfigDedicated"]["value"]
     assert site["kind"] == "functionapp,linux"
-    assert (config_["ftpsState"], config_["minTlsVersion"]) == ("Disabled", "1.2")
+    assert (dedicated["ftpsState"], common["minTlsVersion"]) == ("Disabled", "1.2")
     assert site["properties"]["httpsOnly"] is True
     assert site["properties"]["keyVaultReferenceIdentity"] == "identityId"
     assert all(

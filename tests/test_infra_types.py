@@ -537,3 +537,156 @@ def test_a_variable_an_array_item_and_a_union_are_checked_too() -> None:
     assert "properties.siteConfig.alwaysOnn does not exist" in errors[0]
     assert "properties.siteConfig.appSettings[].valu does not exist" in errors[1]
     assert "allowed under properties.siteConfig.appSettings[]: name, value" in errors[1]
+
+
+# ---- Flex Consumption: what the types allow and the plan refuses -----------------------------
+
+FLEX_DEPRECATIONS = ("https://learn.microsoft.com/azure/azure-functions/functions-app-settings"
+                     "#flex-consumption-plan-deprecations")
+FLEX_51021 = ("ARM error 51021, 'site configuration properties ... for Flex Consumption sites is "
+              "invalid' (issue 24)")
+
+# (kind, name, what Microsoft's page says, page). kind "site": a property of Microsoft.Web/sites,
+# in properties or properties.siteConfig (the page writes both as properties.<name>);
+# kind "setting": an app setting. The page lists them as deprecated properties and settings that
+# "shouldn't be used when creating function app resources" on the Flex Consumption plan.
+FLEX_RULES: list[tuple[str, str, str, str]] = [
+    ("setting", "ENABLE_ORYX_BUILD", "replaced by the remoteBuild parameter", FLEX_DEPRECATIONS),
+    ("setting", "FUNCTIONS_EXTENSION_VERSION", "set by the backend", FLEX_DEPRECATIONS),
+    ("setting", "FUNCTIONS_WORKER_RUNTIME", "replaced by functionAppConfig.runtime.name",
+     FLEX_DEPRECATIONS),
+    ("setting", "FUNCTIONS_WORKER_RUNTIME_VERSION", "replaced by functionAppConfig.runtime.version",
+     FLEX_DEPRECATIONS),
+    ("setting", "FUNCTIONS_MAX_HTTP_CONCURRENCY", "replaced by scaleAndConcurrency's triggers",
+     FLEX_DEPRECATIONS),
+    ("setting", "FUNCTIONS_WORKER_PROCESS_COUNT", "not valid", FLEX_DEPRECATIONS),
+    ("setting", "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED", "not valid", FLEX_DEPRECATIONS),
+    ("setting", "SCM_DO_BUILD_DURING_DEPLOYMENT", "replaced by the remoteBuild parameter",
+     FLEX_DEPRECATIONS),
+    ("setting", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+     "replaced by functionAppConfig's deployment section", FLEX_DEPRECATIONS),
+    ("setting", "WEBSITE_CONTENTOVERVNET", "not used for networking", FLEX_DEPRECATIONS),
+    ("setting", "WEBSITE_CONTENTSHARE", "replaced by functionAppConfig's deployment section",
+     FLEX_DEPRECATIONS),
+    ("setting", "WEBSITE_DNS_SERVER", "DNS comes from the integrated virtual network",
+     FLEX_DEPRECATIONS),
+    ("setting", "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT", "replaced by maximumInstanceCount",
+     FLEX_DEPRECATIONS),
+    ("setting", "WEBSITE_NODE_DEFAULT_VERSION", "replaced by functionAppConfig.runtime.version",
+     FLEX_DEPRECATIONS),
+    ("setting", "WEBSITE_RUN_FROM_PACKAGE", "not used for deployments", FLEX_DEPRECATIONS),
+    ("setting", "WEBSITE_SKIP_CONTENTSHARE_VALIDATION", "content share not used",
+     FLEX_DEPRECATIONS),
+    ("setting", "WEBSITE_VNET_ROUTE_ALL", "not used for networking", FLEX_DEPRECATIONS),
+    ("site", "alwaysOn", f"not valid; {FLEX_51021}", FLEX_DEPRECATIONS),
+    ("site", "containerSize", "renamed instanceMemoryMB", FLEX_DEPRECATIONS),
+    ("site", "ftpsState", f"FTPS not supported; {FLEX_51021}", FLEX_DEPRECATIONS),
+    ("site", "isReserved", "not valid", FLEX_DEPRECATIONS),
+    ("site", "isXenon", "not valid", FLEX_DEPRECATIONS),
+    ("site", "javaVersion", "replaced by functionAppConfig.runtime.version", FLEX_DEPRECATIONS),
+    ("site", "linuxFxVersion", "replaced by functionAppConfig.runtime", FLEX_DEPRECATIONS),
+    ("site", "netFrameworkVersion", "replaced by functionAppConfig.runtime.version",
+     FLEX_DEPRECATIONS),
+    ("site", "powerShellVersion", "replaced by functionAppConfig.runtime.version",
+     FLEX_DEPRECATIONS),
+    ("site", "functionAppScaleLimit", "renamed maximumInstanceCount", FLEX_DEPRECATIONS),
+    ("site", "preWarmedInstanceCount", "renamed alwaysReady", FLEX_DEPRECATIONS),
+    ("site", "use32BitWorkerProcess", "32-bit not supported", FLEX_DEPRECATIONS),
+    ("site", "vnetBackupRestoreEnabled", "not used for networking", FLEX_DEPRECATIONS),
+    ("site", "vnetContentShareEnabled", "not used for networking", FLEX_DEPRECATIONS),
+    ("site", "vnetImagePullEnabled", "not used for networking", FLEX_DEPRECATIONS),
+    ("site", "vnetRouteAllEnabled", "not used for networking", FLEX_DEPRECATIONS),
+    ("site", "windowsFxVersion", "not valid", FLEX_DEPRECATIONS),
+]
+
+# Conditions as written in infra/, and their value on the Flex Consumption plan.
+FLEX = {"flex": True, "!flex": False, "hosting == 'flex'": True, "hosting == 'dedicated'": False}
+DEDICATED = {k: not v for k, v in FLEX.items()}
+
+
+def sent(node: Node, path: str, bicep: BicepFile, plan: dict[str, bool],
+         found: dict[str, int] | None = None) -> dict[str, int]:
+    """Every property path ``node`` sends (path -> line) when the conditions in ``plan`` hold;
+    a condition it does not know sends both branches, a null sends nothing."""
+    found = {} if found is None else found
+    if node.kind == "obj":
+        for key, line, value in node.items:
+            if value.kind == "lit" and value.value is None:
+                continue
+            child = _join(path, key)
+            found.setdefault(child, line)
+            sent(value, child, bicep, plan, found)
+    elif node.kind == "tern":
+        condition, yes, no = node.items
+        if condition.source in plan:
+            sent(yes if plan[condition.source] else no, path, bicep, plan, found)
+        else:
+            sent(yes, path, bicep, plan, found)
+            sent(no, path, bicep, plan, found)
+    elif node.kind == "call" and node.value == "union":
+        for argument in node.items:
+            sent(argument, path, bicep, plan, found)
+    elif node.kind == "ref" and node.value in bicep.variables:
+        sent(bicep.variables[node.value], path, bicep, plan, found)
+    elif node.kind in ("arr", "for"):
+        for item in node.items:
+            sent(item, f"{path}[]", bicep, plan, found)
+    return found
+
+
+def site_properties(plan: dict[str, bool]) -> dict[str, int]:
+    """What the Functions app resource sends on a plan, by path."""
+    path = INFRA / "modules" / "functionapp.bicep"
+    bicep = read_bicep(path)
+    return sent(resource_body(bicep.resources["site"]), "", bicep, plan)
+
+
+def app_settings(plan: dict[str, bool]) -> dict[str, int]:
+    """The app settings main.bicep gives the app on a plan (its appSettings* variables)."""
+    bicep = read_bicep(INFRA / "main.bicep")
+    names: dict[str, int] = {}
+    for name, node in bicep.variables.items():
+        if name.startswith("appSettings"):
+            names.update({k: v for k, v in sent(node, "", bicep, plan).items() if "." not in k})
+    return names
+
+
+def test_the_flex_table_names_properties_microsoft_s_types_have() -> None:
+    """Pins the table itself: each site property it names is one Microsoft.Web/sites@2024-04-01
+    has (in properties or siteConfig, any case), and each row names its page."""
+    known = facts("Microsoft.Web/sites@2024-04-01")
+    names = {p.rsplit(".", 1)[-1].lower() for p in known.writable
+             if (p.count(".") == 1 and p.startswith("properties."))
+             or (p.startswith("properties.siteConfig.") and p.count(".") == 2)}
+    unknown = [name for kind, name, _, _ in FLEX_RULES
+               if kind == "site" and name.lower() not in names]
+    assert ["isReserved"] == unknown  # the page's name; Microsoft.Web/sites calls it reserved
+    assert all(page.startswith("https://learn.microsoft.com/") for *_, page in FLEX_RULES)
+
+
+def test_the_flex_site_sends_no_property_flex_refuses() -> None:
+    """Pins issue 24's point 1: on Flex Consumption the site sends none of the site properties
+    the Flex table lists (alwaysOn and ftpsState made ARM refuse the site), while Dedicated
+    keeps Always On, FTP off and the Python stack."""
+    flex = site_properties(FLEX)
+    refused = {name.lower() for kind, name, _, _ in FLEX_RULES if kind == "site"}
+    offending = sorted(f"functionapp.bicep:{line}: {path}" for path, line in flex.items()
+                       if path.startswith("properties.")
+                       and path.rsplit(".", 1)[-1].lower() in refused
+                       and path.count(".") <= 2)
+    assert [] == offending
+    assert "properties.functionAppConfig.runtime.name" in flex
+    dedicated = site_properties(DEDICATED)
+    for name in ("alwaysOn", "ftpsState", "linuxFxVersion", "minTlsVersion"):
+        assert f"properties.siteConfig.{name}" in dedicated
+
+
+def test_the_flex_app_gets_no_app_setting_flex_refuses() -> None:
+    """Pins the app settings on Flex Consumption: none the Flex table lists (the runtime is in
+    functionAppConfig, the package in its deployment section); Dedicated still gets the runtime
+    settings it needs."""
+    flex = app_settings(FLEX)
+    refused = {name for kind, name, _, _ in FLEX_RULES if kind == "setting"}
+    assert [] == sorted(refused & set(flex))
+    assert {"FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION"} <= set(
+        app_settings(DEDICATED))

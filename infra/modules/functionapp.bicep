@@ -1,5 +1,6 @@
 // The Functions app: Linux, Python 3.11, HTTPS only, FTP and basic publishing credentials off,
-// TLS 1.2; Key Vault references resolve with the user-assigned identity.
+// TLS 1.2; Key Vault references resolve with the user-assigned identity. What Flex Consumption
+// refuses or ignores is checked by tests/test_infra_types.py (FLEX_RULES).
 //
 // hosting = 'flex' (default): the Flex Consumption plan ("Azure Functions Flex Consumption plan
 // hosting", learn.microsoft.com, azure-functions/flex-consumption-plan). The package is deployed
@@ -63,6 +64,28 @@ var settingsList = [for setting in items(appSettings): {
   name: setting.key
   value: string(setting.value)
 }]
+// Site configuration every plan takes.
+var siteConfigCommon = {
+  minTlsVersion: '1.2'
+  scmMinTlsVersion: '1.2'
+  http20Enabled: true
+  remoteDebuggingEnabled: false
+  appSettings: settingsList
+}
+
+// Dedicated only. Flex Consumption refuses alwaysOn and ftpsState (ARM error 51021, "site
+// configuration properties ... for Flex Consumption sites is invalid") and takes the runtime
+// from functionAppConfig and the network from the plan, not linuxFxVersion or
+// vnetRouteAllEnabled: "Flex Consumption plan deprecations", App settings reference for Azure
+// Functions (learn.microsoft.com, azure-functions/functions-app-settings). FTP stays off on
+// Flex all the same: "FTPS not supported" there, and the ftp publishing policy below is off.
+var siteConfigDedicated = {
+  linuxFxVersion: 'Python|3.11'
+  alwaysOn: true
+  ftpsState: 'Disabled'
+  vnetRouteAllEnabled: !empty(vnetSubnetId)
+}
+
 var flexConfig = {
   deployment: {
     storage: {
@@ -132,17 +155,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     keyVaultReferenceIdentity: identityId
     virtualNetworkSubnetId: empty(vnetSubnetId) ? null : vnetSubnetId
     functionAppConfig: flex ? flexConfig : null
-    siteConfig: {
-      linuxFxVersion: flex ? null : 'Python|3.11'
-      alwaysOn: !flex
-      ftpsState: 'Disabled'
-      minTlsVersion: '1.2'
-      scmMinTlsVersion: '1.2'
-      http20Enabled: true
-      remoteDebuggingEnabled: false
-      vnetRouteAllEnabled: !empty(vnetSubnetId)
-      appSettings: settingsList
-    }
+    siteConfig: flex ? siteConfigCommon : union(siteConfigCommon, siteConfigDedicated)
   }
 }
 
