@@ -16,13 +16,20 @@ param location string
 @description('Object id of the operator running the deployment (azd sets AZURE_PRINCIPAL_ID); gets Key Vault Secrets Officer to set the passwords. Empty for none.')
 param principalId string = ''
 
-@description('Kind of principal principalId is.')
+@description('Kind of principal principalId is: azd sets AZURE_PRINCIPAL_TYPE (ServicePrincipal when it signed in as one, as in a pipeline), main.parameters.json passes it on.')
 @allowed([
   'User'
   'Group'
   'ServicePrincipal'
 ])
 param principalType string = 'User'
+
+@description('default: create the Key Vault, or update it. recover: recover the vault of this environment that `azd down` left soft-deleted (purge protection keeps it, and its name, for 90 days), secrets included; set it for that one `azd up`, then back to default (docs/deployment.md, "Taking an environment down and up again").')
+@allowed([
+  'default'
+  'recover'
+])
+param keyVaultCreateMode string = 'default'
 
 // ---- hosting -----------------------------------------------------------------------------
 
@@ -59,7 +66,7 @@ param alwaysReadyInstances int = 1
 ])
 param connectivity string = 'relay'
 
-@description('Subnet resource id for VNet integration (delegated to Microsoft.App/environments for Flex Consumption, Microsoft.Web/serverFarms for dedicated; with the Microsoft.Storage and Microsoft.KeyVault service endpoints). Required when connectivity is vnet.')
+@description('Subnet resource id for VNet integration (delegated to Microsoft.App/environments for Flex Consumption, Microsoft.Web/serverFarms for dedicated; with the Microsoft.Storage and Microsoft.KeyVault service endpoints). Required when connectivity is vnet: the deployment stops without it.')
 param vnetSubnetId string = ''
 
 @description('Object id of the principal the on-premises bridge (azbridge) signs in as; gets Azure Relay Listener on the hybrid connections. Empty: assign it later.')
@@ -183,7 +190,7 @@ param logLevel string = 'INFO'
 @description('Address the alert rules mail (an action group). Empty: the first address of mailTo; both empty: no alert rules.')
 param alertEmail string = ''
 
-@description('Minutes between two polls, as pollSchedule says: the no-poll alert fires after three of them without a successful poll.')
+@description('Minutes between two polls, as pollSchedule says: the no-poll alert fires after 30 minutes without a successful poll (1 hour above 10, 3 hours above 20).')
 @minValue(1)
 @maxValue(60)
 param pollIntervalMinutes int = 1
@@ -241,6 +248,15 @@ var tags = {
   'azd-env-name': environmentName
 }
 var useRelay = connectivity == 'relay'
+
+// connectivity=vnet without a subnet would deploy an app that cannot reach the premises, with
+// storage and the vault open to every network. Stop instead, before anything is created: ARM
+// evaluates only the branch of if() its condition picks (Bicep's ?:), and json() of text that
+// is not JSON makes the template invalid, naming this variable. The text interpolates a
+// parameter so that the Bicep compiler cannot parse it ahead of ARM. (Bicep's fail() and assert
+// are not in every Bicep release azd may bring.)
+var ERROR_connectivity_vnet_needs_VNET_SUBNET_ID = connectivity == 'vnet' && empty(vnetSubnetId) ? json('connectivity=${connectivity} needs VNET_SUBNET_ID: azd env set VNET_SUBNET_ID <subnet resource id>') : vnetSubnetId
+var vnetSubnet = useRelay ? '' : ERROR_connectivity_vnet_needs_VNET_SUBNET_ID
 var alertAddress = !empty(alertEmail) ? alertEmail : trim(first(split(mailTo, ',')))
 var otel = telemetryMode == 'opentelemetry'
 
@@ -306,7 +322,8 @@ module keyVault 'modules/keyvault.bicep' = {
     principalId: identity.outputs.principalId
     operatorPrincipalId: principalId
     operatorPrincipalType: principalType
-    allowedSubnetId: useRelay ? '' : vnetSubnetId
+    createMode: keyVaultCreateMode
+    allowedSubnetId: vnetSubnet
   }
 }
 
@@ -318,7 +335,11 @@ module storage 'modules/storage.bicep' = {
     location: location
     tags: tags
     principalId: identity.outputs.principalId
-    allowedSubnetId: useRelay ? '' : vnetSubnetId
+    // Flex Consumption: the package azd posts is written into the deployments container by the
+    // platform, not from the app's subnet, so a firewall that allows only the subnet blocks the
+    // deployment. The account keeps its public endpoint for Entra-authenticated callers (shared
+    // keys off), as on the relay path; closing it needs private endpoints (docs/deployment.md).
+    allowedSubnetId: hosting == 'flex' ? '' : vnetSubnet
   }
 }
 
@@ -459,7 +480,7 @@ module app 'modules/functionapp.bicep' = {
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     identityId: identity.outputs.id
     appSettings: union(appSettingsHost, appSettingsTelemetry, appSettingsDedicated, appSettingsRelay, appSettingsService, appSettingsSync, appSettingsSmtp, appSettingsCaBundle)
-    vnetSubnetId: useRelay ? '' : vnetSubnetId
+    vnetSubnetId: vnetSubnet
   }
 }
 

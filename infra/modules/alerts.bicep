@@ -17,7 +17,7 @@ param actionGroupName string
 @description('Address the action group mails.')
 param alertEmail string
 
-@description('Minutes between two polls (POLL_SCHEDULE); the no-poll rule waits three of them.')
+@description('Minutes between two polls (POLL_SCHEDULE); the no-poll window is at least three of them and at least 30 minutes.')
 @minValue(1)
 @maxValue(60)
 param pollIntervalMinutes int = 1
@@ -39,6 +39,14 @@ var failures = replace(replace(loadTextContent('../monitoring/alerts/function-fa
   'let max_failure_percent = 10;', 'let max_failure_percent = ${functionFailurePercent};')
 
 var runbook = 'What to do: docs/operations.md, "Alerts in Azure Monitor", '
+
+// The no-poll rule looks for the absence of rows, which a log alert sees late or wrongly when
+// ingestion lags: telemetry reaches Log Analytics minutes after it is written ("Log data
+// ingestion time in Azure Monitor"), and "Troubleshoot log search alerts" (learn.microsoft.com,
+// azure-monitor/alerts) warns that log alerts detect a lack of data poorly. So the window is
+// at least 30 minutes (three poll intervals when the interval is longer), many polls wide: a
+// few minutes of ingestion delay cannot empty it. docs/operations.md, "No successful poll".
+var noPollWindow = pollIntervalMinutes <= 10 ? 'PT30M' : pollIntervalMinutes <= 20 ? 'PT1H' : 'PT3H'
 var rules = [
   {
     name: 'poison-message'
@@ -53,10 +61,10 @@ var rules = [
   {
     name: 'no-poll'
     displayName: 'O365 provisioning: no successful poll'
-    description: 'No poll of O365_Provision succeeded in three poll intervals: new users are not being picked up. ${runbook}"No successful poll".'
+    description: 'No poll of O365_Provision succeeded in ${noPollWindow}: new users are not being picked up. ${runbook}"No successful poll".'
     severity: 1
-    frequency: 'PT${pollIntervalMinutes}M'
-    window: 'PT${3 * pollIntervalMinutes}M'
+    frequency: 'PT5M'
+    window: noPollWindow
     query: loadTextContent('../monitoring/alerts/no-poll.kql')
     dimensions: []
   }
