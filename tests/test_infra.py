@@ -285,10 +285,10 @@ def test_app_runs_on_flex_consumption_hardened() -> None:
     resources = app["resources"]
     site = resources["site"]["config"]
     text = (INFRA / "modules" / "functionapp.bicep").read_text()
-    common = app["variables"]["siteConfigCommon"]["value"]
-    dedicated = app["variables"]["siteConfigDedicated"]["value"]
+    config_ = site["properties"]["siteConfig"]
     assert site["kind"] == "functionapp,linux"
-    assert (dedicated["ftpsState"], common["minTlsVersion"]) == ("Disabled", "1.2")
+    assert "ftpsState: flex ? null : 'Disabled'" in text
+    assert ("1.2", True) == (config_["minTlsVersion"], config_["http20Enabled"])
     assert site["properties"]["httpsOnly"] is True
     assert site["properties"]["keyVaultReferenceIdentity"] == "identityId"
     assert all(

@@ -611,8 +611,10 @@ def sent(node: Node, path: str, bicep: BicepFile, plan: dict[str, bool],
     found = {} if found is None else found
     if node.kind == "obj":
         for key, line, value in node.items:
+            while value.kind == "tern" and value.items[0].source in plan:
+                value = value.items[1] if plan[value.items[0].source] else value.items[2]
             if value.kind == "lit" and value.value is None:
-                continue
+                continue  # ARM leaves a null property out of the request
             child = _join(path, key)
             found.setdefault(child, line)
             sent(value, child, bicep, plan, found)
