@@ -66,8 +66,11 @@ param alwaysReadyInstances int = 1
 ])
 param connectivity string = 'relay'
 
-@description('Subnet resource id for VNet integration (delegated to Microsoft.App/environments for Flex Consumption, Microsoft.Web/serverFarms for dedicated; with the Microsoft.Storage and Microsoft.KeyVault service endpoints). Required when connectivity is vnet: the deployment stops without it.')
+@description('Subnet resource id for VNet integration (delegated to Microsoft.App/environments for Flex Consumption, Microsoft.Web/serverFarms for dedicated; with the Microsoft.KeyVault service endpoint, and Microsoft.Storage on dedicated). Required when connectivity is vnet: the deployment stops without it.')
 param vnetSubnetId string = ''
+
+@description('Flex Consumption with connectivity vnet: resource id of a second subnet of the same VNet, not delegated, for the private endpoints of the storage account (blob, queue, table). Required then: the deployment stops without it. Unused otherwise.')
+param privateEndpointSubnetId string = ''
 
 @description('Object id of the principal the on-premises bridge (azbridge) signs in as; gets Azure Relay Listener on the hybrid connections. Empty: assign it later.')
 param bridgePrincipalId string = ''
@@ -257,6 +260,11 @@ var useRelay = connectivity == 'relay'
 // are not in every Bicep release azd may bring.)
 var ERROR_connectivity_vnet_needs_VNET_SUBNET_ID = connectivity == 'vnet' && empty(vnetSubnetId) ? json('connectivity=${connectivity} needs VNET_SUBNET_ID: azd env set VNET_SUBNET_ID <subnet resource id>') : vnetSubnetId
 var vnetSubnet = useRelay ? '' : ERROR_connectivity_vnet_needs_VNET_SUBNET_ID
+// On Flex Consumption the storage account is reached through private endpoints (it has no
+// public endpoint in VNet mode; modules/storage.bicep), so their subnet is required as well,
+// with the same kind of stop.
+var ERROR_connectivity_vnet_on_flex_needs_PRIVATE_ENDPOINT_SUBNET_ID = connectivity == 'vnet' && hosting == 'flex' && empty(privateEndpointSubnetId) ? json('connectivity=${connectivity} with hosting=${hosting} needs PRIVATE_ENDPOINT_SUBNET_ID: azd env set PRIVATE_ENDPOINT_SUBNET_ID <resource id of a non-delegated subnet for private endpoints>') : privateEndpointSubnetId
+var privateEndpointSubnet = useRelay || hosting != 'flex' ? '' : ERROR_connectivity_vnet_on_flex_needs_PRIVATE_ENDPOINT_SUBNET_ID
 var alertAddress = !empty(alertEmail) ? alertEmail : trim(first(split(mailTo, ',')))
 var otel = telemetryMode == 'opentelemetry'
 
@@ -335,11 +343,12 @@ module storage 'modules/storage.bicep' = {
     location: location
     tags: tags
     principalId: identity.outputs.principalId
-    // Flex Consumption: the package azd posts is written into the deployments container by the
-    // platform, not from the app's subnet, so a firewall that allows only the subnet blocks the
-    // deployment. The account keeps its public endpoint for Entra-authenticated callers (shared
-    // keys off), as on the relay path; closing it needs private endpoints (docs/deployment.md).
+    // Flex: the platform, not the app subnet, writes the package into the deployments container,
+    // so a subnet-only firewall blocks deployments; in VNet mode the account has no public
+    // endpoint and is reached through private endpoints (docs/deployment.md). Dedicated keeps
+    // the subnet rule.
     allowedSubnetId: hosting == 'flex' ? '' : vnetSubnet
+    privateEndpointSubnetId: privateEndpointSubnet
   }
 }
 
