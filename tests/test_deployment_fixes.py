@@ -134,14 +134,129 @@ def test_vnet_without_a_subnet_stops_the_deployment_instead_of_opening_storage()
     assert 1 == text.count("vnetSubnetId: vnetSubnet")  # the app
 
 
-def test_flex_storage_is_never_closed_to_the_platform_s_package_upload() -> None:
-    """Pins point 6's condition: on Flex Consumption the storage firewall is not limited to the
-    app's subnet (the platform writes the package, not the subnet); Dedicated keeps the subnet
-    rule. The guide states the condition and names private endpoints as the way to close it."""
+STORAGE = INFRA / "modules" / "storage.bicep"
+VNET_FLEX = {"privateLink": True, "!empty(privateEndpointSubnetId)": True,
+             "privateLink || !empty(allowedSubnetId)": True}
+PUBLIC = {"privateLink": False, "!empty(privateEndpointSubnetId)": False,
+          "privateLink || !empty(allowedSubnetId)": False}
+
+
+def storage_sends(plan: dict[str, bool]) -> dict[str, str]:
+    """The storage account's network properties on a path: property path -> literal sent."""
+    from tests.test_infra_types import sent
+
+    bicep = read_bicep(STORAGE)
+    body = resource_body(bicep.resources["storage"])
+    paths = sent(body, "", bicep, plan)
+    values: dict[str, str] = {}
+
+    def walk(node: Node, path: str) -> None:
+        if node.kind == "obj":
+            for key, _, value in node.items:
+                walk(value, f"{path}.{key}" if path else key)
+        elif node.kind == "tern" and node.items[0].source in plan:
+            walk(node.items[1] if plan[node.items[0].source] else node.items[2], path)
+        elif node.kind == "str" and path in paths:
+            values[path] = node.value
+
+    walk(body, "")
+    return values
+
+
+def test_in_vnet_mode_on_flex_storage_has_no_public_endpoint() -> None:
+    """Pins point 6 on Flex: with a private endpoint subnet the account disables public network
+    access and denies every network with no bypass; without one (the relay path) it keeps the
+    public endpoint for Entra-authenticated callers, as before."""
+    private = storage_sends(VNET_FLEX)
+    assert ("Disabled", "Deny", "None") == (
+        private["properties.publicNetworkAccess"], private["properties.networkAcls.defaultAction"],
+        private["properties.networkAcls.bypass"])
+    public = storage_sends(PUBLIC)
+    assert ("Enabled", "Allow", "AzureServices") == (
+        public["properties.publicNetworkAccess"], public["properties.networkAcls.defaultAction"],
+        public["properties.networkAcls.bypass"])
+    storage = read_bicep(STORAGE)
+    assert "!empty(privateEndpointSubnetId)" == storage.variables["privateLink"].source
+
+
+def test_private_endpoints_for_blob_queue_and_table_with_dns_zones_linked_to_the_vnet() -> None:
+    """Pins the private link: one private endpoint per service (blob, queue, table) in the private
+    endpoint subnet, connected to the account with that group id, each with a DNS zone group
+    naming the privatelink.<service> zone, and each zone linked (no auto-registration) to the VNet
+    the subnet belongs to; none of it on the public path (the service list is empty)."""
+    storage = read_bicep(STORAGE)
+    services = storage.variables["storageServices"]
+    condition, yes, no = services.items
+    assert ("privateLink", ["blob", "queue", "table"], []) == (
+        condition.source, [i.value for i in yes.items], no.items)
+    resources = storage.resources
+    endpoint = resource_body(resources["privateEndpoints"])
+    assert ("Microsoft.Network/privateEndpoints", "for") == (
+        resources["privateEndpoints"].type, resources["privateEndpoints"].body.kind)
+    properties = member(endpoint, "properties")
+    assert "privateEndpointSubnetId" == member(member(properties, "subnet"), "id").source
+    connection = member(member(properties, "privateLinkServiceConnections").items[0],
+                        "properties")
+    assert ("storage.id", ["service"]) == (
+        member(connection, "privateLinkServiceId").source,
+        [i.source for i in member(connection, "groupIds").items])
+    group = resources["privateDnsZoneGroups"]
+    assert "Microsoft.Network/privateEndpoints/privateDnsZoneGroups" == group.type
+    body = resource_body(group)
+    assert "privateEndpoints[i]" == member(body, "parent").source
+    config = member(member(body, "properties"), "privateDnsZoneConfigs").items[0]
+    assert "privateDnsZones[i].id" == member(member(config, "properties"),
+                                             "privateDnsZoneId").source
+    zone = resource_body(resources["privateDnsZones"])
+    assert ("privatelink.${service}.${environment().suffixes.storage}", "global") == (
+        member(zone, "name").source.strip("'"), member(zone, "location").value)
+    link = resource_body(resources["privateDnsZoneLinks"])
+    assert "privateDnsZones[i]" == member(link, "parent").source
+    link_properties = member(link, "properties")
+    assert (False, "virtualNetworkId") == (
+        member(link_properties, "registrationEnabled").value,
+        member(member(link_properties, "virtualNetwork"), "id").source)
+    assert ("substring(privateEndpointSubnetId, 0, indexOf(privateEndpointSubnetId, "
+            "'/subnets/'))") in storage.variables["virtualNetworkId"].source
+    for symbol in ("privateDnsZones", "privateDnsZoneLinks", "privateEndpoints",
+                   "privateDnsZoneGroups"):
+        assert "storageServices" in resources[symbol].body.source or (
+            resources[symbol].body.kind == "for"), symbol
+
+
+def test_vnet_on_flex_without_a_private_endpoint_subnet_stops_the_deployment() -> None:
+    """Pins the second guard: connectivity=vnet on Flex with no PRIVATE_ENDPOINT_SUBNET_ID makes
+    the template invalid (json() of a sentence naming the azd variable), the storage module gets
+    the subnet only through that guard, and relay mode and Dedicated never need it."""
+    main = read_bicep(INFRA / "main.bicep")
+    guard = main.variables["ERROR_connectivity_vnet_on_flex_needs_PRIVATE_ENDPOINT_SUBNET_ID"]
+    condition, yes, no = guard.items
+    assert ("connectivity == 'vnet' && hosting == 'flex' && empty(privateEndpointSubnetId)",
+            "privateEndpointSubnetId") == (condition.source, no.source)
+    assert ("call", "json") == (yes.kind, yes.value)
+    assert "needs PRIVATE_ENDPOINT_SUBNET_ID" in yes.items[0].value and yes.items[0].items[0]
+    assert ("useRelay || hosting != 'flex' ? '' : "
+            "ERROR_connectivity_vnet_on_flex_needs_PRIVATE_ENDPOINT_SUBNET_ID") == (
+        main.variables["privateEndpointSubnet"].source)
     text = (INFRA / "main.bicep").read_text()
-    assert "allowedSubnetId: hosting == 'flex' ? '' : vnetSubnet" in text
+    assert 1 == text.count("privateEndpointSubnetId: privateEndpointSubnet")
+    assert "allowedSubnetId: hosting == 'flex' ? '' : vnetSubnet" in text  # Dedicated: the rule
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert "${PRIVATE_ENDPOINT_SUBNET_ID=}" == parameters["privateEndpointSubnetId"]["value"]
+
+
+def test_the_guide_says_which_two_subnets_vnet_mode_needs() -> None:
+    """Pins the guide: both azd variables, the delegation of the integration subnet, a separate
+    subnet for the private endpoints, the privatelink zones, and what to do when the first
+    deployment fails while DNS and roles propagate; no claim that Flex storage stays open."""
     guide = (DOCS / "deployment.md").read_text()
-    assert "private endpoint" in guide and "deployments" in guide
+    section = guide.split("- **`vnet`: VNet integration.**", 1)[1].split("## Prerequisites", 1)[0]
+    for fact in ("VNET_SUBNET_ID", "PRIVATE_ENDPOINT_SUBNET_ID", "Microsoft.App/environments",
+                 "privatelink.blob.core.windows.net", "privatelink.queue.core.windows.net",
+                 "privatelink.table.core.windows.net", "publicNetworkAccess", "azd deploy",
+                 "ERROR_connectivity_vnet_on_flex_needs_PRIVATE_ENDPOINT_SUBNET_ID"):
+        assert fact in section, fact
+    assert "keeps its public endpoint" not in section
 
 
 # ---- 7. Who writes the package on Flex -------------------------------------------------------
