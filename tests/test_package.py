@@ -12,10 +12,14 @@ the app from the package.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -93,6 +97,40 @@ def test_every_module_of_shared_is_in_the_package() -> None:
     assert [] == [p for p in on_disk if p not in files]
 
 
+def remote_build(requirements: Path) -> tuple[Path, bool]:
+    """requirements.txt alone installed by pip into an empty target, as Flex's remote build does;
+    returns the target and whether it was reused.
+
+    The target is kept outside the repository, under the system's temporary directory, keyed by
+    the SHA-256 of requirements.txt, the interpreter and the platform: the same pinned file gives
+    the same packages, so a later run reuses it; any change to the file (or another Python) makes
+    a new, empty target. A target counts only when pip finished: it is installed beside its final
+    name and renamed into place on success. The import check below runs every time, in a fresh
+    interpreter, against whatever the target holds. ``O365PROV_FRESH_REMOTE_BUILD=1`` forces a
+    fresh install. pip runs without byte-compiling (``--no-compile``: the interpreter compiles
+    what it imports) and without version checks or progress bars.
+    """
+    key = hashlib.sha256(requirements.read_bytes()
+                         + f"{sys.version}|{sysconfig.get_platform()}".encode()).hexdigest()[:16]
+    root = Path(tempfile.gettempdir()) / "o365prov-remote-build"
+    target = root / key
+    if target.is_dir() and not os.environ.get("O365PROV_FRESH_REMOTE_BUILD"):
+        return target, True
+    root.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root))
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--no-input", "--no-compile", "--progress-bar", "off", "--target", str(building),
+         "-r", str(requirements)],
+        capture_output=True, text=True, timeout=900)
+    if install.returncode:
+        shutil.rmtree(building, ignore_errors=True)
+    assert 0 == install.returncode, install.stderr[-3000:]
+    shutil.rmtree(target, ignore_errors=True)
+    building.rename(target)
+    return target, False
+
+
 IMPORT_APP = r"""
 import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
@@ -121,13 +159,8 @@ def test_the_app_imports_from_the_package_with_requirements_txt_alone(tmp_path: 
     app = tmp_path / "wwwroot"
     with zipfile.ZipFile(package) as archive:
         archive.extractall(app)
-    target = tmp_path / "site-packages"
     started = time.monotonic()
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-input", "--target", str(target), "-r", str(app / "requirements.txt")],
-        capture_output=True, text=True, timeout=900)
-    assert 0 == install.returncode, install.stderr[-3000:]
+    target, reused = remote_build(app / "requirements.txt")
     installed = time.monotonic() - started
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     result = subprocess.run(
@@ -135,7 +168,8 @@ def test_the_app_imports_from_the_package_with_requirements_txt_alone(tmp_path: 
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert 0 == result.returncode, result.stderr[-3000:]
     seen = json.loads(result.stdout)
-    print(f"pip install -r requirements.txt: {installed:.0f} s; "
+    print(f"pip install -r requirements.txt: {installed:.0f} s"
+          f"{' (reused ' + str(target) + ')' if reused else ''}; "
           f"{len(seen['functions'])} functions: {sorted(seen['functions'])}")
     assert [] == seen["dev_only"]
     assert [] == seen["elsewhere"]
