@@ -16,13 +16,20 @@ param location string
 @description('Object id of the operator running the deployment (azd sets AZURE_PRINCIPAL_ID); gets Key Vault Secrets Officer to set the passwords. Empty for none.')
 param principalId string = ''
 
-@description('Kind of principal principalId is.')
+@description('Kind of principal principalId is: azd sets AZURE_PRINCIPAL_TYPE (ServicePrincipal when it signed in as one, as in a pipeline), main.parameters.json passes it on.')
 @allowed([
   'User'
   'Group'
   'ServicePrincipal'
 ])
 param principalType string = 'User'
+
+@description('default: create the Key Vault, or update it. recover: recover the vault of this environment that `azd down` left soft-deleted (purge protection keeps it, and its name, for 90 days), secrets included; set it for that one `azd up`, then back to default (docs/deployment.md, "Taking an environment down and up again").')
+@allowed([
+  'default'
+  'recover'
+])
+param keyVaultCreateMode string = 'default'
 
 // ---- hosting -----------------------------------------------------------------------------
 
@@ -59,8 +66,11 @@ param alwaysReadyInstances int = 1
 ])
 param connectivity string = 'relay'
 
-@description('Subnet resource id for VNet integration (delegated to Microsoft.App/environments for Flex Consumption, Microsoft.Web/serverFarms for dedicated; with the Microsoft.Storage and Microsoft.KeyVault service endpoints). Required when connectivity is vnet.')
+@description('Subnet resource id for VNet integration (delegated to Microsoft.App/environments for Flex Consumption, Microsoft.Web/serverFarms for dedicated; with the Microsoft.KeyVault service endpoint, and Microsoft.Storage on dedicated). Required when connectivity is vnet: the deployment stops without it.')
 param vnetSubnetId string = ''
+
+@description('Flex Consumption with connectivity vnet: resource id of a second subnet of the same VNet, not delegated, for the private endpoints of the storage account (blob, queue, table). Required then: the deployment stops without it. Unused otherwise.')
+param privateEndpointSubnetId string = ''
 
 @description('Object id of the principal the on-premises bridge (azbridge) signs in as; gets Azure Relay Listener on the hybrid connections. Empty: assign it later.')
 param bridgePrincipalId string = ''
@@ -183,7 +193,7 @@ param logLevel string = 'INFO'
 @description('Address the alert rules mail (an action group). Empty: the first address of mailTo; both empty: no alert rules.')
 param alertEmail string = ''
 
-@description('Minutes between two polls, as pollSchedule says: the no-poll alert fires after three of them without a successful poll.')
+@description('Minutes between two polls, as pollSchedule says: the no-poll alert fires after 30 minutes without a successful poll (1 hour above 10, 3 hours above 20).')
 @minValue(1)
 @maxValue(60)
 param pollIntervalMinutes int = 1
@@ -241,6 +251,20 @@ var tags = {
   'azd-env-name': environmentName
 }
 var useRelay = connectivity == 'relay'
+
+// connectivity=vnet without a subnet would deploy an app that cannot reach the premises, with
+// storage and the vault open to every network. Stop instead, before anything is created: ARM
+// evaluates only the branch of if() its condition picks (Bicep's ?:), and json() of text that
+// is not JSON makes the template invalid, naming this variable. The text interpolates a
+// parameter so that the Bicep compiler cannot parse it ahead of ARM. (Bicep's fail() and assert
+// are not in every Bicep release azd may bring.)
+var ERROR_connectivity_vnet_needs_VNET_SUBNET_ID = connectivity == 'vnet' && empty(vnetSubnetId) ? json('connectivity=${connectivity} needs VNET_SUBNET_ID: azd env set VNET_SUBNET_ID <subnet resource id>') : vnetSubnetId
+var vnetSubnet = useRelay ? '' : ERROR_connectivity_vnet_needs_VNET_SUBNET_ID
+// On Flex Consumption the storage account is reached through private endpoints (it has no
+// public endpoint in VNet mode; modules/storage.bicep), so their subnet is required as well,
+// with the same kind of stop.
+var ERROR_connectivity_vnet_on_flex_needs_PRIVATE_ENDPOINT_SUBNET_ID = connectivity == 'vnet' && hosting == 'flex' && empty(privateEndpointSubnetId) ? json('connectivity=${connectivity} with hosting=${hosting} needs PRIVATE_ENDPOINT_SUBNET_ID: azd env set PRIVATE_ENDPOINT_SUBNET_ID <resource id of a non-delegated subnet for private endpoints>') : privateEndpointSubnetId
+var privateEndpointSubnet = useRelay || hosting != 'flex' ? '' : ERROR_connectivity_vnet_on_flex_needs_PRIVATE_ENDPOINT_SUBNET_ID
 var alertAddress = !empty(alertEmail) ? alertEmail : trim(first(split(mailTo, ',')))
 var otel = telemetryMode == 'opentelemetry'
 
@@ -306,7 +330,8 @@ module keyVault 'modules/keyvault.bicep' = {
     principalId: identity.outputs.principalId
     operatorPrincipalId: principalId
     operatorPrincipalType: principalType
-    allowedSubnetId: useRelay ? '' : vnetSubnetId
+    createMode: keyVaultCreateMode
+    allowedSubnetId: vnetSubnet
   }
 }
 
@@ -318,7 +343,12 @@ module storage 'modules/storage.bicep' = {
     location: location
     tags: tags
     principalId: identity.outputs.principalId
-    allowedSubnetId: useRelay ? '' : vnetSubnetId
+    // Flex: the platform, not the app subnet, writes the package into the deployments container,
+    // so a subnet-only firewall blocks deployments; in VNet mode the account has no public
+    // endpoint and is reached through private endpoints (docs/deployment.md). Dedicated keeps
+    // the subnet rule.
+    allowedSubnetId: hosting == 'flex' ? '' : vnetSubnet
+    privateEndpointSubnetId: privateEndpointSubnet
   }
 }
 
@@ -459,7 +489,7 @@ module app 'modules/functionapp.bicep' = {
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     identityId: identity.outputs.id
     appSettings: union(appSettingsHost, appSettingsTelemetry, appSettingsDedicated, appSettingsRelay, appSettingsService, appSettingsSync, appSettingsSmtp, appSettingsCaBundle)
-    vnetSubnetId: useRelay ? '' : vnetSubnetId
+    vnetSubnetId: vnetSubnet
   }
 }
 
@@ -475,6 +505,7 @@ module alerts 'modules/alerts.bicep' = if (!empty(alertAddress)) {
     pollIntervalMinutes: pollIntervalMinutes
     functionFailurePercent: functionFailurePercent
     functionFailureMinimum: functionFailureMinimum
+    relayNamespaceId: useRelay ? relay.outputs.id : ''
   }
 }
 

@@ -287,7 +287,8 @@ def test_app_runs_on_flex_consumption_hardened() -> None:
     text = (INFRA / "modules" / "functionapp.bicep").read_text()
     config_ = site["properties"]["siteConfig"]
     assert site["kind"] == "functionapp,linux"
-    assert (config_["ftpsState"], config_["minTlsVersion"]) == ("Disabled", "1.2")
+    assert "ftpsState: flex ? null : 'Disabled'" in text
+    assert ("1.2", True) == (config_["minTlsVersion"], config_["http20Enabled"])
     assert site["properties"]["httpsOnly"] is True
     assert site["properties"]["keyVaultReferenceIdentity"] == "identityId"
     assert all(
@@ -317,16 +318,16 @@ def test_no_app_service_hybrid_connection_and_no_key_in_infra() -> None:
         assert "sendKeyValue" not in text, path.name
 
 
-def test_relay_is_entra_only_with_the_sender_role_on_each_hybrid_connection() -> None:
-    """Pins the relay: local (SAS) authentication off, one hybrid connection per endpoint that
-    requires client authorisation, and the app identity given Azure Relay Sender on exactly
-    those (the bridge's principal Azure Relay Listener), each named guid(scope, principal,
-    role)."""
+def test_relay_uses_entra_roles_with_the_sender_role_on_each_hybrid_connection() -> None:
+    """Pins the relay: no SAS rule of our own and no claim to turn SAS off (a Relay namespace
+    has no disableLocalAuth: issue 24), one hybrid connection per endpoint that requires client
+    authorisation, and the app identity given Azure Relay Sender on exactly those (the bridge's
+    principal Azure Relay Listener), each named guid(scope, principal, role)."""
     relay = parse(INFRA / "modules" / "relay.bicep")["resources"]
     namespace = relay["namespace"]["config"]["properties"]
     connection = relay["connections"]["config"]["config"]["properties"]
-    assert (namespace["disableLocalAuth"], connection["requiresClientAuthorization"]) == (
-        True, True)
+    assert ({"publicNetworkAccess": "Enabled"}, True) == (
+        namespace, connection["requiresClientAuthorization"])
     text = (INFRA / "modules" / "relay.bicep").read_text()
     for resource, principal, role in (("senders", "senderPrincipalId", "azureRelaySender"),
                                       ("listeners", "listenerPrincipalId", "azureRelayListener")):
@@ -474,8 +475,8 @@ def test_alert_rules_use_current_api_versions_and_mail_the_action_group() -> Non
     """Pins the resource shapes: scheduledQueryRules@2023-12-01 (LogAlert, on the Application
     Insights component, count of rows > 0, split by each rule's dimension), the action group
     @2023-01-01 mailing the address parameter with the common alert schema; main.bicep deploys
-    the rules when ALERT_EMAIL (or MAIL_TO) names an address, and the no-poll window is three
-    poll intervals."""
+    the rules when ALERT_EMAIL (or MAIL_TO) names an address, and the no-poll window is the one
+    test_deployment_fixes.py pins."""
     resources = parse(INFRA / "modules" / "alerts.bicep")["resources"]
     alert, group = resources["alert"], resources["actionGroup"]
     assert ("Microsoft.Insights/scheduledQueryRules", "2023-12-01") == (
@@ -490,8 +491,7 @@ def test_alert_rules_use_current_api_versions_and_mail_the_action_group() -> Non
     receiver = group["config"]["properties"]["emailReceivers"][0]
     assert ("alertEmail", True) == (receiver["emailAddress"], receiver["useCommonAlertSchema"])
     no_poll = next(r for r in alert_rules() if r["name"] == "no-poll")
-    assert ("PT${pollIntervalMinutes}M", "PT${3 * pollIntervalMinutes}M") == (
-        no_poll["frequency"], no_poll["window"])
+    assert ("PT5M", "noPollWindow") == (no_poll["frequency"], no_poll["window"])
     main = parse(INFRA / "main.bicep")
     schedule = main["parameters"]["pollSchedule"]["default"]
     minutes = schedule.split()[1]  # "*" every minute, "*/N" every N minutes

@@ -34,4 +34,4 @@ def test_the_security_page_covers_each_untrusted_input() -> None:
     sections = re.findall(r"^## (.+)$", PAGE, re.M)
     assert ["Injection and escaping (held up)", "AD attributes (input rules)",
             "Queue messages (anyone with queue access can write one)",
-            "Role groups and guards", "Mail and logs"] == sections
+            "Role groups and guards", "Mail and logs", "Azure Relay keys"] == sections

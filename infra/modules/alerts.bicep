@@ -17,7 +17,7 @@ param actionGroupName string
 @description('Address the action group mails.')
 param alertEmail string
 
-@description('Minutes between two polls (POLL_SCHEDULE); the no-poll rule waits three of them.')
+@description('Minutes between two polls (POLL_SCHEDULE); the no-poll window is at least three of them and at least 30 minutes.')
 @minValue(1)
 @maxValue(60)
 param pollIntervalMinutes int = 1
@@ -31,11 +31,22 @@ param functionFailurePercent int = 10
 @minValue(1)
 param functionFailureMinimum int = 3
 
+@description('Resource id of the Azure Relay namespace (CONNECTIVITY=relay); empty: no relay listener alert.')
+param relayNamespaceId string = ''
+
 var failures = replace(replace(loadTextContent('../monitoring/alerts/function-failures.kql'),
   'let min_failures = 3;', 'let min_failures = ${functionFailureMinimum};'),
   'let max_failure_percent = 10;', 'let max_failure_percent = ${functionFailurePercent};')
 
 var runbook = 'What to do: docs/operations.md, "Alerts in Azure Monitor", '
+
+// The no-poll rule looks for the absence of rows, which a log alert sees late or wrongly when
+// ingestion lags: telemetry reaches Log Analytics minutes after it is written ("Log data
+// ingestion time in Azure Monitor"), and "Troubleshoot log search alerts" (learn.microsoft.com,
+// azure-monitor/alerts) warns that log alerts detect a lack of data poorly. So the window is
+// at least 30 minutes (three poll intervals when the interval is longer), many polls wide: a
+// few minutes of ingestion delay cannot empty it. docs/operations.md, "No successful poll".
+var noPollWindow = pollIntervalMinutes <= 10 ? 'PT30M' : pollIntervalMinutes <= 20 ? 'PT1H' : 'PT3H'
 var rules = [
   {
     name: 'poison-message'
@@ -50,10 +61,10 @@ var rules = [
   {
     name: 'no-poll'
     displayName: 'O365 provisioning: no successful poll'
-    description: 'No poll of O365_Provision succeeded in three poll intervals: new users are not being picked up. ${runbook}"No successful poll".'
+    description: 'No poll of O365_Provision succeeded in ${noPollWindow}: new users are not being picked up. ${runbook}"No successful poll".'
     severity: 1
-    frequency: 'PT${pollIntervalMinutes}M'
-    window: 'PT${3 * pollIntervalMinutes}M'
+    frequency: 'PT5M'
+    window: noPollWindow
     query: loadTextContent('../monitoring/alerts/no-poll.kql')
     dimensions: []
   }
@@ -173,6 +184,58 @@ resource alert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for rule i
     }
   }
 }]
+
+// A listener connected to a hybrid connection. Anyone holding a SAS key of the namespace (the
+// RootManageSharedAccessKey every namespace keeps) or Azure Relay Listener can register a
+// listener, and the relay then hands some of the app's streams to it instead of the bridge (TLS
+// stops it reading them, not taking them away). Azure Monitor's Relay metrics count successful
+// listener connections per hybrid connection (ListenerConnections-Success, dimension EntityName:
+// "Supported metrics for Microsoft.Relay/namespaces", learn.microsoft.com); they do not say who
+// connected, so this alert also fires when the bridge restarts: the runbook says how to tell.
+resource relayListener 'Microsoft.Insights/metricAlerts@2018-03-01' = if (!empty(relayNamespaceId)) {
+  name: 'o365prov-relay-listener-connected'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'A listener connected to a hybrid connection of the relay: the bridge restarting, or someone else listening. ${runbook}"Relay listener connected".'
+    severity: 2
+    enabled: true
+    scopes: [
+      relayNamespaceId
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT5M'
+    autoMitigate: true
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          criterionType: 'StaticThresholdCriterion'
+          name: 'listener-connected'
+          metricNamespace: 'Microsoft.Relay/namespaces'
+          metricName: 'ListenerConnections-Success'
+          dimensions: [
+            {
+              name: 'EntityName'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          timeAggregation: 'Total'
+        }
+      ]
+    }
+    actions: [
+      {
+        actionGroupId: actionGroup.id
+      }
+    ]
+  }
+}
 
 output actionGroupId string = actionGroup.id
 output ruleNames array = [for (rule, i) in rules: alert[i].name]

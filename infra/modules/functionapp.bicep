@@ -1,5 +1,6 @@
 // The Functions app: Linux, Python 3.11, HTTPS only, FTP and basic publishing credentials off,
-// TLS 1.2; Key Vault references resolve with the user-assigned identity.
+// TLS 1.2; Key Vault references resolve with the user-assigned identity. What Flex Consumption
+// refuses or ignores is checked by tests/test_infra_types.py (FLEX_RULES).
 //
 // hosting = 'flex' (default): the Flex Consumption plan ("Azure Functions Flex Consumption plan
 // hosting", learn.microsoft.com, azure-functions/flex-consumption-plan). The package is deployed
@@ -112,6 +113,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   #checkov:skip=CKV_AZURE_17:The app has no HTTP triggers, so there is no caller to present a client certificate
   #checkov:skip=CKV_AZURE_213:No HTTP endpoint to probe; the host's health shows in Application Insights and the alerts in docs/operations.md
   #checkov:skip=CKV_AZURE_222:azd deploys with an Entra token (to the deployment container on Flex, over SCM on Dedicated); the app serves no public HTTP traffic
+  #checkov:skip=CKV_AZURE_78:FTP is off on both plans: ftpsState Disabled on Dedicated; Flex Consumption refuses ftpsState (it supports no FTPS) and the ftp publishing-credentials policy is off
   #checkov:skip=CKV_AZURE_212:One instance suffices for a service that polls AD every few minutes; queued work survives a restart, and Flex scales out by itself
   name: name
   location: location
@@ -133,14 +135,21 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     virtualNetworkSubnetId: empty(vnetSubnetId) ? null : vnetSubnetId
     functionAppConfig: flex ? flexConfig : null
     siteConfig: {
+      // Dedicated only; null leaves a property out of the request. Flex Consumption refuses
+      // alwaysOn and ftpsState (ARM error 51021, "site configuration properties ... for Flex
+      // Consumption sites is invalid") and takes the runtime from functionAppConfig and the
+      // network from the plan, not linuxFxVersion or vnetRouteAllEnabled: "Flex Consumption
+      // plan deprecations", App settings reference for Azure Functions (learn.microsoft.com,
+      // azure-functions/functions-app-settings). FTP stays off on Flex all the same: "FTPS not
+      // supported" there, and the ftp publishing policy below is off.
       linuxFxVersion: flex ? null : 'Python|3.11'
-      alwaysOn: !flex
-      ftpsState: 'Disabled'
+      alwaysOn: flex ? null : true
+      ftpsState: flex ? null : 'Disabled'
+      vnetRouteAllEnabled: flex ? null : !empty(vnetSubnetId)
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
       http20Enabled: true
       remoteDebuggingEnabled: false
-      vnetRouteAllEnabled: !empty(vnetSubnetId)
       appSettings: settingsList
     }
   }

@@ -21,6 +21,13 @@ param operatorPrincipalId string = ''
 ])
 param operatorPrincipalType string = 'User'
 
+@description('default: create or update. recover: recover the soft-deleted vault of this name (after `azd down`; purge protection keeps it 90 days).')
+@allowed([
+  'default'
+  'recover'
+])
+param createMode string = 'default'
+
 @description('Subnet allowed through the vault firewall when the app uses VNet integration; empty keeps the public endpoint open to Entra-authenticated callers.')
 param allowedSubnetId string = ''
 
@@ -35,6 +42,10 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   tags: tags
   properties: {
     tenantId: subscription().tenantId
+    // "Azure Key Vault recovery management with soft delete and purge protection"
+    // (learn.microsoft.com, key-vault/general/key-vault-recovery): a deleted vault keeps its name
+    // until it is purged, and purge protection forbids purging before the retention ends.
+    createMode: createMode
     sku: {
       family: 'A'
       name: 'standard'

@@ -4,11 +4,16 @@
 // Connections feature is Windows-only ("Azure Functions networking options": "Linux apps aren't
 // supported"), and Python function apps run only on Linux.
 //
-// Authentication is Microsoft Entra ID only: local (SAS) authentication is disabled on the
-// namespace and no SAS rule is created. The app's identity gets the built-in role "Azure Relay
-// Sender" on exactly these hybrid connections; the bridge on the premises (azbridge) gets
-// "Azure Relay Listener" on them when its principal is given ("Azure Relay authentication and
-// authorization", learn.microsoft.com, azure-relay/relay-authentication-and-authorization).
+// Authentication: the app and the bridge use Microsoft Entra ID. The app's identity gets the
+// built-in role "Azure Relay Sender" on exactly these hybrid connections; the bridge on the
+// premises (azbridge) gets "Azure Relay Listener" on them when its principal is given ("Azure
+// Relay authentication and authorization", learn.microsoft.com,
+// azure-relay/relay-authentication-and-authorization). SAS cannot be turned off: a Relay
+// namespace has no disableLocalAuth (Microsoft.Relay/namespaces has no such property in any API
+// version, Azure/bicep-types-az generated/relay/; ARM ignored it), and every namespace keeps its
+// RootManageSharedAccessKey. This template creates no further SAS rule and reads no key; who may
+// list the keys (Owner and Contributor on the namespace hold that action) and the
+// listener alert (modules/alerts.bicep) are the controls: docs/security.md, "Azure Relay keys".
 
 param name string
 param location string
@@ -36,9 +41,6 @@ resource namespace 'Microsoft.Relay/namespaces@2024-01-01' = {
     tier: 'Standard'
   }
   properties: {
-    // Entra ID only: a SAS key (RootManageSharedAccessKey is created with every namespace)
-    // would be a secret that never expires; the app's fallback RELAY_AUTH=sas needs this on.
-    disableLocalAuth: true
     publicNetworkAccess: 'Enabled'
   }
 }

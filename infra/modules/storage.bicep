@@ -10,8 +10,11 @@ param tags object = {}
 @description('Principal id of the app identity.')
 param principalId string
 
-@description('Subnet allowed through the storage firewall when the app uses VNet integration; empty keeps the public endpoint open to identity-authenticated callers.')
+@description('Subnet allowed through the storage firewall when the app uses VNet integration on an App Service plan; empty keeps the public endpoint open to identity-authenticated callers.')
 param allowedSubnetId string = ''
+
+@description('Flex Consumption with VNet integration: a subnet (not the delegated integration subnet) for private endpoints of blob, queue and table. Set: public network access is disabled, and the private DNS zones are created and linked to the subnet\'s virtual network.')
+param privateEndpointSubnetId string = ''
 
 // The service's queues: one per step, and the -poison queue the Functions host moves a message
 // to after maxDequeueCount failed attempts (host.json).
@@ -56,10 +59,29 @@ var roles = [
   storageTableDataContributor
 ]
 
+// Flex Consumption in a virtual network reaches its storage through private endpoints, as
+// the Microsoft Flex Consumption samples do when the network is on (Azure-Samples/
+// functions-quickstart-python-http-azd, vnetEnabled: public network access disabled, a private
+// endpoint per storage service in a subnet of its own, the privatelink zones linked to the
+// VNet). A firewall that allows only the app subnet does not work there: the platform, not
+// the subnet, writes the deployment package (issue 24, point 6).
+var privateLink = !empty(privateEndpointSubnetId)
+// The VNet of the private endpoint subnet: its resource id is that of the subnet up to /subnets/.
+var virtualNetworkId = privateLink ? substring(privateEndpointSubnetId, 0, indexOf(privateEndpointSubnetId, '/subnets/')) : ''
+// One private endpoint and one private DNS zone per service the app uses (the blobs of the host and
+// the deployment container, the queues, the tables); no Azure Files share is used. Zone names:
+// "Azure Private Endpoint private DNS zone values" (learn.microsoft.com,
+// private-link/private-endpoint-dns), Storage: privatelink.<service>.core.windows.net.
+var storageServices = privateLink ? [
+  'blob'
+  'queue'
+  'table'
+] : []
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   #checkov:skip=CKV_AZURE_206:Replication is a cost choice; the data is rebuilt from AD (the source of truth) by the reconcile timer
-  #checkov:skip=CKV_AZURE_35:Through Azure Relay the app has no fixed outbound network to allow, so the firewall is open and every caller must present an Entra token (shared keys off); with VNet integration defaultAction is Deny and only the app subnet is allowed
-  #checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: the public endpoint is the only way in without VNet integration; blob public access is off and shared keys are off
+  #checkov:skip=CKV_AZURE_35:Through Azure Relay the app has no fixed outbound network to allow, so the firewall is open and every caller must present an Entra token (shared keys off); with VNet integration defaultAction is Deny (Flex: public access disabled, private endpoints only; Dedicated: only the app subnet)
+  #checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: the public endpoint is the only way in through Azure Relay; with VNet integration on Flex publicNetworkAccess is Disabled; blob public access and shared keys are off everywhere
   name: name
   location: location
   tags: tags
@@ -74,10 +96,10 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     allowSharedKeyAccess: false
     defaultToOAuthAuthentication: true
     allowCrossTenantReplication: false
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: privateLink ? 'Disabled' : 'Enabled'
     networkAcls: {
-      bypass: 'AzureServices'
-      defaultAction: empty(allowedSubnetId) ? 'Allow' : 'Deny'
+      bypass: privateLink ? 'None' : 'AzureServices'
+      defaultAction: privateLink || !empty(allowedSubnetId) ? 'Deny' : 'Allow'
       virtualNetworkRules: empty(allowedSubnetId) ? [] : [
         {
           id: allowedSubnetId
@@ -135,6 +157,64 @@ resource assignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
+  }
+}]
+
+resource privateDnsZones 'Microsoft.Network/privateDnsZones@2024-06-01' = [for service in storageServices: {
+  name: 'privatelink.${service}.${environment().suffixes.storage}'
+  location: 'global'
+  tags: tags
+}]
+
+// Without the link the resolver of the app returns the public address, which refuses it.
+resource privateDnsZoneLinks 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2024-06-01' = [for (service, i) in storageServices: {
+  parent: privateDnsZones[i]
+  name: 'link-${uniqueString(virtualNetworkId)}'
+  location: 'global'
+  tags: tags
+  properties: {
+    registrationEnabled: false
+    virtualNetwork: {
+      id: virtualNetworkId
+    }
+  }
+}]
+
+resource privateEndpoints 'Microsoft.Network/privateEndpoints@2024-05-01' = [for service in storageServices: {
+  name: 'pe-${name}-${service}'
+  location: location
+  tags: tags
+  properties: {
+    subnet: {
+      id: privateEndpointSubnetId
+    }
+    privateLinkServiceConnections: [
+      {
+        name: 'pe-${name}-${service}'
+        properties: {
+          privateLinkServiceId: storage.id
+          groupIds: [
+            service
+          ]
+        }
+      }
+    ]
+  }
+}]
+
+// The endpoint writes its A record into the zone, and keeps it while it exists.
+resource privateDnsZoneGroups 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-05-01' = [for (service, i) in storageServices: {
+  parent: privateEndpoints[i]
+  name: 'default'
+  properties: {
+    privateDnsZoneConfigs: [
+      {
+        name: replace(privateDnsZones[i].name, '.', '-')
+        properties: {
+          privateDnsZoneId: privateDnsZones[i].id
+        }
+      }
+    ]
   }
 }]
 
