@@ -51,9 +51,9 @@ from lab.__main__ import up
 from lab.core import REPO, Lab, format_env
 from lab.seed import seed
 from shared.config import load_settings
-from shared.messages import QUEUES, poison_queue
-from shared.queues import Queues
-from shared.storage import queue_service
+from shared.store.clients import queue_service
+from shared.store.messages import QUEUES, poison_queue
+from shared.store.queues import Queues
 
 RESULTS = REPO / "bench" / "results"
 WORKER_LIMIT = 90  # s per `run --once`: the timers fire again after it

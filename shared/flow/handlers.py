@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from shared import telemetry
 from shared.errors import ProvisioningError
-from shared.ledger import LedgerRow, now
 from shared.log import get_logger
-from shared.messages import MalformedMessage, WorkItem, decode
-from shared.queues import decode_body, excerpt, raw_text
-from shared.records import audit_rows, outcome_row
+from shared.store.ledger import LedgerRow, now
+from shared.store.messages import MalformedMessage, WorkItem, decode
+from shared.store.queues import decode_body, excerpt, raw_text
+from shared.store.records import audit_rows, outcome_row
 
 from . import alerts
 from .steps import run_step
@@ -37,7 +37,7 @@ from .transitions import (
 )
 
 if TYPE_CHECKING:
-    from shared.directory import DirectoryUser
+    from shared.ad.directory import DirectoryUser
 
     from .service import Service
 
@@ -123,7 +123,7 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
 
 
 def _records(item: WorkItem, t: Transition, user: DirectoryUser | None) -> list[dict[str, Any]]:
-    """The step's audit and outcome rows, in the user's partition (``shared.records``)."""
+    """The step's audit and outcome rows, in the user's partition (``shared.store.records``)."""
     partition = str(item.user)
     rows = audit_rows(partition, user=partition, system=_system(item),
                       correlation_id=item.correlation_id,
