@@ -85,12 +85,14 @@ def test_helper_finds_raw_and_encoded_secrets_without_printing_them() -> None:
 
 
 @pytest.mark.lab
-def test_no_secret_leaks_into_logs_errors_or_mail(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_leaks_into_logs_errors_or_mail(lab: Lab,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     """Resolving the lab's secrets, sending mail both ways, failing to authenticate and to find
     a secret, and rendering reports leave no secret in logs, exception texts or messages."""
     env = lab.settings_file
     identity, service = IdentitySettings(_env_file=env), ServiceSettings(_env_file=env)
-    provider = SecretProvider(identity, KeyVaultSettings(_env_file=env), ca_bundle=service.ca_bundle)
+    provider = SecretProvider(identity, KeyVaultSettings(_env_file=env),
+                              ca_bundle=service.ca_bundle)
     settings = [s for s in SECRET_SETTINGS if lab.settings.get(s)]
     to = f"leak-check+{uuid.uuid4().hex[:8]}@contoso.example"
     texts: list[str] = []

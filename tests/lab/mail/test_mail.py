@@ -104,7 +104,9 @@ def test_mime_has_text_and_html_alternatives_and_attachment() -> None:
     )
     assert "multipart/mixed" == mime.get_content_type()
     parts = [p.get_content_type() for p in mime.walk()]
-    assert ["multipart/mixed", "multipart/alternative", "text/plain", "text/html", "text/plain"] == (
+    expected = ["multipart/mixed", "multipart/alternative", "text/plain", "text/html",
+                "text/plain"]
+    assert expected == (
         parts
     )
     assert "auto-generated" == mime["Auto-Submitted"]
@@ -162,7 +164,8 @@ def test_digest_through_graph_lands_as_eml(lab: Lab) -> None:
 @pytest.mark.lab
 def test_graph_unknown_sender_is_permanent(lab: Lab) -> None:
     """A MAIL_SENDER without a mailbox is a permanent error whose fix names MAIL_SENDER."""
-    mailer = _mailer(lab, "graph", mail={"sender": f"nobody-{uuid.uuid4().hex[:6]}@contoso.example"})
+    nobody = f"nobody-{uuid.uuid4().hex[:6]}@contoso.example"
+    mailer = _mailer(lab, "graph", mail={"sender": nobody})
     with pytest.raises(PermanentError) as caught:
         asyncio.run(mailer.send(_digest(_unique())))
     assert "404 ErrorInvalidUser" in caught.value.reason
@@ -307,7 +310,8 @@ def test_attachments_are_redacted_before_they_leave(lab: Lab) -> None:
     register_secret(secret)
     to = _unique()
     mail = Mail("log", "<p>see the log</p>", "see the log",
-                [Attachment("cycle.log", f"2026-03-02 bind with {secret}\n".encode(), "text/plain")],
+                [Attachment("cycle.log", f"2026-03-02 bind with {secret}\n".encode(),
+                            "text/plain")],
                 to=(to,))
     asyncio.run(_mailer(lab, "smtp").send(mail))
     attached = [a.get_content() for a in _received(lab, to).iter_attachments()]

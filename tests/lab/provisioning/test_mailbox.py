@@ -223,9 +223,9 @@ def test_wrong_password_is_permanent_without_password(settings, directory, new_u
     the user stays in O365_Provision."""
     user = new_user()
     wrong = f"Wrong-{secrets.token_hex(8)}"
-    with _client(settings, wrong) as bad, capture_logs() as events:
-        with pytest.raises(PermanentError) as caught:
-            MailboxStep(settings, directory, bad).run(user.guid, correlation_id="c-1")
+    with (_client(settings, wrong) as bad, capture_logs() as events,
+          pytest.raises(PermanentError) as caught):
+        MailboxStep(settings, directory, bad).run(user.guid, correlation_id="c-1")
 
     error = caught.value
     assert (user.sam, "mailbox") == (error.user, error.step)

@@ -105,7 +105,8 @@ def test_allow_list_and_privileged_opt_in_are_read_as_given(
     env_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The allow-list and the opt-in are kept as listed; which roles are privileged is the
-    tenant's isPrivileged, decided by the guards (tests/unit/roles/test_roles_plan.py), not by names here."""
+    tenant's isPrivileged, decided by the guards (tests/unit/roles/test_roles_plan.py), not by
+    names here."""
     monkeypatch.setenv("ROLES_ALLOW_LIST", "Helpdesk Administrator,Global Administrator")
     monkeypatch.setenv("ROLES_PRIVILEGED_OPT_IN", "Global Administrator")
     roles = load_settings(env_file).roles

@@ -110,7 +110,7 @@ def test_dropped_read_is_retried_dropped_write_is_not() -> None:
     """A connection dropped mid-request is retried for a read; a write whose answer was lost
     is not sent again (it may have been carried out): it is a TransientError for the step."""
     def answer(request: httpx.Request, n: int) -> httpx.Response:
-        if request.url.path.endswith("licenseDetails") and n == 1 or request.method == "POST":
+        if (request.url.path.endswith("licenseDetails") and n == 1) or request.method == "POST":
             raise httpx.ReadError("connection reset", request=request)
         return ok(request, n)
 

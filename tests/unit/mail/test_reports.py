@@ -145,7 +145,8 @@ def test_subject_cannot_carry_a_header_break() -> None:
 
 def test_alert_shows_rows_escaped_and_names_attachment() -> None:
     """The generic alert renders its table escaped and names its attachments in the body."""
-    log = Attachment("roles-2026-03-02.log", b"granted Exchange Administrator to anna\n", "text/plain")
+    log = Attachment("roles-2026-03-02.log", b"granted Exchange Administrator to anna\n",
+                     "text/plain")
     mail = render_alert(
         "3 role changes",
         ["The role sync made these changes."],
