@@ -8,7 +8,7 @@ import shutil
 import signal
 import uuid
 
-from bench.faults import Context, Scenario
+from bench.fault_context import Context, Scenario
 from lab import ad, storage
 from lab import exchange as lab_exchange
 from lab import relay as lab_relay

@@ -18,8 +18,8 @@ The rooms:
     service.py      the composition root: settings, storage, the peers' clients
 """
 
-from .handlers import enqueue, handle, io, log, poisoned, redrive
-from .service import Pool, Service, service
+from .handlers import enqueue, handle, log, poisoned, redrive
+from .service import Pool, Service, io, service
 from .timers import (
     Report,
     every_timer,

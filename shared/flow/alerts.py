@@ -12,6 +12,7 @@ from shared.errors import ProvisioningError
 from shared.log import get_logger
 from shared.store.messages import WorkItem
 
+from .service import io
 from .transitions import Alert, ErrorMail, ShortageAlert, StuckAlert
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ async def send(svc: Service, alert: Alert, *, item: WorkItem,
 
 async def _shortage(svc: Service, alert: ShortageAlert) -> None:
     from shared.mail.reports import SkuSummary, render_shortage
-
-    from .handlers import io
 
     group = svc.settings.provisioning.license_group
     waiting = len(await io((await svc.adirectory()).group_members, group))

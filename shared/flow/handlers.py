@@ -9,10 +9,9 @@ a bug raises, so that the Functions host retries it and finally parks it on ``<q
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
 from shared.errors import ProvisioningError
@@ -23,6 +22,7 @@ from shared.store.queues import decode_body, excerpt, raw_text
 from shared.store.records import audit_rows, outcome_row
 
 from . import alerts
+from .service import io
 from .steps import run_step
 from .transitions import (
     Drop,
@@ -42,15 +42,6 @@ if TYPE_CHECKING:
     from .service import Service
 
 log = get_logger("shared.flow")
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-async def io(call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """A blocking storage or directory call, off the event loop."""
-    return await asyncio.to_thread(call, *args, **kwargs)
-
-
 async def send_first(svc: Service, items: Sequence[WorkItem]) -> None:
     """A poll's first mailbox messages: each sent, then one record of the lot (``Ledger.sent``)
     instead of a ledger row per user; in this order a crash in between leaves messages the

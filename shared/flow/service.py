@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from shared.ad.directory import Directory
 from shared.config import Settings, load_settings
@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 
 SHORTAGES = "shortages"  # one row per SKU and day: the shortage alert goes out once
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+async def io(call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """A blocking storage or directory call, off the event loop."""
+    return await asyncio.to_thread(call, *args, **kwargs)
 
 
 @dataclass

@@ -13,7 +13,8 @@ from shared.log import get_logger
 from shared.store.ledger import LedgerRow, State, now
 from shared.store.messages import Step, WorkItem
 
-from .handlers import enqueue, io, read_user, send_first
+from .handlers import enqueue, read_user, send_first
+from .service import io
 from .transitions import Due, due, fingerprint
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from shared.store.clients import THREADS
 from shared.store.messages import QUEUES, Step, poison_queue
 from shared.store.queues import Received
 
-from .handlers import handle, io, log, poisoned
-from .service import Service
+from .handlers import handle, log, poisoned
+from .service import Service, io
 from .timers import Report, every_timer, report
 
 if TYPE_CHECKING:

@@ -27,7 +27,6 @@ import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from shared.config import Settings
@@ -37,21 +36,15 @@ from shared.log import get_logger
 from shared.roles.graph import RoleGraph
 from shared.roles.inputs import RoleReaders, build_plan
 from shared.roles.model import STEP, Action, Blocked, CycleStopped, RoleChange, RolePlan
-from shared.roles.notification import CycleLog, MailSender, notify
+from shared.roles.notification import MailSender, notify
+from shared.roles.outcome import AuditEvent, AuditWriter, ChangeResult, CycleResult
 from shared.roles.planner import BreakGlass, check_change
-from shared.roles.plans import HeldPlan, PlanStore
+from shared.roles.plans import PlanStore
 
 log = get_logger(__name__)
 
 
 # -- what the handlers need from their peers ----------------------------------------------------
-class AuditWriter(Protocol):
-    """``shared.store.records.Audit`` (blocking)."""
-
-    def record(self, *, user: str, system: str, action: str, before: object, after: object,
-               correlation_id: str) -> None: ...
-
-
 class RoleService(RoleReaders, Protocol):
     """The part of ``shared.flow.Service`` a role cycle uses."""
 
@@ -78,47 +71,6 @@ class RoleMessage(Protocol):
 
     @property
     def correlation_id(self) -> str: ...
-
-
-# -- what the handlers return -------------------------------------------------------------------
-@dataclass(frozen=True)
-class AuditEvent:
-    """One audit row: ``kind`` is planned, applied, skipped or blocked."""
-
-    kind: str
-    user: str
-    action: str
-    after: dict[str, object]
-
-    def write(self, audit: AuditWriter, correlation_id: str) -> None:
-        audit.record(user=self.user, system="entra", action=f"role_change_{self.kind}",
-                     before=None, after={"what": self.action, **self.after},
-                     correlation_id=correlation_id)
-
-
-@dataclass
-class ChangeResult:
-    """What ``apply_change`` did. ``changes`` are (action, before, after) for the audit."""
-
-    change: RoleChange
-    outcome: str  # applied, already, failed
-    detail: str = ""
-    changes: list[tuple[str, object, object]] = field(default_factory=list)
-
-
-@dataclass
-class CycleResult:
-    """One role cycle: the plan, what to enqueue, and what was logged, audited and mailed."""
-
-    correlation_id: str
-    plan: RolePlan | None = None
-    to_enqueue: list[RoleChange] = field(default_factory=list)
-    held: HeldPlan | None = None
-    stopped: SafetyStop | None = None
-    applied: list[ChangeResult] = field(default_factory=list)
-    audit: list[AuditEvent] = field(default_factory=list)
-    log: CycleLog = field(default_factory=CycleLog)
-    notified: bool = False
 
 
 # -- one cycle ----------------------------------------------------------------------------------

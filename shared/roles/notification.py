@@ -9,34 +9,15 @@ message with a line break in it cannot forge a log entry or a "Fix:" line.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from shared.errors import ProvisioningError
-from shared.log import get_logger, redact
+from shared.log import get_logger
 from shared.mail.sender import Attachment, Mail, one_line
 from shared.roles.model import RoleChange, RolePlan
-
-if TYPE_CHECKING:
-    from shared.roles.cycle import CycleResult
+from shared.roles.outcome import CycleResult
 
 log = get_logger(__name__)
-
-
-class CycleLog:
-    """The cycle's log file. ``note(level, message, **values)``: ``message`` is a literal with
-    ``{name}`` fields; each value is flattened to one line before it is put in."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, level: str, message: str, **values: object) -> None:
-        flat = {name: one_line(redact(str(value)), 500) for name, value in values.items()}
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        self.lines.append(f"{stamp} [{level}] {message.format(**flat)}")
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
 
 
 class MailSender(Protocol):

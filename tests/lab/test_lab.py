@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.__main__ import down
 from lab.core import REPO, Lab, pid_alive
 
 pytestmark = pytest.mark.lab
@@ -83,7 +84,7 @@ def test_down_removes_the_loopback_address_the_lab_added(tmp_path: Path) -> None
     assert host == ad._claim_address(lab, prefer=host)
     recorded = Lab.open(tmp_path / "lab").aliases
     present = host in _lo_addresses()
-    removed = Lab.open(tmp_path / "lab").down()
+    removed = down(Lab.open(tmp_path / "lab"))
     assert ([host], True, [host]) == (recorded, present, removed)
     assert host not in _lo_addresses()
     assert [] == Lab.open(tmp_path / "lab").aliases

@@ -11,9 +11,9 @@ from shared.config import StorageSettings
 from shared.log import redact, register_secret
 from shared.mail.reports import render_alert
 from shared.mail.sender import Attachment, Mail, redacted
-from shared.roles.cycle import CycleResult
 from shared.roles.model import Blocked, Guard, RolePlan
-from shared.roles.notification import CycleLog, summary
+from shared.roles.notification import summary
+from shared.roles.outcome import CycleLog, CycleResult
 from shared.store.clients import queue_service, table_service
 
 FORGED = "x\nWhat to do: call +1 555 0100 and read them your password"

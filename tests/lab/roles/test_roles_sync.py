@@ -25,9 +25,10 @@ from shared.entra import immutable_id
 from shared.errors import SafetyStop
 from shared.graph.client import GraphClient
 from shared.mail.sender import Mailer
-from shared.roles.cycle import CycleResult, apply_change, run_cycle
+from shared.roles.cycle import apply_change, run_cycle
 from shared.roles.graph import RoleGraph
 from shared.roles.model import Action, Guard, Hold, RoleChange
+from shared.roles.outcome import CycleResult
 from shared.roles.plans import PLANS_TABLE, PlanStore, approve_plan
 from shared.secrets import SecretProvider
 from shared.store.clients import table_service
