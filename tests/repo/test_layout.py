@@ -1,9 +1,10 @@
 """The shape of the code: rooms a newcomer can find. CONTRIBUTING.md's module map lists every
-module of ``shared/`` and nothing else, no module of ``shared/`` outgrows one room, and no run of
-six identical lines stands twice in ``shared/``."""
+module of ``shared/`` in the tree's order and nothing else, no module of ``shared/`` outgrows one
+room, and no run of six identical lines stands twice in ``shared/``."""
 
 from __future__ import annotations
 
+import ast
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -14,21 +15,38 @@ MAX_LINES = 400
 RUN = 6
 
 
-def _modules() -> set[str]:
-    return {str(p.relative_to(REPO)) for p in SHARED.rglob("*.py")
-            if p.name != "__init__.py" or p.parent.name == "config"}
+def _modules() -> list[str]:
+    """Every module of ``shared/``, packages' ``__init__.py`` too, in the tree's order."""
+    return sorted(str(p.relative_to(REPO)) for p in SHARED.rglob("*.py"))
 
 
-def _mapped() -> set[str]:
-    """The ``shared/...`` paths CONTRIBUTING.md's module map names (first column)."""
+def _mapped() -> list[str]:
+    """The ``shared/...`` paths CONTRIBUTING.md's module map names (first column), in order."""
     text = (REPO / "CONTRIBUTING.md").read_text()
     section = text.split("## Module map", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `(shared/[\w/]+\.py)` \|", section, re.M))
+    return re.findall(r"^\| `(shared/[\w/]+\.py)` \|", section, re.M)
 
 
 def test_the_module_map_names_every_module_of_shared_and_only_those() -> None:
-    """A module added, moved or removed without its line in the map fails here."""
+    """A module added, moved or removed without its line in the map fails here; the map lists
+    the tree in its order, so a newcomer reads it as ``ls -R shared`` shows it."""
     assert _modules() == _mapped()
+
+
+def test_each_package_line_of_the_module_map_is_its_docstring() -> None:
+    """A package's line in the map is the first sentence of its ``__init__`` docstring (up to
+    the first colon), so the map and the package say the same."""
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    row = r"^\| `(shared/\w+/__init__\.py)` \| package \| \*\*(.+?)\*\* \|"
+    rows = dict(re.findall(row, text, re.M))
+    wanted = {}
+    for path in sorted(SHARED.glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        first = " ".join(doc.split()).split(": ", 1)[0].rstrip(".")
+        wanted[str(path.relative_to(REPO))] = first
+    # config's line is its settings summary (a "settings" row), written before the packages
+    assert {"shared/config/__init__.py"} == set(wanted) - set(rows)
+    assert {k: v for k, v in wanted.items() if k in rows} == rows
 
 
 def test_no_module_of_shared_is_over_400_lines() -> None:
