@@ -21,7 +21,7 @@ the queues are emptied first, so no row counts another scenario's users.
     LAB_DIR=/tmp/lab-faults python -m bench.faults                  # every scenario, N = 100
     LAB_DIR=/tmp/lab-faults python -m bench.faults --only sigkill --users 40
 
-Results: ``bench/results/faults.json`` and ``faults.md`` (the table README.md shows).
+Results: ``bench/results/faults.json`` and ``faults.md`` (the table docs/benchmarks.md shows).
 The scenarios are in ``bench/fault_scenarios.py``.
 """
 
@@ -43,6 +43,7 @@ import httpx
 from azure.core.exceptions import ResourceNotFoundError
 from ldap3 import MODIFY_DELETE
 
+from bench import docs
 from bench.e2e import LabGraph
 from bench.fault_context import Context, Scenario, member_dns, member_sams
 from bench.fault_scenarios import SCENARIOS
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         {"command": command, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(markdown(rows, command))
     print(markdown(rows, command))
+    if args.name == "faults":  # the run docs/benchmarks.md shows
+        print(f"written: {docs.write().relative_to(REPO)}")
     return 0 if all(r.lost == 0 and r.licensed_twice == 0 for r in rows) else 1
 
 
