@@ -2,7 +2,7 @@
 
 Each function hands its input to ``shared.flow`` and returns. Schedules come from app settings
 (``%POLL_SCHEDULE%`` ...); queue names are the service's fixed names. Queue messages are stored
-as base64 text (``shared.queues`` writes them so); the host passes them on undecoded
+as base64 text (``shared.store.queues`` writes them so); the host passes them on undecoded
 (``host.json``: ``messageEncoding: none``) and ``shared.flow`` decodes them, so that a message
 that is not base64 goes to the poison queue like any other bad message instead of failing in
 the host's binding.

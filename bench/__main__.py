@@ -35,7 +35,7 @@ from lab.core import REPO, Lab
 from lab.service import LAB_SERVICE_SETTINGS
 from shared.log import configure as configure_logging
 
-from . import bench_dirsync, e2e, legacy, trickle
+from . import bench_dirsync, docs, e2e, legacy, trickle
 
 RESULTS = REPO / "bench" / "results"
 DEFAULTS = {"users": 2000, "sizes": "500,2000", "legacy_sample": 100,
@@ -258,6 +258,8 @@ def main() -> None:
     print()
     print(markdown)
     print(f"written: bench/results/{name}.json, bench/results/{name}.md")
+    if name == "e2e":  # the run docs/benchmarks.md shows
+        print(f"written: {docs.write().relative_to(REPO)}")
     print(f"reproduce: {report['command']}")
 
 

@@ -27,8 +27,8 @@ from ldap3 import MODIFY_ADD, MODIFY_DELETE
 
 from lab import ad, seed
 from lab.core import REPO, Lab
+from shared.ad.directory import Directory
 from shared.config import AdSettings, ProvisioningSettings, ServiceSettings
-from shared.directory import Directory
 
 RESULTS = REPO / "bench" / "results" / "dirsync.json"
 GROUP = ad.PROVISION_GROUP

@@ -23,11 +23,11 @@ import httpx
 
 from lab.__main__ import up
 from lab.core import REPO, Lab
+from shared.ad.directory import DirectoryUser
 from shared.config import load_settings
-from shared.directory import DirectoryUser
 from shared.entra import immutable_id
-from shared.graph import GraphClient
-from shared.licensing import LicenseOutcome, LicenseStep, MemoryShortageLedger
+from shared.graph.client import GraphClient
+from shared.provisioning.licensing import LicenseOutcome, LicenseStep, MemoryShortageLedger
 
 
 class SeededDirectory:

@@ -31,7 +31,7 @@ from lab.__main__ import up
 from lab.ad import admin_connection
 from lab.core import REPO, Lab
 from shared.config import load_settings
-from shared.exchange import ExchangeClient
+from shared.exchange.client import ExchangeClient
 from shared.log import configure as configure_logging
 
 RESULTS = REPO / "bench" / "results" / "mailbox.json"

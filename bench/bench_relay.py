@@ -30,11 +30,11 @@ from lab import exchange as lab_exchange
 from lab import relay as lab_relay
 from lab.__main__ import up
 from lab.core import REPO, Lab, format_env
-from shared import relay_forward
+from shared.ad.directory import Directory
 from shared.config import Settings, load_settings
-from shared.directory import Directory
-from shared.exchange import ExchangeClient
+from shared.exchange.client import ExchangeClient
 from shared.log import configure as configure_logging
+from shared.relay import forward as relay_forward
 from shared.secrets import SecretProvider
 
 RESULTS = REPO / "bench" / "results" / "relay.json"

@@ -38,11 +38,11 @@ from lab import seed
 from lab.__main__ import PEERS, up
 from lab.ad import STAFF_OU, admin_connection
 from lab.core import REPO, Lab
+from shared.ad.directory import Directory
 from shared.config import Settings, load_settings
-from shared.directory import Directory
-from shared.records import Outcomes
 from shared.secrets import SecretProvider
-from shared.storage import table_service
+from shared.store.clients import table_service
+from shared.store.records import Outcomes
 
 # What the worker process is given on top of the lab's settings: role sync is a timer of its
 # own in the function app and not part of provisioning, so it stays out of the figures.
@@ -465,8 +465,8 @@ async def host_cycle(svc: Any, *, limit: float) -> Any:
     of host.json's batch sizes, and its pool has 32 threads."""
     from shared import flow
     from shared.flow.worker import MAX_DEQUEUE, WORK_QUEUES, Summary
-    from shared.messages import poison_queue
-    from shared.queues import Received
+    from shared.store.messages import poison_queue
+    from shared.store.queues import Received
 
     batch, threshold, max_interval = host_queue_settings()
     lease = int(svc.settings.service.lease_seconds)

@@ -8,14 +8,14 @@ import shutil
 import signal
 import uuid
 
-from bench.faults import Context, Scenario
+from bench.fault_context import Context, Scenario
 from lab import ad, storage
 from lab import exchange as lab_exchange
 from lab import relay as lab_relay
 from shared.config import load_settings
-from shared.messages import Step, WorkItem
-from shared.queues import Queues
-from shared.storage import queue_service
+from shared.store.clients import queue_service
+from shared.store.messages import Step, WorkItem
+from shared.store.queues import Queues
 
 OUTAGE = 120.0  # "unreachable for two minutes"
 

@@ -21,7 +21,7 @@ the queues are emptied first, so no row counts another scenario's users.
     LAB_DIR=/tmp/lab-faults python -m bench.faults                  # every scenario, N = 100
     LAB_DIR=/tmp/lab-faults python -m bench.faults --only sigkill --users 40
 
-Results: ``bench/results/faults.json`` and ``faults.md`` (the table README.md shows).
+Results: ``bench/results/faults.json`` and ``faults.md`` (the table docs/benchmarks.md shows).
 The scenarios are in ``bench/fault_scenarios.py``.
 """
 
@@ -35,71 +35,33 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from azure.core.exceptions import ResourceNotFoundError
-from ldap3 import MODIFY_DELETE, Connection
+from ldap3 import MODIFY_DELETE
 
+from bench import docs
 from bench.e2e import LabGraph
+from bench.fault_context import Context, Scenario, member_dns, member_sams
+from bench.fault_scenarios import SCENARIOS
 from lab import ad
 from lab import exchange as lab_exchange
-from lab.__main__ import up
+from lab.__main__ import down, up
 from lab.core import REPO, Lab, format_env
 from lab.seed import seed
 from shared.config import load_settings
-from shared.messages import QUEUES, poison_queue
-from shared.queues import Queues
-from shared.storage import queue_service
+from shared.store.clients import queue_service
+from shared.store.messages import QUEUES, poison_queue
+from shared.store.queues import Queues
 
 RESULTS = REPO / "bench" / "results"
 WORKER_LIMIT = 90  # s per `run --once`: the timers fire again after it
 # The service as a production timer setup runs it, with waits shortened to the lab's scale:
 # reconcile sends lost work again after a minute instead of 15 (its only lab-specific value).
 WORKER_SETTINGS = {"ROLES_ENABLED": "false", "RECONCILE_GRACE_SECONDS": "60"}
-
-
-@dataclass
-class Context:
-    """What a scenario's fault sees: the lab, the seeded users and the running worker."""
-
-    lab: Lab
-    graph: LabGraph
-    sams: list[str]
-    stop: threading.Event = field(default_factory=threading.Event)
-    worker: subprocess.Popen[bytes] | None = None
-    notes: list[str] = field(default_factory=list)
-    kills: int = 0
-
-    def progress(self) -> float:
-        """The share of the users out of O365_Provision (their mailbox step done)."""
-        members = set(_members(self.lab, ad.PROVISION_GROUP))
-        return sum(sam not in members for sam in self.sams) / max(len(self.sams), 1)
-
-    def wait_progress(self, share: float, timeout: float = 300.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            if self.progress() >= share:
-                return True
-            time.sleep(0.5)
-        return False
-
-    def sleep(self, seconds: float) -> None:
-        self.stop.wait(seconds)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    what: str
-    fault: Callable[[Context], None] = lambda ctx: None  # runs in a thread during the run
-    before: Callable[[Context], None] = lambda ctx: None  # before the first worker starts
-    after: Callable[[Context], None] = lambda ctx: None  # undo knobs, whatever happened
-    worker_prefix: tuple[str, ...] = ()  # e.g. faketime
-    deadline: float = 600.0
 
 
 @dataclass
@@ -115,25 +77,6 @@ class Row:
     worker_runs: int
     notes: str = ""
 
-
-# -- reading the lab -----------------------------------------------------------------------------
-def _member_dns(conn: Connection, group: str) -> list[str]:
-    conn.search(f"CN={group},{ad.GROUPS_OU}", "(objectClass=group)", "BASE",
-                attributes=["member"])
-    return list(conn.response[0]["attributes"].get("member") or [])
-
-
-def _members(lab: Lab, group: str) -> list[str]:
-    conn = ad.admin_connection(lab, timeout=30)
-    try:
-        found = []
-        for dn in _member_dns(conn, group):
-            conn.search(dn, "(objectClass=user)", "BASE", attributes=["sAMAccountName"])
-            if conn.response:
-                found.append(str(conn.response[0]["attributes"]["sAMAccountName"]))
-        return found
-    finally:
-        conn.unbind()
 
 
 def _users(lab: Lab, sams: list[str]) -> dict[str, dict[str, Any]]:
@@ -233,7 +176,7 @@ def _isolate(lab: Lab) -> None:
     conn = ad.admin_connection(lab, timeout=30)
     try:
         for group in (ad.PROVISION_GROUP, ad.LICENSE_GROUP):
-            members = _member_dns(conn, group)
+            members = member_dns(conn, group)
             if members:
                 conn.modify(f"CN={group},{ad.GROUPS_OU}", {"member": [(MODIFY_DELETE, members)]})
     finally:
@@ -293,7 +236,7 @@ def run_scenario(lab: Lab, scenario: Scenario, users: int) -> Row:
 
 
 def _converged(lab: Lab, sams: list[str]) -> bool:
-    left = set(_members(lab, ad.PROVISION_GROUP)) | set(_members(lab, ad.LICENSE_GROUP))
+    left = set(member_sams(lab, ad.PROVISION_GROUP)) | set(member_sams(lab, ad.LICENSE_GROUP))
     return not left & set(sams)
 
 
@@ -302,7 +245,7 @@ def fresh_lab(root: Path) -> Lab:
     """The lab at ``root``, started afresh with storage that survives a restart."""
     os.environ["LAB_STORAGE_PERSIST"] = "1"
     lab = Lab.open(root)
-    lab.down()
+    down(lab)
     lab.settings = {}
     return up(lab)
 
@@ -321,8 +264,6 @@ def markdown(rows: list[Row], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.fault_scenarios import SCENARIOS
-
     parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--only", default="", help="comma-separated scenario names")
@@ -342,12 +283,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"   {asdict(row)}", flush=True)
     finally:
-        Lab.open(root).down()
+        down(Lab.open(root))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"command": command, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(markdown(rows, command))
     print(markdown(rows, command))
+    if args.name == "faults":  # the run docs/benchmarks.md shows
+        print(f"written: {docs.write().relative_to(REPO)}")
     return 0 if all(r.lost == 0 and r.licensed_twice == 0 for r in rows) else 1
 
 

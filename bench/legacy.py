@@ -35,9 +35,9 @@ import httpx
 from ldap3 import MODIFY_ADD, MODIFY_DELETE, SUBTREE, Connection
 from ldap3.utils.conv import escape_filter_chars
 
+from shared.ad.directory import Directory
 from shared.config import Settings
-from shared.directory import Directory
-from shared.exchange import ExchangeClient
+from shared.exchange.client import ExchangeClient
 from shared.secrets import SecretProvider
 
 # What Get-MsolUser returns that the script reads, and more: the whole user object.

@@ -16,12 +16,14 @@ from pathlib import Path
 
 COMPONENTS = {
     "storage (Tables + Queues SDK, ledger, queues)": ("azure/data/tables", "azure/storage/queue",
-                                                      "shared/ledger.py", "shared/queues.py",
-                                                      "shared/records.py"),
-    "Exchange (pypsrp, shared/exchange.py)": ("pypsrp", "shared/exchange.py"),
-    "LDAP (ldap3, shared/directory.py)": ("ldap3", "shared/directory.py", "shared/ldap.py"),
-    "Graph (httpx, kiota, msgraph, shared/graph.py)": ("httpx", "kiota", "msgraph",
-                                                      "shared/graph.py"),
+                                                      "shared/store/ledger.py",
+                                                      "shared/store/queues.py",
+                                                      "shared/store/records.py"),
+    "Exchange (pypsrp, shared/exchange/client.py)": ("pypsrp", "shared/exchange/client.py"),
+    "LDAP (ldap3, shared/ad/directory.py)": ("ldap3", "shared/ad/directory.py",
+                                             "shared/ad/ldap.py"),
+    "Graph (httpx, kiota, msgraph, shared/graph/client.py)": ("httpx", "kiota", "msgraph",
+                                                      "shared/graph/client.py"),
     "logging (structlog)": ("structlog", "shared/log.py"),
 }
 

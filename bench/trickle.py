@@ -47,8 +47,8 @@ def run(root: Path, trigger: str, *, users: int = 60, every: float = 10.0,
         ) -> dict[str, Any]:
     """One trickle with ``trigger``; the latencies and how the sync was asked for."""
     from shared.config import load_settings
-    from shared.records import Outcomes
-    from shared.storage import table_service
+    from shared.store.clients import table_service
+    from shared.store.records import Outcomes
 
     from .e2e import LabGraph, fresh_lab
 

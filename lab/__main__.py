@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import doctor
+from . import ad, doctor, system
 from .core import REPO, Lab, LabError
 
 # Start order: each peer may read the settings of those before it.
@@ -81,12 +82,27 @@ def up_command(
     console.print(f"settings: {lab.settings_file}")
 
 
+def down(lab: Lab) -> list[str]:
+    """Stop every peer and remove the loopback addresses this lab added; returns those."""
+    lab.stop_all()
+    ad.release_address(lab)
+    removed = []
+    for host in list(lab.aliases):
+        done = subprocess.run([system.tool("ip"), "addr", "del", f"{host}/32", "dev", "lo"],
+                              capture_output=True, text=True, check=False)
+        if done.returncode == 0 or "Cannot assign" in done.stderr:
+            removed.append(host)
+        lab.aliases.remove(host)
+    lab.save()
+    return removed
+
+
 @app.command("down")
 def down_command(lab_dir: LabDir = REPO / ".lab") -> None:
     """Stop every process the lab started, by pid, and remove the loopback addresses it added."""
     lab = Lab.open(lab_dir)
     names = list(lab.peers)
-    removed = lab.down()
+    removed = down(lab)
     console.print(f"stopped: {', '.join(names) or 'nothing was running'}")
     if removed:
         console.print(f"removed from lo: {', '.join(removed)}")

@@ -41,13 +41,13 @@ from pathlib import Path
 from ldap3 import Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 
-from . import system, tls
+from . import relay, system, tls
 from .core import Lab, LabError, wait_for_port
 
 REALM = "O365LAB.EXAMPLE"
 DOMAIN = "O365LAB"
 BASE_DN = "DC=o365lab,DC=example"
-HOSTNAME = "dc1.o365lab.example"
+HOSTNAME = tls.DC_HOSTNAME
 TENANT_DOMAIN = "o365lab.onmicrosoft.com"
 ROUTING_DOMAIN = "o365lab.mail.onmicrosoft.com"
 STAFF_OU = f"OU=Staff,{BASE_DN}"
@@ -368,8 +368,6 @@ def run(lab: Lab) -> None:
     if before and host != before and "relay-bridge" in lab.peers:
         # The on-premises bridge forwards to the DC's address: follow the move, as an
         # administrator would repoint azbridge's remote forward.
-        from . import relay
-
         relay.repoint_dc(lab, before, host)
 
 

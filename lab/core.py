@@ -129,22 +129,6 @@ class Lab:
         for name in reversed(list(self.peers)):
             self.stop(name)
 
-    def down(self) -> list[str]:
-        """Stop every peer and remove the loopback addresses this lab added; returns those."""
-        from . import ad, system  # they name their errors with LabError, from here
-
-        self.stop_all()
-        ad.release_address(self)
-        removed = []
-        for host in list(self.aliases):
-            done = subprocess.run([system.tool("ip"), "addr", "del", f"{host}/32", "dev", "lo"],
-                                  capture_output=True, text=True, check=False)
-            if done.returncode == 0 or "Cannot assign" in done.stderr:
-                removed.append(host)
-            self.aliases.remove(host)
-        self.save()
-        return removed
-
 
 def format_env(settings: dict[str, str]) -> str:
     """KEY="VALUE" lines that python-dotenv, pydantic-settings and a shell all read back."""

@@ -3,7 +3,7 @@ package that provides it, and the line that installs it.
 
 Every program the lab runs from the system is looked up with ``tool()``; every system file it
 reads is in ``DATA_FILES``. ``python -m lab doctor`` checks them all, and
-``tests/test_setup.py`` checks (with ``dpkg -S``) that each belongs to a package
+``tests/repo/test_setup.py`` checks (with ``dpkg -S``) that each belongs to a package
 ``scripts/debian-packages.txt`` names, so a package installed by hand cannot hide a missing
 install step again.
 """

@@ -20,6 +20,7 @@ _KEY_PEM = serialization.PrivateFormat.TraditionalOpenSSL
 # that resolves nowhere here; its certificate must carry that name (the DC's carries its own).
 EXCHANGE_HOSTNAME = "exchange.o365lab.example"
 CONNECT_HOSTNAME = "connect.o365lab.example"
+DC_HOSTNAME = "dc1.o365lab.example"
 HOST_NAMES = {"exchange": (EXCHANGE_HOSTNAME,), "connect": (CONNECT_HOSTNAME,)}
 
 

@@ -6,10 +6,10 @@ each mutant against the fast unit tests that reach the mutated function. This sc
 each run from an empty ``mutants/`` (mutmut's cached test map would miss a test that changed),
 scores each module, and writes ``bench/results/mutation.json``::
 
-    bash scripts/mutation                     every module
-    bash scripts/mutation shared/roles.py     the modules named
-    bash scripts/mutation --ci                the modules whose inputs changed since the run
-                                              bench/results/mutation.json records
+    bash scripts/mutation                             every module
+    bash scripts/mutation shared/roles/planner.py     the modules named
+    bash scripts/mutation --ci                        the modules whose inputs changed since the
+                                                      run bench/results/mutation.json records
 
 A module's score is killed / (mutants - accepted survivors); a mutant that times out counts as
 killed, one no test reaches as a survivor. The script exits non-zero when a module scores under
@@ -95,8 +95,9 @@ def _mangle(function: str) -> str:
 
 
 def _function(key: str) -> str:
-    """A mutant's key as a readable name: ``shared.roles.x_hold__mutmut_9`` →
-    ``shared.roles.hold``, ``...xǁBreakGlassǁcovers__mutmut_1`` → ``...BreakGlass.covers``."""
+    """A mutant's key as a readable name: ``shared.roles.planner.x_hold__mutmut_9`` →
+    ``shared.roles.planner.hold``, ``...xǁBreakGlassǁcovers__mutmut_1`` →
+    ``...BreakGlass.covers``."""
     name = key.rsplit("__mutmut_", 1)[0]
     module, _, mangled = name.rpartition(".")
     if mangled.startswith("xǁ"):

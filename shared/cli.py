@@ -25,13 +25,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shared.store.ledger import now
+from shared.store.messages import Step, poison_queue
+
 from . import flow
 from .config import Settings, load_settings
 from .errors import ConfigError, ProvisioningError, SafetyStop
 from .flow.worker import WORK_QUEUES, run_once
-from .ledger import now
 from .log import configure
-from .messages import Step, poison_queue
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 roles_app = typer.Typer(no_args_is_help=True, help="Admin-role sync: plan and approve.")
@@ -79,7 +80,7 @@ def _service() -> flow.Service:
 
 def _skus(svc: flow.Service) -> list[Any]:
     """Subscribed SKUs as the reports show them (consumed, total, remaining)."""
-    from .reports import SkuSummary
+    from shared.mail.reports import SkuSummary
 
     async def read() -> list[Any]:
         try:
@@ -196,7 +197,7 @@ def report(
     preview: Annotated[Path, typer.Option(help="write the next report's HTML here")],
 ) -> None:
     """Render the next digest to a file without sending it or moving the report cursor."""
-    from .reports import render_digest
+    from shared.mail.reports import render_digest
 
     svc = _service()
     last = (svc.cursors.get("report-provisioned") or b"").decode()
@@ -229,9 +230,9 @@ def redrive(queue: Annotated[str, typer.Argument(help="mailbox, license or roles
 
 def _print_role_plan(svc: flow.Service) -> None:
     """The role plan: what goes ahead, what the guards refuse or hold; changes nothing."""
-    from .plans import current_plan
-    from .roleinputs import build_plan
-    from .rolemail import plan_lines
+    from shared.roles.inputs import build_plan
+    from shared.roles.notification import plan_lines
+    from shared.roles.plans import current_plan
     try:  # build_plan makes the Graph client inside this loop, which it belongs to
         rp = asyncio.run(build_plan(svc))
     except SafetyStop as stop:
@@ -258,7 +259,7 @@ def roles_plan() -> None:
 @roles_app.command("approve")
 def roles_approve(plan_id: Annotated[str, typer.Argument(help="the held plan's id")]) -> None:
     """Approve the plan held now: the next cycle releases it if it holds the same changes."""
-    from .plans import approve_plan
+    from shared.roles.plans import approve_plan
     try:
         approve_plan(state.load(), plan_id)
     except ProvisioningError as exc:

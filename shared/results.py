@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .ledger import Change
-from .messages import Step
+from shared.store.ledger import Change
+from shared.store.messages import Step
 
 
 class Wait(StrEnum):
@@ -48,7 +48,7 @@ class Done:
     changes: tuple[Change, ...] = ()
     report: dict[str, str] | None = None
     next_step: Step | None = None
-    dn: str = ""  # the AD user's DN: whom a sync trigger names (``shared.sync``)
+    dn: str = ""  # the AD user's DN: whom a sync trigger names (``shared.provisioning.sync``)
 
 
 @dataclass(frozen=True)

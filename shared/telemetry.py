@@ -23,12 +23,14 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .ledger import LedgerRow, State
+from shared.store.ledger import LedgerRow, State
+
 from .log import get_logger
 
 if TYPE_CHECKING:
+    from shared.store.messages import WorkItem
+
     from .flow.transitions import Transition
-    from .messages import WorkItem
 
 log = get_logger(__name__)
 

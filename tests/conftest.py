@@ -15,7 +15,7 @@ from hypothesis import settings as hypothesis_settings
 from ldap3 import Connection
 from ldap3.utils.dn import escape_rdn
 
-from lab.__main__ import up
+from lab.__main__ import down, up
 from lab.core import REPO, Lab
 from shared.config import Settings, load_settings
 
@@ -39,7 +39,7 @@ def lab() -> Iterator[Lab]:
     quick_sync(lab)
     yield lab
     if not was_up:
-        lab.down()
+        down(lab)
 
 
 # The lab runs Entra Connect's 30-minute schedule; tests that are not about the schedule want

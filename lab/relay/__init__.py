@@ -30,9 +30,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from lab import ad
 from lab.core import Lab, LabError, free_port, wait_for_port
-from lab.tls import CONNECT_HOSTNAME, EXCHANGE_HOSTNAME, issue
+from lab.tls import CONNECT_HOSTNAME, DC_HOSTNAME, EXCHANGE_HOSTNAME, issue
 
 EXCHANGE_PATH = "exchange"
 CONNECT_PATH = "connect"
@@ -109,7 +108,7 @@ def start(lab: Lab) -> None:
         "LAB_RELAY_DECOY_PATH": DECOY_PATH,
         "LAB_RELAY_EXCHANGE_URL": (f"https://{EXCHANGE_HOSTNAME}:{exchange.port}"
                                    f"{exchange.path}"),
-        "LAB_RELAY_AD_URL": ",".join(f"ldaps://{ad.HOSTNAME}:636" for _ in ad_paths),
+        "LAB_RELAY_AD_URL": ",".join(f"ldaps://{DC_HOSTNAME}:636" for _ in ad_paths),
     })
     start_bridge(lab)
     route(lab, os.environ.get("LAB_TRANSPORT", "relay"))

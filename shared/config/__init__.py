@@ -10,6 +10,9 @@ Secret-valued settings (``AD_PASSWORD``, ``EXCHANGE_PASSWORD``, ``SMTP_PASSWORD`
 is either the secret itself (as Azure leaves it after resolving a Key Vault reference) or a
 Key Vault reference ``@Microsoft.KeyVault(SecretUri=https://<vault>/secrets/<name>)``, which
 the secret provider (``shared.secrets``) resolves when the secret is first needed.
+
+Settings sit near the bottom: every room may read them, and they read only errors and DNs.
+May import: `errors`, `dn`.
 """
 
 from __future__ import annotations

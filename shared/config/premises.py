@@ -147,7 +147,7 @@ class ConnectSettings(Reached):
         return value or None
 
     def as_psrp(self) -> ExchangeSettings:
-        """These settings in the shape the PSRP client takes (``shared.exchange``)."""
+        """These settings in the shape the PSRP client takes (``shared.exchange.client``)."""
         assert self.url and self.user and self.password is not None  # checked at load
         psrp = ExchangeSettings.model_construct(
             url=self.url, user=self.user, password=self.password, auth=self.auth,

@@ -16,10 +16,15 @@ The rooms:
     timers.py       poll, reconcile, report, roles
     alerts.py       the mails sent as things happen
     service.py      the composition root: settings, storage, the peers' clients
+
+The composition of the service, above every capability and peer; only the entry points
+(``shared.cli``, ``function_app.py``) import it.
+May import: `errors`, `log`, `config`, `secrets`, `telemetry`, `results`, `store`, `ad`,
+`exchange`, `graph`, `mail`, `provisioning`, `roles`.
 """
 
-from .handlers import enqueue, handle, io, log, poisoned, redrive
-from .service import Pool, Service, service
+from .handlers import enqueue, handle, log, poisoned, redrive
+from .service import Pool, Service, io, service
 from .timers import (
     Report,
     every_timer,

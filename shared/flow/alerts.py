@@ -1,5 +1,5 @@
 """Mails the flow sends as things happen: a user's failure, a user stuck, a licence shortage,
-a poisoned message. Each is rendered by ``shared.reports`` and sent off the event loop; a mail
+a poisoned message. Each is rendered by ``shared.mail.reports`` and sent off the event loop; a mail
 that cannot be sent is logged and never fails the step (the outcome row and the digest still
 tell)."""
 
@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 
 from shared.errors import ProvisioningError
 from shared.log import get_logger
-from shared.messages import WorkItem
+from shared.store.messages import WorkItem
 
+from .service import io
 from .transitions import Alert, ErrorMail, ShortageAlert, StuckAlert
 
 if TYPE_CHECKING:
-    from shared.directory import DirectoryUser
-    from shared.mail import Mail
+    from shared.ad.directory import DirectoryUser
+    from shared.mail.sender import Mail
 
     from .service import Service
 
@@ -49,7 +50,7 @@ async def deliver(svc: Service, mail: Mail, **about: str) -> bool:
 async def send(svc: Service, alert: Alert, *, item: WorkItem,
                user: DirectoryUser | None) -> None:
     """Render and send one alert of a transition."""
-    from shared.reports import FailureReport, render_alert, render_error
+    from shared.mail.reports import FailureReport, render_alert, render_error
 
     if isinstance(alert, ErrorMail):
         report = FailureReport.from_error(alert.error, correlation_id=item.correlation_id)
@@ -76,9 +77,7 @@ async def send(svc: Service, alert: Alert, *, item: WorkItem,
 
 
 async def _shortage(svc: Service, alert: ShortageAlert) -> None:
-    from shared.reports import SkuSummary, render_shortage
-
-    from .handlers import io
+    from shared.mail.reports import SkuSummary, render_shortage
 
     group = svc.settings.provisioning.license_group
     waiting = len(await io((await svc.adirectory()).group_members, group))
@@ -90,7 +89,7 @@ async def _shortage(svc: Service, alert: ShortageAlert) -> None:
 async def poison(svc: Service, queue: str, text: str, *, reason: str, dequeue_count: int,
                  item: WorkItem | None) -> None:
     """The alert for a message parked on ``<queue>-poison``."""
-    from shared.reports import PoisonReport, render_poison
+    from shared.mail.reports import PoisonReport, render_poison
 
     report = PoisonReport(
         queue=queue, message_id="", reason=reason, dequeue_count=dequeue_count,

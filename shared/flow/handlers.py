@@ -9,20 +9,20 @@ a bug raises, so that the Functions host retries it and finally parks it on ``<q
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
 from shared.errors import ProvisioningError
-from shared.ledger import LedgerRow, now
 from shared.log import get_logger
-from shared.messages import MalformedMessage, WorkItem, decode
-from shared.queues import decode_body, excerpt, raw_text
-from shared.records import audit_rows, outcome_row
+from shared.store.ledger import LedgerRow, now
+from shared.store.messages import MalformedMessage, WorkItem, decode
+from shared.store.queues import decode_body, excerpt, raw_text
+from shared.store.records import audit_rows, outcome_row
 
 from . import alerts
+from .service import io
 from .steps import run_step
 from .transitions import (
     Drop,
@@ -37,20 +37,11 @@ from .transitions import (
 )
 
 if TYPE_CHECKING:
-    from shared.directory import DirectoryUser
+    from shared.ad.directory import DirectoryUser
 
     from .service import Service
 
 log = get_logger("shared.flow")
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-async def io(call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """A blocking storage or directory call, off the event loop."""
-    return await asyncio.to_thread(call, *args, **kwargs)
-
-
 async def send_first(svc: Service, items: Sequence[WorkItem]) -> None:
     """A poll's first mailbox messages: each sent, then one record of the lot (``Ledger.sent``)
     instead of a ledger row per user; in this order a crash in between leaves messages the
@@ -123,7 +114,7 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
 
 
 def _records(item: WorkItem, t: Transition, user: DirectoryUser | None) -> list[dict[str, Any]]:
-    """The step's audit and outcome rows, in the user's partition (``shared.records``)."""
+    """The step's audit and outcome rows, in the user's partition (``shared.store.records``)."""
     partition = str(item.user)
     rows = audit_rows(partition, user=partition, system=_system(item),
                       correlation_id=item.correlation_id,

@@ -12,31 +12,37 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from shared.ad.directory import Directory
 from shared.config import Settings, load_settings
-from shared.cursors import CursorStore
-from shared.directory import Directory
-from shared.ledger import Ledger
 from shared.log import configure
-from shared.queues import Queues
-from shared.records import Audit, Outcomes
 from shared.secrets import SecretProvider
-from shared.storage import aio_table_service, queue_service, table_service
+from shared.store.clients import aio_table_service, queue_service, table_service
+from shared.store.cursors import CursorStore
+from shared.store.ledger import Ledger
+from shared.store.queues import Queues
+from shared.store.records import Audit, Outcomes
 
 from .transitions import Policy
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableServiceClient as AioTableServiceClient
 
-    from shared.graph import GraphClient
-    from shared.licensing import LicenseStep
-    from shared.mail import Mailer
-    from shared.mailbox import MailboxStep
-    from shared.sync import SyncTrigger
+    from shared.graph.client import GraphClient
+    from shared.mail.sender import Mailer
+    from shared.provisioning.licensing import LicenseStep
+    from shared.provisioning.mailbox import MailboxStep
+    from shared.provisioning.sync import SyncTrigger
 
 SHORTAGES = "shortages"  # one row per SKU and day: the shortage alert goes out once
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+async def io(call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """A blocking storage or directory call, off the event loop."""
+    return await asyncio.to_thread(call, *args, **kwargs)
 
 
 @dataclass
@@ -106,8 +112,8 @@ class Service:
         """Mailbox steps, each with its own Exchange session and its own LDAP connection,
         ``EXCHANGE_SESSIONS`` at most: one session runs one cmdlet at a time and one LDAP
         connection one operation, so the steps do not queue behind each other's reads."""
-        from shared.exchange import ExchangeClient
-        from shared.mailbox import MailboxStep
+        from shared.exchange.client import ExchangeClient
+        from shared.provisioning.mailbox import MailboxStep
 
         s = self.settings
 
@@ -126,7 +132,7 @@ class Service:
 
     async def license_step(self) -> LicenseStep:
         """The licence step of the running event loop (its Graph client is per loop)."""
-        from shared.licensing import LicenseStep, TableShortageLedger
+        from shared.provisioning.licensing import LicenseStep, TableShortageLedger
 
         loop = asyncio.get_running_loop()
         directory = await self.adirectory()
@@ -140,7 +146,7 @@ class Service:
 
     async def sync_trigger(self) -> SyncTrigger:
         """The sync trigger of the running event loop (``SYNC_TRIGGER``; a no-op for none)."""
-        from shared.sync import SyncTrigger
+        from shared.provisioning.sync import SyncTrigger
 
         await self.license_step()  # the loop's clients exist from here on
         current = self._loop_clients
@@ -149,7 +155,7 @@ class Service:
             s = self.settings
             connect = None
             if s.sync.trigger == "connect":
-                from shared.exchange import ExchangeClient
+                from shared.exchange.client import ExchangeClient
 
                 password = await asyncio.to_thread(
                     self.secrets.resolve, s.connect.password, setting="CONNECT_PASSWORD")
@@ -160,12 +166,12 @@ class Service:
 
     def graph(self) -> GraphClient:
         """The Graph client of the running event loop."""
-        from shared.graph import graph_client
+        from shared.graph.client import graph_client
 
         return graph_client(self.settings)
 
     def mailer(self) -> Mailer:
-        from shared.mail import Mailer
+        from shared.mail.sender import Mailer
 
         with self._lock:
             if self._mailer is None:

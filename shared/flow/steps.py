@@ -9,9 +9,9 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from shared.errors import PermanentError, SafetyStop, TransientError
-from shared.ledger import Change
-from shared.messages import Step, WorkItem
 from shared.results import Done, NotYet, Stale, Wait
+from shared.store.ledger import Change
+from shared.store.messages import Step, WorkItem
 
 from .transitions import StepResult
 
@@ -47,7 +47,7 @@ async def _mailbox(svc: Service, item: WorkItem) -> Done | Stale:
 
 
 async def _role(svc: Service, item: WorkItem) -> Done:
-    from shared.rolesync import apply_change
+    from shared.roles.cycle import apply_change
 
     result = await apply_change(svc.settings, svc.graph(), item,
                                 correlation_id=item.correlation_id)

@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
 from shared.errors import ProvisioningError
-from shared.ledger import LedgerRow, State, now
 from shared.log import get_logger
-from shared.messages import Step, WorkItem
+from shared.store.ledger import LedgerRow, State, now
+from shared.store.messages import Step, WorkItem
 
-from .handlers import enqueue, io, read_user, send_first
+from .handlers import enqueue, read_user, send_first
+from .service import io
 from .transitions import Due, due, fingerprint
 
 if TYPE_CHECKING:
-    from shared.reports import ProvisionedRow, WaitingRow
+    from shared.mail.reports import ProvisionedRow, WaitingRow
 
     from .service import Service
 
@@ -89,7 +90,7 @@ async def needs_work(svc: Service, row: LedgerRow | None, guid: uuid.UUID) -> bo
 
 def provisioned_row(outcome: dict[str, Any]) -> ProvisionedRow:
     """A digest row from a ``provisioned`` outcome."""
-    from shared.reports import ProvisionedRow
+    from shared.mail.reports import ProvisionedRow
 
     return ProvisionedRow(username=outcome.get("name", ""), email=outcome.get("mail", ""),
                           licence=outcome.get("licence", ""),
@@ -99,7 +100,7 @@ def provisioned_row(outcome: dict[str, Any]) -> ProvisionedRow:
 def waiting_rows(rows: list[LedgerRow], stuck_after: int) -> list[WaitingRow]:
     """The digest's users waiting and why: failed or blocked for good, stuck after
     ``stuck_after`` attempts, or waiting for a licence unit."""
-    from shared.reports import WaitingRow
+    from shared.mail.reports import WaitingRow
 
     found = []
     for row in rows:
@@ -126,7 +127,7 @@ class Report:
 async def report(svc: Service) -> Report:
     """Mail the digest: users provisioned since the last one, users waiting and why, and the
     licence summary. Sent when something new happened since the last digest."""
-    from shared.reports import render_digest
+    from shared.mail.reports import render_digest
 
     last = ((await io(svc.cursors.get, REPORT_CURSOR)) or b"").decode()
     new = {kind: await io(svc.outcomes.since, kind, last) for kind in REPORTED}
@@ -151,7 +152,7 @@ async def roles_cycle(svc: Service) -> list[WorkItem]:
     """Plan the role sync, apply the guards, enqueue one message per allowed change."""
     if not svc.settings.roles.enabled:
         return []
-    from shared.rolesync import run_cycle
+    from shared.roles.cycle import run_cycle
 
     result = await run_cycle(svc)
     if result.held is not None:

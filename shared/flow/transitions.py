@@ -19,7 +19,7 @@ message, the ledger row, the step's result, the time) and returns what to do::
     *  the licence step's digest row   ** once, at exactly ``stuck_after`` attempts
     *** the first shortage of a SKU on a day
     **** after ``first_look`` for the licence step; the sync trigger is asked for the user
-    (a wait for the sync or the routing address asks again: ``shared.sync`` coalesces)
+    (a wait for the sync or the routing address asks again: ``shared.provisioning.sync`` coalesces)
 
 ``Transition`` lists the effects in the order the handler must carry them out: the retry is
 sent *before* the ledger row is released (a crash in between leaves a message the claim rule
@@ -36,13 +36,13 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from shared.errors import PermanentError, ProvisioningError, SafetyStop
-from shared.ledger import Change, LedgerRow, State, Verdict
-from shared.messages import QUEUES, MalformedMessage, Step, WorkItem, decode
 from shared.results import Done, NotYet, Shortage, Stale, Wait
+from shared.store.ledger import Change, LedgerRow, State, Verdict
+from shared.store.messages import QUEUES, MalformedMessage, Step, WorkItem, decode
 
 if TYPE_CHECKING:
+    from shared.ad.directory import DirectoryUser
     from shared.config import Settings
-    from shared.directory import DirectoryUser
 
 STEP_OF_QUEUE = {queue: step for step, queue in QUEUES.items()}
 # How overdue a queued item may be before reconcile sends it again (RECONCILE_GRACE_SECONDS).
@@ -220,7 +220,8 @@ class Transition:
     alerts: tuple[Alert, ...] = ()
     read_user: bool = False
     shortage: Shortage | None = None  # a wait for a licence unit: which SKU, how many
-    sync: str = ""  # a user (DN) who needs the sync now: the trigger is asked (``shared.sync``)
+    # a user (DN) who needs the sync now: the trigger is asked (``shared.provisioning.sync``)
+    sync: str = ""
     sync_again: bool = False  # asked again for a user still not synced
 
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
-from shared.messages import QUEUES, Step, poison_queue
-from shared.queues import Received
-from shared.storage import THREADS
+from shared.store.clients import THREADS
+from shared.store.messages import QUEUES, Step, poison_queue
+from shared.store.queues import Received
 
-from .handlers import handle, io, log, poisoned
-from .service import Service
+from .handlers import handle, log, poisoned
+from .service import Service, io
 from .timers import Report, every_timer, report
 
 if TYPE_CHECKING:
