@@ -1,4 +1,5 @@
-"""Reduce Microsoft's Bicep type data to the facts tests/repo/test_infra_types.py checks infra/ against.
+"""Reduce Microsoft's Bicep type data to the facts tests/repo/test_infra_types.py checks
+infra/ against.
 
 The Bicep compiler types every resource from Azure/bicep-types-az (``generated/<folder>/<provider
 namespace>/<api version>/types.json``). We do not commit those files: this script reads them from a
