@@ -50,7 +50,7 @@ class State:
         if self.settings is None:
             if self.env_file is not None and not self.env_file.is_file():
                 console.print(f"[red]the file {escape(str(self.env_file))} is not there; give "
-                              "--env-file a settings file that exists[/red]")
+                              "--env-file a settings file that exists[/red]", soft_wrap=True)
                 raise typer.Exit(2)
             try:
                 self.settings = load_settings(self.env_file)

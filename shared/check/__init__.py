@@ -48,8 +48,8 @@ class Result:
 
     def line(self) -> str:
         """The result as one line: ``FAILED  graph permissions: ... Fix: ...``."""
-        fix = f" Fix: {self.fix}" if self.fix else ""
-        return redact(f"{self.status:<7} {self.check}: {self.detail}{fix}")
+        fix = f". Fix: {self.fix}" if self.fix else ""
+        return redact(f"{self.status:<7} {self.check}: {self.detail.rstrip('.')}{fix}")
 
 
 class Failed(Exception):
