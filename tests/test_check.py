@@ -209,3 +209,22 @@ def test_an_unreachable_dc_is_the_directory_line(lab: Lab, tmp_path: Path) -> No
     assert (1, ["active directory"]) == (code, list(found))
     assert f"no domain controller answered: ldaps://127.0.0.1:{port}" in found["active directory"]
     assert "Fix: check that AD_URL is right" in found["active directory"]
+
+
+@pytest.mark.lab
+def test_the_app_start_logs_one_dependency_checked_event_per_check(lab: Lab,
+                                                                    tmp_path: Path) -> None:
+    """The start-up run (a thread of its own) logs one dependency_checked event per check with
+    check, ok, detail and fix; a failure is a warning carrying its fix."""
+    from structlog.testing import capture_logs
+
+    from shared.check import start_in_background
+
+    broken = load_settings(settings_file(lab, tmp_path, LICENSE_MAP='{"E3": "NOSUCHSKU"}'))
+    with capture_logs() as logs:
+        start_in_background(broken).join(120)
+    events = [e for e in logs if e["event"] == "dependency_checked"]
+    assert 14 == len(events)
+    assert [("graph licences", False, "warning")] == [
+        (e["check"], e["ok"], e["log_level"]) for e in events if not e["ok"]]
+    assert all({"check", "ok", "detail", "fix"} <= set(e) for e in events)
