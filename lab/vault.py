@@ -32,7 +32,6 @@ import argparse
 import hmac
 import json
 import os
-import secrets
 import socket
 import ssl
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from . import tokens
 from .core import Lab, LabError, free_port, wait_for_port
 from .tls import issue
 
@@ -61,6 +61,7 @@ THROTTLE_LIMIT = 4000
 THROTTLE_WINDOW = 10.0
 PAGE_MAX = 25
 _TOKEN_ENV = "LAB_VAULT_TOKEN"
+_KEY_ENV = "LAB_VAULT_TOKEN_KEY"  # any token the lab's key signed is accepted, as Entra's are
 
 
 class SecretStore:
@@ -167,6 +168,7 @@ class VaultServer(ThreadingHTTPServer):
         super().__init__(address, VaultHandler)
         self.store = store
         self.token = token
+        self.token_key = ""
         self.tenant = tenant
         self.base = base
         self.throttle = _Throttle(THROTTLE_LIMIT, THROTTLE_WINDOW)
@@ -247,7 +249,9 @@ class VaultHandler(BaseHTTPRequestHandler):
                 headers={"WWW-Authenticate": challenge},
             )
             return False
-        if not hmac.compare_digest(header[7:].encode(), self.server.token.encode()):
+        presented = header[7:]
+        if not (hmac.compare_digest(presented.encode(), self.server.token.encode())
+                or tokens.verify(self.server.token_key, presented) is not None):
             self._body()
             self._error(
                 401, "Unauthorized", "AKV10022: Invalid audience or token.",
@@ -470,10 +474,7 @@ def _reference(lab: Lab, setting: str, base: str) -> str:
 def start(lab: Lab) -> None:
     """Start the vault, move the earlier peers' passwords into it, and point settings at it."""
     cert, key = issue(lab, "vault", ["127.0.0.1", "localhost"])
-    if not lab.settings.get("AZURE_STATIC_TOKEN"):
-        lab.settings["AZURE_CREDENTIAL"] = "static"
-        lab.settings["AZURE_STATIC_TOKEN"] = "lab-" + secrets.token_urlsafe(32)
-    token = lab.settings["AZURE_STATIC_TOKEN"]
+    token = tokens.ensure(lab)
     tenant = lab.settings.get("AZURE_TENANT_ID") or LAB_TENANT
     port = free_port()
     base = f"https://127.0.0.1:{port}"
@@ -490,7 +491,7 @@ def start(lab: Lab) -> None:
             "--store", str(store_path(lab)), "--tenant", tenant, "--base", base,
         ],
         # The token goes through the environment, not argv, which any local user can read.
-        env={_TOKEN_ENV: token},
+        env={_TOKEN_ENV: token, _KEY_ENV: lab.settings[tokens.KEY_SETTING]},
     )
     wait_for_port("127.0.0.1", port, peer="vault", lab=lab, proc=proc)
     lab.endpoint("vault", "https", base)
@@ -517,6 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     server = VaultServer(
         ("127.0.0.1", args.port), SecretStore(Path(args.store)), token, args.tenant, args.base
     )
+    server.token_key = os.environ.get(_KEY_ENV, "")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(args.cert, args.key)

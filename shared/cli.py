@@ -8,12 +8,14 @@ and handlers as the function app. For the lab, and for servers that do not run F
     redrive QUEUE         move parked messages from QUEUE-poison back onto QUEUE
     roles plan            the role plan, with what the guards hold
     roles approve ID      approve a held role plan
+    check                 try every dependency as the service uses it; changes nothing
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,10 @@ class State:
 
     def load(self) -> Settings:
         if self.settings is None:
+            if self.env_file is not None and not self.env_file.is_file():
+                console.print(f"[red]the file {escape(str(self.env_file))} is not there; give "
+                              "--env-file a settings file that exists[/red]", soft_wrap=True)
+                raise typer.Exit(2)
             try:
                 self.settings = load_settings(self.env_file)
             except ConfigError as exc:
@@ -223,6 +229,29 @@ def redrive(queue: Annotated[str, typer.Argument(help="mailbox, license or roles
     moved, skipped = asyncio.run(flow.redrive(svc, queue))
     console.print(f"re-drove {moved} messages to {queue}; skipped {skipped} that were not ours")
     svc.close()
+
+
+# -- check ------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    timeout: Annotated[float, typer.Option(help="seconds each check may take")] = 45.0,
+) -> None:
+    """Try each dependency the way the service uses it, one line each; changes nothing.
+    Exits 1 when any check failed."""
+    from .check import run
+
+    started = time.monotonic()
+    results = asyncio.run(run(state.load(), timeout=timeout))
+    for result in results:
+        style = {"ok": "green", "FAILED": "red"}.get(result.status, "yellow")
+        console.print(escape(result.line()), style=style, soft_wrap=True, highlight=False)
+    failed = sum(r.status == "FAILED" for r in results)
+    console.print(f"{len(results)} checks, {failed} failed, in "
+                  f"{time.monotonic() - started:.1f} s", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 # -- roles ------------------------------------------------------------------------------

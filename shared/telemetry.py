@@ -93,6 +93,10 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "relay_restored": ("relay_forward.py",
                        "relay, hybrid_connection, outage_seconds, failed_streams",
                        "the outage ended"),
+    "dependency_checked": ("check/__init__.py log_results",
+                           "check, ok, status, detail, fix",
+                           "one dependency tried at the app's start (or by `check`): ok, "
+                           "FAILED with its fix, or skipped because one it needs failed"),
     "role_change_applied": ("rolesync.py", "user, role, action, outcome",
                             "a role was granted or revoked"),
     "role_change_blocked": ("rolesync.py", "guard, user, role, reason",

@@ -49,9 +49,9 @@ there (``roles`` and ``mail`` already are: they are imported when the file exist
 from __future__ import annotations
 
 import os
-import secrets
 import uuid
 
+from lab import tokens
 from lab.core import Lab, free_port, wait_for_port
 
 ROUTE_MODULES = ("users", "licenses", "batch", "control", "sync", "ondemand")
@@ -88,9 +88,9 @@ def start(lab: Lab) -> None:
     settings["LAB_GRAPH_URL"] = f"{base}/v1.0"
     settings["LAB_GRAPH_CONTROL_URL"] = f"{base}/_lab"
     settings["GRAPH_URL"] = f"{base}/v1.0"
-    settings["AZURE_CREDENTIAL"] = "static"
-    # Kept across a restart of this peer: the vault peer accepts the same token.
-    settings.setdefault("AZURE_STATIC_TOKEN", secrets.token_urlsafe(32))
+    # A JWT with every permission, signed with the lab's key (lab/tokens.py); kept across a
+    # restart of this peer: the vault and relay peers accept the same token.
+    tokens.ensure(lab)
     settings.setdefault("ROUTING_DOMAIN", f"{tenant}.mail.onmicrosoft.com")
     # The tenant's one Cloud Sync agent (lab/graph/ondemand.py), and the service's settings
     # that name it (read when SYNC_TRIGGER=cloud-sync).

@@ -69,5 +69,6 @@ async def _one(graph: Graph, outer: Request, item: dict[str, Any],
         headers=headers,
         body=item.get("body"),
         base_url=outer.base_url,
+        roles=outer.roles,  # each item is authorised with the batch's token, as in Graph
     )
     return await graph.dispatch(inner)

@@ -10,11 +10,15 @@
 | ``POST /_lab/units`` | ``{"ENTERPRISEPACK": 5}``: set prepaid units per SKU part number |
 | ``POST /_lab/users`` | ``{"users": [{graph properties}]}``: create cloud users (seeding path) |
 | ``POST /_lab/sync`` | run a sync poll now; ``GET /_lab/sync``: the sync engine's state |
+| ``POST /_lab/token`` | ``{"roles": [...]}``: a new app token with only these application
+  permissions (``lab/tokens.py``); the lab's own token keeps all of them |
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from lab import tokens
 
 from .server import JSON, Graph, control
 
@@ -81,3 +85,12 @@ async def set_units(graph: Graph, body: JSON) -> JSON:
 async def add_users(graph: Graph, body: JSON) -> JSON:
     created = [graph.tenant.add(props)["id"] for props in body["users"]]
     return {"ids": created}
+
+
+@control("POST", "token")
+async def token(graph: Graph, body: JSON) -> JSON:
+    """A token like the lab's own, with only the application permissions in ``roles``: what
+    Entra issues after an admin removed the others from the app."""
+    roles = [str(r) for r in body.get("roles") or []]
+    key = graph.settings.get(tokens.KEY_SETTING, "")
+    return {"token": tokens.mint(key, roles, tenant=graph.tenant.tenant_id), "roles": roles}

@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
+from lab import tokens
+
 from .store import Tenant
 from .throttle import Budgets, Knobs
 
@@ -45,6 +47,44 @@ class GraphError(Exception):
         self.headers = headers or {}
 
 
+_USERS_READ = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All",
+                         "Directory.ReadWrite.All"})
+_ROLES_READ = frozenset({"RoleManagement.Read.Directory", "RoleManagement.ReadWrite.Directory",
+                         "Directory.Read.All"})
+_ELIGIBILITY_READ = _ROLES_READ | {"RoleEligibilitySchedule.Read.Directory",
+                                   "RoleEligibilitySchedule.ReadWrite.Directory"}
+# The application permissions each route accepts, least privileged first (the "Permissions"
+# table of each call's page on learn.microsoft.com/graph/api); a token with none of them gets
+# 403 Authorization_RequestDenied. ``$batch`` has none: each item is checked on its own.
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "GET users": _USERS_READ,
+    "GET users/{id}": _USERS_READ,
+    "PATCH users/{id}": frozenset({"User.ReadWrite.All", "Directory.ReadWrite.All"}),
+    "POST users/{id}/assignLicense": frozenset({"LicenseAssignment.ReadWrite.All",
+                                                "User.ReadWrite.All", "Directory.ReadWrite.All"}),
+    "GET users/{id}/licenseDetails": _USERS_READ | {"LicenseAssignment.Read.All"},
+    "GET subscribedSkus": frozenset({"LicenseAssignment.Read.All",
+                                     "LicenseAssignment.ReadWrite.All", "Organization.Read.All",
+                                     "Directory.Read.All"}),
+    "POST users/{id}/sendMail": frozenset({"Mail.Send"}),
+    "GET roleManagement/directory/roleDefinitions": _ROLES_READ,
+    "GET roleManagement/directory/roleDefinitions/{id}": _ROLES_READ,
+    "GET roleManagement/directory/roleAssignments": _ROLES_READ,
+    "GET roleManagement/directory/roleAssignments/{id}": _ROLES_READ,
+    "POST roleManagement/directory/roleAssignments": frozenset(
+        {"RoleManagement.ReadWrite.Directory"}),
+    "DELETE roleManagement/directory/roleAssignments/{id}": frozenset(
+        {"RoleManagement.ReadWrite.Directory"}),
+    "POST roleManagement/directory/roleEligibilityScheduleRequests": frozenset(
+        {"RoleEligibilitySchedule.ReadWrite.Directory", "RoleManagement.ReadWrite.Directory"}),
+    "GET roleManagement/directory/roleEligibilityScheduleRequests": _ELIGIBILITY_READ,
+    "GET roleManagement/directory/roleEligibilitySchedules": _ELIGIBILITY_READ,
+    "GET roleManagement/directory/roleEligibilitySchedules/{id}": _ELIGIBILITY_READ,
+    "POST servicePrincipals/{sp}/synchronization/jobs/{job}/provisionOnDemand": frozenset(
+        {"Synchronization.ReadWrite.All", "Application.ReadWrite.OwnedBy"}),
+}
+
+
 @dataclass
 class Request:
     """One Graph request, from HTTP or from a ``$batch`` item."""
@@ -57,6 +97,7 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     base_url: str = ""  # http://host:port/v1.0, for @odata.nextLink
     version: str = "v1.0"  # or "beta"
+    roles: frozenset[str] | None = None  # the token's application permissions (None: all)
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
@@ -204,6 +245,10 @@ class Graph:
             key = f"{matched.method} {beta}{matched.template}"
             self.stats.count(key, "requests")
             self.stats.count(key, "writes" if matched.writes else "reads")
+            needed = PERMISSIONS.get(f"{matched.method} {matched.template}")
+            if needed and request.roles is not None and not needed & request.roles:
+                raise GraphError(403, "Authorization_RequestDenied",
+                                 "Insufficient privileges to complete the operation.")
             headers: dict[str, str] = {}
             if matched.throttled:
                 cost = matched.ru(request) if callable(matched.ru) else matched.ru
@@ -243,14 +288,24 @@ def _cost_discount(request: Request) -> int:
 GRAPH_KEY = web.AppKey("graph", Graph)
 
 
-def _authorised(graph: Graph, http: web.Request) -> GraphError | None:
+def token_roles(graph: Graph, http: web.Request) -> GraphError | frozenset[str] | None:
+    """The application permissions of the request's token (None: the lab's own, opaque token,
+    which may do anything), or the 401 Graph answers to a token it does not accept."""
     value = http.headers.get("Authorization", "")
     if not value:
         return GraphError(401, "InvalidAuthenticationToken", "Access token is empty.")
     scheme, _, token = value.partition(" ")
+    claims = tokens.verify(graph.settings.get(tokens.KEY_SETTING, ""), token)
+    if scheme.lower() == "bearer" and claims is not None:
+        return frozenset(str(r) for r in claims.get("roles") or [])
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), graph.token.encode()):
         return GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.")
     return None
+
+
+def _authorised(graph: Graph, http: web.Request) -> GraphError | None:
+    roles = token_roles(graph, http)
+    return roles if isinstance(roles, GraphError) else None
 
 
 def _json_response(reply: Reply) -> web.Response:
@@ -323,6 +378,8 @@ async def handle_graph(http: web.Request) -> web.StreamResponse:
         base_url=f"{http.scheme}://{http.host}/{version}",
         version=version,
     )
+    roles = token_roles(graph, http)
+    request.roles = None if isinstance(roles, GraphError) else roles
     reply = await graph.dispatch(request)
     knobs = graph.knobs
     if knobs.drop_after_rate and graph.random.random() < knobs.drop_after_rate:

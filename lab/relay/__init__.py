@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from lab import tokens
 from lab.core import Lab, LabError, free_port, wait_for_port
 from lab.tls import CONNECT_HOSTNAME, DC_HOSTNAME, EXCHANGE_HOSTNAME, issue
 
@@ -65,6 +66,8 @@ def start(lab: Lab) -> None:
         "sas_rules": {"app-send": {"key": sas_key, "rights": ["Send"]},
                       "bridge-listen": {"key": secrets.token_urlsafe(32), "rights": ["Listen"]}},
         "admin_token": admin_token, "local_auth": False,
+        # Tokens a test mints with fewer Graph permissions (lab/tokens.py) still send here.
+        "token_key": lab.settings.get(tokens.KEY_SETTING, ""), "app_grants": {"*": ["Send"]},
     }
     config = lab.path("relay", "service.json")
     config.write_text(json.dumps(service, indent=2))

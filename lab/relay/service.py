@@ -46,6 +46,8 @@ from urllib.parse import quote, unquote_plus
 
 from aiohttp import WSMsgType, web
 
+from lab import tokens
+
 WS = web.WebSocketResponse
 
 
@@ -74,6 +76,8 @@ class Relay:
     principals: dict[str, dict[str, list[str]]]  # bearer token -> {path or "*": rights}
     sas_rules: dict[str, tuple[str, list[str]]]  # key name -> (key, rights), namespace level
     admin_token: str
+    token_key: str = ""  # the lab's Entra key: any app token it signed holds app_grants
+    app_grants: dict[str, list[str]] = field(default_factory=dict)
     local_auth: bool = False
     rendezvous_timeout: float = 20.0
     listeners: dict[str, list[WS]] = field(default_factory=dict)
@@ -91,7 +95,10 @@ class Relay:
         if token.startswith("SharedAccessSignature "):
             rights = self._sas_rights(token, path)
         else:
-            grants = self.principals.get(token.removeprefix("Bearer ").strip())
+            bearer = token.removeprefix("Bearer ").strip()
+            grants = self.principals.get(bearer)
+            if grants is None and tokens.verify(self.token_key, bearer) is not None:
+                grants = self.app_grants
             if grants is None:
                 raise Refused(401, "TokenMissingOrInvalid: the token is malformed, expired or "
                               "not issued for https://relay.azure.net")
@@ -276,6 +283,8 @@ def serve(config_path: Path) -> None:
         sas_rules={name: (rule["key"], rule["rights"])
                    for name, rule in config["sas_rules"].items()},
         admin_token=config["admin_token"],
+        token_key=config.get("token_key", ""),
+        app_grants=config.get("app_grants", {}),
         local_auth=bool(config.get("local_auth", False)),
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -20,7 +20,7 @@ The rooms:
 The composition of the service, above every capability and peer; only the entry points
 (``shared.cli``, ``function_app.py``) import it.
 May import: `errors`, `log`, `config`, `secrets`, `telemetry`, `results`, `store`, `ad`,
-`exchange`, `graph`, `mail`, `provisioning`, `roles`.
+`exchange`, `graph`, `mail`, `provisioning`, `roles`, `check` (the start-up check).
 """
 
 from .handlers import enqueue, handle, log, poisoned, redrive

@@ -245,4 +245,18 @@ def service() -> Service:
         settings = load_settings()
         configure(settings.service.log_level, console=False)
         _service = Service.build(settings)
+        _check_in_background(settings)
     return _service
+
+
+def _check_in_background(settings: Settings) -> None:
+    """The deployment check at the worker's start: one ``dependency_checked`` event per
+    dependency, from a thread of its own; the start never waits for it or fails with it."""
+    from shared.check import start_in_background
+
+    try:
+        start_in_background(settings)
+    except Exception as exc:  # a check that cannot even start must not stop the worker
+        from shared.log import get_logger
+
+        get_logger(__name__).warning("dependency_check_failed", error=type(exc).__name__)

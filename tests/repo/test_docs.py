@@ -35,10 +35,6 @@ PATH_SUFFIXES = (".md", ".py", ".bicep", ".json", ".sh", ".yaml", ".yml", ".txt"
 CLI_USE = re.compile(r"python -m shared\.cli (?:--env-file \S+ )?([a-z-]+)(?: ([a-z-]+))?")
 MD_LINK = re.compile(r"\]\(([^)#\s]+\.md)?(?:#([^)\s]+))?\)")
 
-# Subcommands another branch adds (the post-deploy check): named in the README before they exist
-# here; once shared/cli.py has them they are run like every other command.
-PENDING = {("check", None)}
-
 # Variables azd itself defines (the rest come from infra/main.parameters.json and outputs).
 AZD_BUILTINS = {"AZURE_ENV_NAME", "AZURE_LOCATION", "AZURE_PRINCIPAL_ID", "AZURE_SUBSCRIPTION_ID"}
 
@@ -137,7 +133,7 @@ def test_every_setting_name_the_docs_use_exists(path: Path) -> None:
 @pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
 def test_every_cli_command_the_docs_show_exists(path: Path) -> None:
     """Pins that `python -m shared.cli ...` in the guide names commands shared/cli.py has."""
-    commands = cli_commands() | PENDING
+    commands = cli_commands()
     groups = {group for group, sub in commands if sub is not None}
     wrong = []
     for command, sub in CLI_USE.findall(doc_text(path)):
@@ -362,8 +358,6 @@ def test_every_command_the_readme_shows_runs(command: str) -> None:
         assert (0, "") == (done.returncode, done.stderr)
         return
     use = CLI_USE.search(command)
-    if use and (use.group(1), None) in PENDING and (use.group(1), None) not in cli_commands():
-        pytest.skip(f"`{use.group(1)}` comes with another branch")
     done = subprocess.run([sys.executable, *argv[1:], "--help"], cwd=REPO, capture_output=True,
                           text=True, check=False, env={**os.environ, "NO_COLOR": "1"})
     assert 0 == done.returncode, done.stdout + done.stderr
