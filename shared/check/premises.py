@@ -81,7 +81,7 @@ def exchange(settings: Settings, secrets: SecretProvider) -> str:
                     f"EXCHANGE_AUTH={s.auth} (docs/deployment.md)") from None
             raise
     if found is not None:
-        raise Failed(f"Get-RemoteMailbox found '{nobody}', a name no recipient should have",
+        raise Failed(f"a remote mailbox '{nobody}' was found, a name no recipient should have",
                      "check EXCHANGE_URL points at Exchange")
     return f"session as {s.user} at {s.url}; Get-RemoteMailbox allowed"
 

@@ -357,7 +357,6 @@ def test_every_command_the_readme_shows_runs(command: str) -> None:
                               check=False)
         assert (0, "") == (done.returncode, done.stderr)
         return
-    use = CLI_USE.search(command)
     done = subprocess.run([sys.executable, *argv[1:], "--help"], cwd=REPO, capture_output=True,
                           text=True, check=False, env={**os.environ, "NO_COLOR": "1"})
     assert 0 == done.returncode, done.stdout + done.stderr
