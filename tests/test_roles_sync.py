@@ -25,10 +25,10 @@ from shared.entra import immutable_id
 from shared.errors import SafetyStop
 from shared.graph import GraphClient
 from shared.graph_roles import RoleGraph
-from shared.records import Audit
 from shared.mail import Mailer
 from shared.messages import Step, WorkItem
 from shared.plans import PLANS_TABLE, PlanStore, approve_plan
+from shared.records import Audit
 from shared.rolemodel import Action, Guard, Hold, RoleChange
 from shared.rolesync import CycleResult, apply_change, run_cycle
 from shared.secrets import SecretProvider
