@@ -327,6 +327,31 @@ class Ledger:
         row.etag = result[0].get("etag")
         return self._create_all(records[TRANSACTION_ROWS - 1:])
 
+    def count_mail(self, user: uuid.UUID, day: dt.date) -> int:
+        """Count one more error mail about ``user`` on ``day`` (a row ``mails|<day>`` in the
+        user's partition); returns how many that makes, this one included."""
+        key = f"mails|{day.isoformat()}"
+        for _ in range(5):
+            try:
+                entity = self._table.get_entity(str(user), key)
+            except ResourceNotFoundError:
+                try:
+                    self._table.create_entity({"PartitionKey": str(user), "RowKey": key,
+                                               "count": 1})
+                except ResourceExistsError:
+                    continue
+                return 1
+            count = int(entity.get("count", 0)) + 1
+            try:
+                self._table.update_entity(
+                    {"PartitionKey": str(user), "RowKey": key, "count": count},
+                    mode=UpdateMode.REPLACE, etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified)
+            except ResourceModifiedError:
+                continue
+            return count
+        return 1 << 30  # kept changing under us: count it as over any limit
+
     def write_records(self, records: Sequence[dict[str, Any]]) -> None:
         """The records alone (their ledger row was not ours to write any more)."""
         self._create_all(records)
