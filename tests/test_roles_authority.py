@@ -134,3 +134,14 @@ def test_the_guards_decide_a_current_change_too() -> None:
     assert glass is not None and "break-glass account" in glass
     assert global_admin is not None and "privileged (isPrivileged) and not opted in" in global_admin
     assert f"role definition {EXCHANGE.id} does not exist" == gone
+
+
+def test_with_a_share_minimum_of_one_a_lone_leaver_of_a_small_role_is_held() -> None:
+    """ROLES_SHARE_MIN_REVOCATIONS=1: one leaver of two holders (50 %) is held, and the reason
+    names the role."""
+    t = Tenant()
+    result = plan(t.inputs({"Exchange Administrator": t.members(0)},
+                           assigned(EXCHANGE, *t.users[:2])), settings(share_min_revocations=1))
+    assert result.held is not None
+    assert ("1 of 2 synced member(s) of 'Exchange Administrator' revoked (50%), above "
+            "ROLES_MAX_REVOCATION_SHARE=0.25",) == result.held.reasons

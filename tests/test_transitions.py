@@ -411,6 +411,9 @@ def test_the_storage_time_dates_a_message_never_its_body() -> None:
             NOW + dt.timedelta(minutes=1)) == (accepted.enqueued_at, skewed.enqueued_at,
                                                naive.enqueued_at)
     assert isinstance(accept("license", body, NOW, NOW + dt.timedelta(minutes=16)), Poison)
+    zoned = accept("license", body, NOW, NOW.astimezone(dt.timezone(dt.timedelta(hours=2))))
+    assert isinstance(zoned, WorkItem)
+    assert dt.timedelta(hours=2) == zoned.enqueued_at.utcoffset()
 
 
 def test_a_wait_is_this_transition() -> None:
