@@ -5,7 +5,8 @@ Each function hands its input to ``shared.flow`` and returns. Schedules come fro
 as base64 text (``shared.store.queues`` writes them so); the host passes them on undecoded
 (``host.json``: ``messageEncoding: none``) and ``shared.flow`` decodes them, so that a message
 that is not base64 goes to the poison queue like any other bad message instead of failing in
-the host's binding.
+the host's binding. The queue functions pass the message's ``insertion_time`` (the storage
+service's stamp, from the trigger metadata): the only time the handlers order messages by.
 """
 
 import logging
@@ -60,19 +61,22 @@ async def plan_roles(timer: func.TimerRequest) -> None:
 @app.queue_trigger(arg_name="msg", queue_name="mailbox", connection=STORAGE)
 async def mailbox(msg: func.QueueMessage) -> None:
     """Mail-enable one user as a remote mailbox, then move them to O365_License."""
-    await flow.handle(flow.service(), "mailbox", msg.get_body())
+    await flow.handle(flow.service(), "mailbox", msg.get_body(),
+                      inserted_at=msg.insertion_time)
 
 
 @app.queue_trigger(arg_name="msg", queue_name="license", connection=STORAGE)
 async def license(msg: func.QueueMessage) -> None:
     """Licence one synced user, then remove them from O365_License."""
-    await flow.handle(flow.service(), "license", msg.get_body())
+    await flow.handle(flow.service(), "license", msg.get_body(),
+                      inserted_at=msg.insertion_time)
 
 
 @app.queue_trigger(arg_name="msg", queue_name="roles", connection=STORAGE)
 async def roles(msg: func.QueueMessage) -> None:
     """Apply one planned role change."""
-    await flow.handle(flow.service(), "roles", msg.get_body())
+    await flow.handle(flow.service(), "roles", msg.get_body(),
+                      inserted_at=msg.insertion_time)
 
 
 @app.queue_trigger(arg_name="msg", queue_name="mailbox-poison", connection=STORAGE)

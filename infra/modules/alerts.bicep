@@ -1,7 +1,7 @@
 // Azure Monitor alerts for the operator: log search alert rules (scheduled query rules,
 // Microsoft.Insights/scheduledQueryRules@2023-12-01, the current GA version) on the
 // Application Insights component, and the action group that mails them. Each query is a file
-// in infra/monitoring/alerts/ (tests/test_kql.py runs them against the events of a lab run);
+// in infra/monitoring/alerts/ (tests/unit/test_kql.py runs them against the events of a lab run);
 // each rule's name is a heading of "Alerts in Azure Monitor" in docs/operations.md, which
 // says what it means and what to do.
 

@@ -1,6 +1,6 @@
 // The Functions app: Linux, Python 3.11, HTTPS only, FTP and basic publishing credentials off,
 // TLS 1.2; Key Vault references resolve with the user-assigned identity. What Flex Consumption
-// refuses or ignores is checked by tests/test_infra_types.py (FLEX_RULES).
+// refuses or ignores is checked by tests/repo/test_infra_types.py (FLEX_RULES).
 //
 // hosting = 'flex' (default): the Flex Consumption plan ("Azure Functions Flex Consumption plan
 // hosting", learn.microsoft.com, azure-functions/flex-consumption-plan). The package is deployed

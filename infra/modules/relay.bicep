@@ -1,6 +1,6 @@
 // Azure Relay namespace with one hybrid connection per on-premises endpoint (Exchange's WinRM or
 // /PowerShell endpoint, each domain controller's LDAPS). The app opens streams on them itself,
-// as a sender of the Hybrid Connections protocol (shared/relay.py): App Service's own Hybrid
+// as a sender of the Hybrid Connections protocol (shared/relay/sender.py): App Service's own Hybrid
 // Connections feature is Windows-only ("Azure Functions networking options": "Linux apps aren't
 // supported"), and Python function apps run only on Linux.
 //

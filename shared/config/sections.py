@@ -135,6 +135,9 @@ class MailSettings(Section):
     transport: Literal["graph", "smtp", "none"] = "graph"
     sender: str = Field("", description="From address (a mailbox when MAIL_TRANSPORT=graph)")
     to: str = Field("", description="comma-separated recipients")
+    # A queue writer can repeat a member's invalid data at will; each failure is still recorded
+    # and in the digest, but only this many error mails a day name one user.
+    errors_per_user_per_day: int = Field(3, ge=1, description="error mails per user and day")
 
     @model_validator(mode="after")
     def _addresses(self) -> MailSettings:

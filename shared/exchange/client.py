@@ -205,7 +205,6 @@ class ExchangeClient:
 
     # -- pool ---------------------------------------------------------------------------
     def _connect(self) -> RunspacePool:
-        timeout = self._settings.timeout_seconds
         proxy = None
         link = self._settings.relay
         if link is not None:
@@ -214,6 +213,26 @@ class ExchangeClient:
             forwarder = relay_forward.tunnel(link, 0, self._host, self._port, http_connect=True)
             forwarder.open()  # raises the relay's TransientError / PermanentError
             proxy = forwarder.proxy_url
+        wsman = self._wsman(proxy)
+        pool = RunspacePool(wsman, configuration_name=self._settings.configuration_name,
+                            idle_timeout=self._shell_idle_timeout)
+        try:
+            pool.open()
+        except BaseException:
+            wsman.close()
+            raise
+        self.pools_opened += 1
+        log.info("exchange_pool_opened", step=STEP, endpoint=self._settings.url,
+                 pools_opened=self.pools_opened)
+        return pool
+
+    def _wsman(self, proxy: str | None) -> _WSMan:
+        """pypsrp's WSMan for this endpoint, its requests session built now and pinned to the
+        service's own trust and proxy (``shared.relay.tls.pin_session``) on both paths:
+        pypsrp builds the session while requests still reads the environment, so without the
+        pin ``REQUESTS_CA_BUNDLE`` would replace the trust store when ``CA_BUNDLE`` is unset
+        and the direct path would follow ``HTTPS_PROXY``."""
+        timeout = self._settings.timeout_seconds
         wsman = _WSMan(
             self._host,
             port=self._port,
@@ -232,19 +251,8 @@ class ExchangeClient:
             reconnection_backoff=0.5,
             proxy=proxy,
         )
-        if proxy is not None:
-            pin_session(wsman.transport)  # no environment proxy or CA file may interfere
-        pool = RunspacePool(wsman, configuration_name=self._settings.configuration_name,
-                            idle_timeout=self._shell_idle_timeout)
-        try:
-            pool.open()
-        except BaseException:
-            wsman.close()
-            raise
-        self.pools_opened += 1
-        log.info("exchange_pool_opened", step=STEP, endpoint=self._settings.url,
-                 pools_opened=self.pools_opened)
-        return pool
+        pin_session(wsman.transport, self._ca_bundle)  # no environment proxy or CA file
+        return wsman
 
     def _current_pool(self) -> RunspacePool:
         idle = time.monotonic() - self._last_used

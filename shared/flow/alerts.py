@@ -6,6 +6,7 @@ tell)."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import TYPE_CHECKING
 
 from shared.errors import ProvisioningError
@@ -53,6 +54,8 @@ async def send(svc: Service, alert: Alert, *, item: WorkItem,
     from shared.mail.reports import FailureReport, render_alert, render_error
 
     if isinstance(alert, ErrorMail):
+        if not await _mail_allowed(svc, item):
+            return
         report = FailureReport.from_error(alert.error, correlation_id=item.correlation_id)
         if user is not None:
             report = dataclasses.replace(
@@ -74,6 +77,22 @@ async def send(svc: Service, alert: Alert, *, item: WorkItem,
         await deliver(svc, mail, user=str(item.user))
     elif isinstance(alert, ShortageAlert):
         await _shortage(svc, alert)
+
+
+async def _mail_allowed(svc: Service, item: WorkItem) -> bool:
+    """Whether another error mail about ``item``'s user may go today
+    (``MAIL_ERRORS_PER_USER_PER_DAY``): the failure is recorded and in the digest either way."""
+    if svc.settings.mail.transport == "none":
+        return False
+    limit = svc.settings.mail.errors_per_user_per_day
+    count = await io(svc.ledger.count_mail, item.user, dt.datetime.now(dt.UTC).date())
+    if count > limit:
+        log.warning("error_mail_suppressed", user=str(item.user), step=item.step.value,
+                    mails_today=count - 1, limit=limit, correlation_id=item.correlation_id,
+                    fix="the failure is in the digest; raise MAIL_ERRORS_PER_USER_PER_DAY "
+                    "if one user's mails are wanted more often")
+        return False
+    return True
 
 
 async def _shortage(svc: Service, alert: ShortageAlert) -> None:

@@ -9,12 +9,14 @@ a bug raises, so that the Functions host retries it and finally parks it on ``<q
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
-from shared.errors import ProvisioningError
+from shared.errors import ProvisioningError, TransientError
 from shared.log import get_logger
 from shared.store.ledger import LedgerRow, now
 from shared.store.messages import MalformedMessage, WorkItem, decode
@@ -23,7 +25,7 @@ from shared.store.records import audit_rows, outcome_row
 
 from . import alerts
 from .service import io
-from .steps import run_step
+from .steps import check, run_step
 from .transitions import (
     Drop,
     Handled,
@@ -33,6 +35,7 @@ from .transitions import (
     accept,
     advance,
     fingerprint,
+    on_check,
     on_claim,
 )
 
@@ -55,20 +58,40 @@ async def enqueue(svc: Service, item: WorkItem, *, delay: float = 0.0) -> None:
     """Send the item, then record it as the live one for its user and step. In this order a
     crash in between leaves a message the claim rule accepts, never a ledger row that promises
     a message nobody sent (which reconcile would only notice after its grace)."""
-    await io(svc.queues.send_item, item, delay=delay)
-    await io(svc.ledger.enqueued, item)
+    inserted = await io(svc.queues.send_item, item, delay=delay)
+    # The ledger records the storage service's time for it, the time its handler will see.
+    await io(svc.ledger.enqueued, dataclasses.replace(item, enqueued_at=inserted))
     telemetry.enqueued(item, delay)
 
 
-async def handle(svc: Service, queue: str, raw: str | bytes) -> Handled:
-    """Process one message of ``queue``, as it was stored (base64). Raises only on a bug."""
+async def handle(svc: Service, queue: str, raw: str | bytes, *,
+                 inserted_at: dt.datetime | None = None) -> Handled:
+    """Process one message of ``queue``, as it was stored (base64), inserted at
+    ``inserted_at`` by the storage service's clock (``QueueMessage.inserted_on``, the
+    Functions host's ``insertion_time``). Raises only on a bug."""
+    if inserted_at is None:  # never from Azure Storage or Azurite; the reader's time is later
+        log.warning("message_undated", queue=queue, fix="none: the receipt time stands in")
+        inserted_at = now()
     body = decode_body(raw)
-    item = accept(queue, body, now()) if isinstance(body, str) else Poison(body.reason)
+    item = (accept(queue, body, now(), inserted_at) if isinstance(body, str)
+            else Poison(body.reason))
     if isinstance(item, Poison):
         # No side effect: parked as it came; the poison handler records and alerts.
         await io(svc.queues.to_poison, queue, raw_text(raw))
         log.warning("message_malformed", queue=queue, reason=item.reason, outcome="poison")
         return Handled("poison", detail=item.reason)
+
+    try:
+        checked = on_check(await check(svc, item))
+    except TransientError as exc:  # the check could not read: the same work again, later
+        await io(svc.queues.send_item, item, delay=svc.policy.outage_min)
+        log.warning("message_check_deferred", user=str(item.user), step=item.step,
+                    reason=exc.reason, correlation_id=item.correlation_id)
+        return Handled("retry", str(item.user), exc.reason)
+    if checked is not None:  # failed its check: no ledger row is touched
+        log.info("message_dropped", user=str(item.user), step=item.step, why=checked.why,
+                 correlation_id=item.correlation_id)
+        return Handled("skipped", str(item.user), checked.why)
 
     verdict, row = await io(svc.ledger.claim, item, svc.policy.lease)
     decision = on_claim(verdict, row, now())
@@ -89,14 +112,21 @@ async def handle(svc: Service, queue: str, raw: str | bytes) -> Handled:
 async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition) -> None:
     """Do what ``t`` says, in its order (see ``Transition``). The ledger row and the step's
     records (audit, outcomes) are one transaction; a worker that lost its lease meanwhile
-    writes the records alone, so what it changed is still audited."""
+    writes the records alone, so what it changed is still audited. A message that failed its
+    check is unclaimed instead: the row goes back to what it was."""
+    if t.undo:
+        restored = await io(svc.ledger.unclaim, row)
+        log.info(t.event, user=t.handled.user, step=item.step, outcome=t.handled.outcome,
+                 reason=t.error or None, restored=restored, correlation_id=item.correlation_id)
+        return
+    retry_at = None
     if t.retry is not None:
-        await io(svc.queues.send_item, t.retry.item, delay=t.retry.delay)
+        retry_at = await io(svc.queues.send_item, t.retry.item, delay=t.retry.delay)
     user = await read_user(svc, item.user) if t.read_user else None
     records = _records(item, t, user)
     finished = await io(svc.ledger.finish, row, t.state, error=t.error,
                         fingerprint=fingerprint(user) if user else "",
-                        retry_at=t.retry.item.enqueued_at if t.retry else None,
+                        retry_at=retry_at,
                         name=user.sam if user else t.who, wait=t.wait, records=records)
     if not finished and records:
         await io(svc.ledger.write_records, records)

@@ -35,6 +35,18 @@ async def run_step(svc: Service, item: WorkItem) -> StepResult:
         return exc
 
 
+async def check(svc: Service, item: WorkItem) -> str | None:
+    """The check made before the work is claimed: why ``item`` is stale, or None. A role
+    change is re-decided from what is read now (``shared.roles.cycle.stale``); the mailbox and
+    licence steps check membership themselves, and a stale result undoes their claim.
+    ``TransientError`` when what decides cannot be read."""
+    if item.step is not Step.ROLE:
+        return None
+    from shared.roles.cycle import stale
+
+    return await stale(svc, item)
+
+
 async def _mailbox(svc: Service, item: WorkItem) -> Done | Stale:
     def run() -> Done | Stale:
         with svc.mailbox_steps().use() as step:

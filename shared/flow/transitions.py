@@ -9,7 +9,8 @@ message, the ledger row, the step's result, the time) and returns what to do::
 
     result                 ledger     sent                          recorded       mailed
     Done                   DONE       the next step's message**** provisioned*   -
-    Stale (not the step's) DONE       -                             -              -
+    Stale (not the step's) as before  -                             -              -
+      (the claim undone)
     NotYet(outage|sync|    WAITING    the same item, after backoff  stuck**        stuck alert**
       routing|shortage)                 (or the peer's Retry-After)  shortage***   shortage***
     NotYet past deadline   FAILED     -                             failed         error mail
@@ -105,10 +106,12 @@ class Poison:
     reason: str
 
 
-def accept(queue: str, text: str, now: dt.datetime) -> WorkItem | Poison:
-    """The work item ``text`` names, if it is one of ours and belongs on ``queue``."""
+def accept(queue: str, text: str, now: dt.datetime,
+           inserted_at: dt.datetime | None = None) -> WorkItem | Poison:
+    """The work item ``text`` names, if it is one of ours and belongs on ``queue``, dated by
+    ``inserted_at``, the storage service's insertion time (never by its body)."""
     try:
-        item = decode(text, now=now)
+        item = decode(text, now=now, inserted_at=inserted_at)
     except MalformedMessage as exc:
         return Poison(exc.reason)
     if STEP_OF_QUEUE.get(queue) is not item.step:
@@ -147,6 +150,12 @@ def on_claim(verdict: Verdict, row: LedgerRow | None, now: dt.datetime
         wait = (row.lease_until - now).total_seconds() if row and row.lease_until else 60.0
         return Requeue(max(wait, 1.0))
     return Drop(verdict.value)
+
+
+def on_check(stale: str | None) -> Drop | None:
+    """What to do after the check made before the claim (a role change still wanted now?):
+    a stale message is dropped before it touches the ledger."""
+    return Drop(f"stale: {stale}") if stale is not None else None
 
 
 # -- the step's result -----------------------------------------------------------------------
@@ -219,6 +228,9 @@ class Transition:
     records: tuple[Record, ...] = ()
     alerts: tuple[Alert, ...] = ()
     read_user: bool = False
+    # the message failed a check (the user is not a member): the claim is undone, the ledger
+    # row left exactly as it was before it (or not there), and nothing else happens
+    undo: bool = False
     shortage: Shortage | None = None  # a wait for a licence unit: which SKU, how many
     # a user (DN) who needs the sync now: the trigger is asked (``shared.provisioning.sync``)
     sync: str = ""
@@ -255,11 +267,12 @@ def _done(item: WorkItem, result: Done, policy: Policy) -> Transition:
 
 
 def _stale(item: WorkItem, stale: Stale) -> Transition:
-    # Nothing to do for this message; the row is done with it (a later add to the group sends
-    # a newer message, which the claim accepts).
+    # Nothing to do for this message, which anyone with queue access may have written: the
+    # claim is undone, so the row keeps its state and times (a real message for the user is
+    # not made to look stale, nor a finished step to look redone).
     detail = f"stale: {stale.reason}"
     return Transition(State.DONE, Handled("skipped", str(item.user), detail), "message_stale",
-                      who=stale.user, error=detail)
+                      who=stale.user, error=detail, undo=True)
 
 
 def _not_yet(row: LedgerRow, item: WorkItem, wait: NotYet, now: dt.datetime,

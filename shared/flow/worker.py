@@ -125,7 +125,8 @@ async def run_once(
 
     async def one(message: Received) -> None:
         try:
-            handled = await handle(svc, message.queue, message.raw)
+            handled = await handle(svc, message.queue, message.raw,
+                                   inserted_at=message.inserted_on)
         except (ServiceRequestError, ServiceResponseError) as exc:
             # Storage dropped a connection mid-step (a server may close an idle keep-alive
             # connection just as the client reuses it): not a bug. The message comes back

@@ -71,6 +71,12 @@ TOKEN_MARGIN = 300  # an Entra token is fetched again this long before it expire
 # azbridge 0.16.1's preamble: version 1.0, mode 0 = stream (1 = datagram).
 PREAMBLE_VERSION = (1, 0)
 STREAM_MODE = 0
+# The largest WebSocket frame a stream accepts. The bridge pumps at most 64 KiB a frame
+# (azbridge's buffer, and ours: ``relay_forward.CHUNK``), and what it carries is TLS, whose
+# records are at most 16 KiB + 2 KiB; 1 MiB leaves 16 times azbridge's frame for a listener
+# with a larger buffer (the Hybrid Connection Manager), and bounds what a compromised bridge
+# can make a worker hold per stream (aiohttp's 0 meant no bound at all).
+MAX_FRAME = 1024 * 1024
 BRIDGE_VERSION = "azbridge 0.16.1"
 
 
@@ -216,7 +222,12 @@ class Stream:
                     return bytes(message.data)
             elif message.type is aiohttp.WSMsgType.TEXT:
                 continue  # the hybrid connection protocol carries bytes; text is not ours
-            else:  # CLOSE, CLOSING, CLOSED, ERROR
+            elif message.type is aiohttp.WSMsgType.ERROR:  # a frame above MAX_FRAME, among others
+                log.warning("relay_stream_refused", reason=str(message.data)[:200],
+                            fix="check the bridge on the premises: no legitimate frame is "
+                            f"larger than {MAX_FRAME} bytes")
+                return b""
+            else:  # CLOSE, CLOSING, CLOSED
                 return b""
 
     async def write(self, data: bytes) -> None:
@@ -250,7 +261,7 @@ async def open_stream(endpoint: Endpoint, session: aiohttp.ClientSession, tokens
             header = await tokens.header(endpoint)
             ws = await session.ws_connect(
                 endpoint.url, params={"sb-hc-action": "connect", "sb-hc-id": str(uuid.uuid4())},
-                headers={AUTH_HEADER: header}, ssl=tls, autoping=True, max_msg_size=0,
+                headers={AUTH_HEADER: header}, ssl=tls, autoping=True, max_msg_size=MAX_FRAME,
                 timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
             )
     except TimeoutError:

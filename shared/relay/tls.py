@@ -11,7 +11,8 @@ the one of the DC or Exchange server named in AD_URL / EXCHANGE_URL.
   which is also sent as SNI; ldap3's own check never runs.
 - **pypsrp/requests** connect through the forwarder as an HTTP CONNECT proxy, so requests
   checks the certificate against the host in EXCHANGE_URL as on a direct connection.
-  ``pin_session`` builds pypsrp's requests session up front with ``trust_env`` off, so no
+  ``pin_session`` builds pypsrp's requests session up front with ``trust_env`` off and its
+  ``verify`` and proxies set from the settings (on the direct path too), so no
   ``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE`` or ``.netrc`` in the environment can
   send the traffic elsewhere or change whom it trusts. It also gives the tunnelled connection
   urllib3's usual ``TCP_NODELAY``, which urllib3 leaves off a socket it opens to a proxy: with
@@ -50,11 +51,16 @@ class HostNameTls(Tls):  # type: ignore[misc]  # ldap3 ships no type hints
         )
 
 
-def pin_session(transport: Any) -> None:
-    """Build pypsrp's requests session now, with its proxy and CA file, and stop it reading
-    the environment from then on (``transport`` is ``WSMan.transport``)."""
+def pin_session(transport: Any, ca_bundle: Path | None) -> None:
+    """Build pypsrp's requests session now and stop it reading the environment from then on
+    (``transport`` is ``WSMan.transport``). pypsrp's build reads the environment once, so its
+    ``verify`` and proxies are then set again from the service's own settings: ``CA_BUNDLE``
+    (or the default trust store) and the forwarder (or no proxy at all)."""
     session = transport._build_session()
     session.trust_env = False
-    session.get_adapter("https://").proxy_manager_for(
-        transport.proxy, socket_options=HTTPConnection.default_socket_options)
+    session.verify = str(ca_bundle) if ca_bundle else True
+    session.proxies = {"https": transport.proxy} if transport.proxy else {}
+    if transport.proxy:
+        session.get_adapter("https://").proxy_manager_for(
+            transport.proxy, socket_options=HTTPConnection.default_socket_options)
     transport.session = session

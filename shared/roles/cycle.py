@@ -11,7 +11,10 @@
                     ├─ notification (``shared.roles.notification``) when something changed or a new
                     │  block appeared (a block already alerted is not alerted again)
                     └─ returns the released changes, one message each on queue ``roles``
-    queue roles ─▶ apply_change(settings, graph, item): the guards of
+    queue roles ─▶ stale(svc, item): still wanted now? (the latest decision for the role and
+                    principal, the role group's members, break-glass, the opt-in), read
+                    before the work is claimed; a stale message changes nothing
+                 ─▶ apply_change(settings, graph, item): the guards of
                     ``shared.roles.planner`` again, then one idempotent Graph call
                     (``shared.roles.graph``)
 
@@ -34,7 +37,7 @@ from shared.errors import PermanentError, ProvisioningError, SafetyStop
 from shared.graph.client import GraphClient
 from shared.log import get_logger
 from shared.roles.graph import RoleGraph
-from shared.roles.inputs import RoleReaders, build_plan
+from shared.roles.inputs import RoleReaders, build_plan, stale_change
 from shared.roles.model import STEP, Action, Blocked, CycleStopped, RoleChange, RolePlan
 from shared.roles.notification import MailSender, notify
 from shared.roles.outcome import AuditEvent, AuditWriter, ChangeResult, CycleResult
@@ -119,9 +122,8 @@ async def run_cycle(svc: RoleService, *, apply: bool = False,
     result.to_enqueue = sorted(release)
     if release and not apply:
         await asyncio.to_thread(store.record_release, role_plan.plan_id, release)
-    revocations = [c for c in release if c.action is Action.REVOKE]
-    if revocations:
-        await asyncio.to_thread(store.spend, revocations)
+    if release:  # both directions count in the window (ROLES_MAX_GRANTS, _REVOCATIONS)
+        await asyncio.to_thread(store.spend, release)
     if apply:
         await _apply_all(svc, result)
     elif release:
@@ -217,25 +219,19 @@ async def _finish(svc: RoleService, store: PlanStore, result: CycleResult, *,
         await asyncio.to_thread(store.alerted, "")  # the blocks cleared: the next one alerts
 
 
-async def _held_by_its_plan(settings: Settings, item: RoleMessage, change: RoleChange,
-                            cid: str) -> None:
-    """A role message is applied only when the stored plan it names released its change:
-    whoever can write to the queue cannot invent a grant or a revocation."""
-    store = await asyncio.to_thread(PlanStore.open, settings)
-    if item.plan is not None:
-        held: bool = await asyncio.to_thread(store.holds, item.plan, change)
-        if held:
-            return
-    log.warning("role_change_blocked", guard="not-in-plan", principal=change.principal_id,
-                role=change.role_id, action=change.action.value, plan_id=item.plan or "",
-                correlation_id=cid)
-    raise SafetyStop(
-        f"a {change.action.value} of role {change.role_id} for {change.principal_id} named "
-        f"plan '{item.plan or ''}', which holds no such change; nothing was changed",
-        user=change.principal_id, step=STEP,
-        fix="none if nobody of yours wrote it: the next role cycle plans from the AD groups; "
-        "if it was not expected, find out who can write to the roles queue",
-    )
+async def stale(svc: RoleReaders, item: RoleMessage) -> str | None:
+    """Why the queued role change ``item`` is no longer wanted now, or None when it is: the
+    message names the work, the latest decision and what decides it are read again
+    (``shared.roles.inputs.stale_change``). Called before the work is claimed, so that a message
+    that fails changes no ledger row."""
+    change = change_from(item)
+    store = await asyncio.to_thread(PlanStore.open, svc.settings)
+    reason = await stale_change(svc, store, change, item.plan or "")
+    if reason is not None:
+        log.warning("role_change_stale", principal=change.principal_id, role=change.role_id,
+                    action=change.action.value, plan_id=item.plan or "", reason=reason,
+                    correlation_id=item.correlation_id)
+    return reason
 
 
 # -- one change ---------------------------------------------------------------------------------
@@ -261,8 +257,6 @@ async def apply_change(settings: Settings, graph: GraphClient, item: RoleChange 
     change = change_from(item)
     roles = settings.roles
     cid = correlation_id or ("" if isinstance(item, RoleChange) else item.correlation_id)
-    if not isinstance(item, RoleChange):
-        await _held_by_its_plan(settings, item, change, cid)
     api = RoleGraph(graph)
     role = await api.definition(change.role_id)
     if role is None:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from shared.config import RolesSettings, Settings
 from shared.entra import CloudUser, immutable_id
-from shared.errors import PermanentError, ProvisioningError
+from shared.errors import PermanentError, ProvisioningError, TransientError
 from shared.graph.client import GraphClient
 from shared.log import redact
 from shared.roles.graph import RoleGraph
@@ -27,9 +27,11 @@ from shared.roles.model import (
     CycleStopped,
     GroupMembers,
     Guard,
+    RoleChange,
+    RoleDefinition,
     RolePlan,
 )
-from shared.roles.planner import BreakGlass, PlanInputs, map_groups, plan
+from shared.roles.planner import BreakGlass, PlanInputs, is_latest, map_groups, plan, stale_reason
 from shared.roles.plans import PlanStore
 
 
@@ -129,8 +131,9 @@ async def read_inputs(svc: RoleReaders, store: PlanStore) -> PlanInputs:
             users[holder.id.lower()] = holder
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=roles.revocation_window_hours)
     revoked = await asyncio.to_thread(store.revoked_since, since)
+    granted = await asyncio.to_thread(store.granted_since, since)
     return PlanInputs(groups, definitions, members, assignments, list(users.values()), glass,
-                      revoked)
+                      revoked, granted)
 
 
 async def build_plan(svc: RoleReaders, store: PlanStore | None = None) -> RolePlan:
@@ -138,3 +141,46 @@ async def build_plan(svc: RoleReaders, store: PlanStore | None = None) -> RolePl
     if store is None:
         store = await asyncio.to_thread(PlanStore.open, svc.settings)
     return plan(await read_inputs(svc, store), svc.settings.roles)
+
+
+async def stale_change(svc: RoleReaders, store: PlanStore, change: RoleChange,
+                       plan_id: str) -> str | None:
+    """Why the queued ``change`` (naming plan ``plan_id``) is no longer wanted, from what is read
+    now, or None when it is (``shared.roles.stale_reason`` decides). Reads the plan store's
+    latest decision first: a message for any other decision costs that one read. Then the
+    role's definition, the principal, and the members of the AD groups in ROLES_OU mapped to
+    the role. Raises ``TransientError`` when a group cannot be read completely."""
+    roles = svc.settings.roles
+    decision = await asyncio.to_thread(store.decision, change.role_id, change.principal_id)
+    glass = BreakGlass(roles.break_glass_object_ids, roles.break_glass_upns)
+    if not is_latest(decision, plan_id, change):
+        return stale_reason(change, plan_id, decision, None, None, frozenset(), roles, glass)
+    graph = svc.graph()
+    definitions = await RoleGraph(graph).definitions()
+    role = next((d for d in definitions if d.id.lower() == change.role_id.lower()), None)
+    user = await graph.user(change.principal_id)
+    members = await asyncio.to_thread(_role_members, svc.directory(), roles, definitions,
+                                      change)
+    return stale_reason(change, plan_id, decision, role, user, members, roles, glass)
+
+
+def _role_members(directory: RoleDirectory, roles: RolesSettings,
+                  definitions: list[RoleDefinition], change: RoleChange) -> frozenset[str]:
+    """The immutable ids of the members of the groups in ROLES_OU mapped to ``change``'s role
+    (blocking); ``TransientError`` when the OU or one of those groups cannot be read."""
+    try:
+        groups = [AdGroup(name, dn) for name, dn in directory.groups_in(roles.ou)]
+        mapped, _ = map_groups(groups, definitions, roles)
+        found: set[str] = set()
+        for entry in mapped:
+            if entry.role.id.lower() == change.role_id.lower():
+                guids = directory.members_of(entry.group.dn, nested=roles.nested,
+                                             within=roles.ou)
+                found |= {immutable_id(g) for g in guids}
+    except Exception as exc:  # any failure: an unread group is never taken for an empty one
+        raise TransientError(
+            f"the role groups in ROLES_OU could not be read ({_why(exc)}); the "
+            f"{change.action.value} of role {change.role_id} for {change.principal_id} waits",
+            user=change.principal_id, step=STEP,
+            fix="none if it passes; otherwise check the domain controller") from None
+    return frozenset(found)

@@ -127,6 +127,15 @@ class RoleChange:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """The latest change a cycle released for one role and principal (the plan store keeps
+    one per pair): a queued message for any other is stale."""
+
+    action: Action
+    plan_id: str
+
+
+@dataclass(frozen=True)
 class Blocked:
     """A guard's refusal, with what an operator needs to act on it."""
 

@@ -3,8 +3,9 @@ and every guard. Pure: no I/O, tested in memory (``tests/test_roles_plan.py``); 
 it reads and decides are in ``shared.roles.model``.
 
 The guards live here and only here: the cycle (``shared.roles.cycle.run_cycle``) plans with them,
-and the queue handler (``shared.roles.cycle.apply_change``) checks each change again with the same
-``check_change`` right before it acts.
+and the queue handler checks each queued change with ``stale_reason`` (is it still wanted, now,
+by the latest decision?) before it claims the work, and ``shared.roles.cycle.apply_change``
+checks it again with the same ``check_change`` right before it acts.
 
 How a cycle is decided::
 
@@ -26,10 +27,11 @@ Guards, as identity engineers expect them:
   can take over the tenant always are) only when ``ROLES_PRIVILEGED_OPT_IN`` names it;
 - only synced users (``onPremisesSyncEnabled``) are granted or revoked; cloud-only users, groups
   and service principals holding a role are left alone;
-- limits: more than ``ROLES_MAX_GRANTS`` grants in a cycle hold the grants; revocations that
-  take the last ``ROLES_REVOCATION_WINDOW_HOURS`` above ``ROLES_MAX_REVOCATIONS``, or (from
-  ``ROLES_SHARE_MIN_REVOCATIONS`` revocations on) above ``ROLES_MAX_REVOCATION_SHARE`` of a
-  role's synced members, hold the revocations. A hold keeps back only what its limit covers,
+- limits: grants that take the last ``ROLES_REVOCATION_WINDOW_HOURS`` above
+  ``ROLES_MAX_GRANTS`` hold the grants; revocations that take the same window above
+  ``ROLES_MAX_REVOCATIONS``, or (from ``ROLES_SHARE_MIN_REVOCATIONS`` revocations of one role
+  on) above ``ROLES_MAX_REVOCATION_SHARE`` of that role's synced members, hold the
+  revocations. A hold keeps back only what its limit covers,
   until an operator approves exactly that held set; every other change goes on;
 - a group whose membership read did not complete is a ``SafetyStop`` for the whole cycle:
   an unread group is never taken for an empty one.
@@ -49,6 +51,7 @@ from shared.roles.model import (
     Assignment,
     Blocked,
     CycleStopped,
+    Decision,
     GroupMembers,
     Guard,
     Hold,
@@ -92,6 +95,8 @@ class PlanInputs:
     break_glass: BreakGlass = BreakGlass()
     # keys of the revocations released within ROLES_REVOCATION_WINDOW_HOURS
     revoked: frozenset[str] = frozenset()
+    # keys of the grants released within the same window (ROLES_MAX_GRANTS counts in it)
+    granted: frozenset[str] = frozenset()
 
 
 # -- the guards -----------------------------------------------------------------------------
@@ -184,36 +189,81 @@ def _not_allowed(role: RoleDefinition, groups: Sequence[str],
     )
 
 
-def hold(changes: Sequence[RoleChange], current_members: int, revoked: Iterable[str],
-         settings: RolesSettings) -> Hold | None:
-    """What the limits hold back: all grants above ``ROLES_MAX_GRANTS``; all revocations when
-    they take the window above ``ROLES_MAX_REVOCATIONS`` or (from
-    ``ROLES_SHARE_MIN_REVOCATIONS`` on) above ``ROLES_MAX_REVOCATION_SHARE``. ``revoked`` are
-    the keys released in the window; one planned again (still queued) counts once."""
+def hold(changes: Sequence[RoleChange], members: Mapping[str, int], revoked: Iterable[str],
+         settings: RolesSettings, granted: Iterable[str] = ()) -> Hold | None:
+    """What the limits hold back: all grants when they take the window above
+    ``ROLES_MAX_GRANTS``; all revocations when they take the window above
+    ``ROLES_MAX_REVOCATIONS`` or, in any one role (from ``ROLES_SHARE_MIN_REVOCATIONS`` of its
+    revocations on), above ``ROLES_MAX_REVOCATION_SHARE`` of that role's synced members.
+    ``members`` is keyed by role id (lower case); ``revoked`` and ``granted`` are the keys
+    released in the window; one planned again (still queued) counts once."""
     grants = [c for c in changes if c.action is Action.GRANT]
     revokes = [c for c in changes if c.action is Action.REVOKE]
     revoked_recently = len(set(revoked) - {c.key for c in revokes})
+    granted_recently = len(set(granted) - {c.key for c in grants})
     held: list[RoleChange] = []
     reasons: list[str] = []
-    if len(grants) > settings.max_grants:
+    if grants and granted_recently + len(grants) > settings.max_grants:
         held += grants
-        reasons.append(f"{len(grants)} grants, above ROLES_MAX_GRANTS={settings.max_grants}")
-    share = len(revokes) / current_members if current_members else 1.0
+        after = (f" after {granted_recently} in the last {settings.revocation_window_hours:g} h"
+                 if granted_recently else "")
+        reasons.append(f"{len(grants)} grants{after}, above "
+                       f"ROLES_MAX_GRANTS={settings.max_grants}")
     over_count = revoked_recently + len(revokes) > settings.max_revocations
-    over_share = (len(revokes) >= settings.share_min_revocations
-                  and share > settings.max_revocation_share)
     if revokes and over_count:
         reasons.append(
             f"{len(revokes)} revocation(s) after {revoked_recently} in the last "
             f"{settings.revocation_window_hours:g} h, above "
             f"ROLES_MAX_REVOCATIONS={settings.max_revocations}")
-    if revokes and over_share:
-        reasons.append(
-            f"{len(revokes)} of {current_members} synced role member(s) revoked ({share:.0%}), "
-            f"above ROLES_MAX_REVOCATION_SHARE={settings.max_revocation_share:g}")
-    if revokes and (over_count or over_share):
+    per_role: dict[str, list[RoleChange]] = {}
+    for change in revokes:
+        per_role.setdefault(change.role_id.lower(), []).append(change)
+    over_share = False
+    for role_id, taken in sorted(per_role.items()):
+        current = members.get(role_id, 0)
+        share = len(taken) / current if current else 1.0
+        if len(taken) >= settings.share_min_revocations and share > settings.max_revocation_share:
+            over_share = True
+            name = taken[0].role_name or role_id
+            reasons.append(
+                f"{len(taken)} of {current} synced member(s) of '{name}' revoked ({share:.0%}), "
+                f"above ROLES_MAX_REVOCATION_SHARE={settings.max_revocation_share:g}")
+    if over_count or over_share:
         held += revokes
     return Hold(tuple(sorted(held)), tuple(reasons)) if held else None
+
+
+def is_latest(decision: Decision | None, plan_id: str, change: RoleChange) -> bool:
+    """Whether a message naming ``change`` under plan ``plan_id`` carries the latest released
+    ``decision`` for its role and principal."""
+    return (decision is not None and decision.plan_id == plan_id
+            and decision.action is change.action)
+
+
+def stale_reason(change: RoleChange, plan_id: str, decision: Decision | None,
+                 role: RoleDefinition | None, user: CloudUser | None,
+                 members: frozenset[str], settings: RolesSettings,
+                 break_glass: BreakGlass) -> str | None:
+    """Why a queued role change is no longer wanted, or None when it is: the message names the
+    work, what is read now decides it. ``decision`` is the plan store's latest released
+    decision for the change's role and principal (the message must carry exactly it),
+    ``members`` the ``onPremisesImmutableId`` values of the AD groups mapped to the role, read
+    now; then the guards of ``check_change``. A grant is wanted only for a synced member, a
+    revocation only for a principal who is not one."""
+    if not is_latest(decision, plan_id, change):
+        latest = (f"the latest is a {decision.action.value} of plan {decision.plan_id}"
+                  if decision is not None else "no cycle released one")
+        return f"plan {plan_id} is not the latest decision for this role and principal ({latest})"
+    if role is None:
+        return f"role definition {change.role_id} does not exist"
+    member = (user is not None and user.synced and user.immutable_id is not None
+              and user.immutable_id in members)
+    if change.action is Action.GRANT and not member:
+        return "the principal is not a synced member of the role's AD group now"
+    if change.action is Action.REVOKE and member:
+        return "the principal is a member of the role's AD group again"
+    refused = check_change(change, role, user, settings, break_glass)
+    return refused.reason if refused is not None else None
 
 
 # -- mapping and planning -------------------------------------------------------------------
@@ -279,7 +329,8 @@ def plan(inputs: PlanInputs, settings: RolesSettings) -> RolePlan:
     changes: list[RoleChange] = []
     blocked: list[Blocked] = []
     skipped: list[Skipped] = []
-    kept = current_members = 0
+    kept = 0
+    members_of: dict[str, int] = {}  # role id → synced principals holding it
     for role_key, entries in sorted(per_role.items()):
         role = entries[0].role
         desired: dict[str, RoleChange] = {}  # principal id → the grant it would get
@@ -305,7 +356,7 @@ def plan(inputs: PlanInputs, settings: RolesSettings) -> RolePlan:
             if holder is None or not holder.synced or glass.covers(principal, holder.upn):
                 kept += 1  # cloud-only, break-glass, group or service principal: not ours
                 continue
-            current_members += entries[0].allowed
+            members_of[role_key] = members_of.get(role_key, 0) + entries[0].allowed
             if principal not in desired:
                 wanted.append(_change(Action.REVOKE, role, holder, entries[0].group.name))
         refused: list[RoleChange] = []
@@ -324,8 +375,8 @@ def plan(inputs: PlanInputs, settings: RolesSettings) -> RolePlan:
     ordered = tuple(sorted(changes))
     return RolePlan(
         changes=ordered, blocked=tuple(blocked), skipped=tuple(skipped), mapped=tuple(mapped),
-        unknown_groups=tuple(unknown), kept=kept, current_members=current_members,
-        held=hold(ordered, current_members, inputs.revoked, settings),
+        unknown_groups=tuple(unknown), kept=kept, current_members=sum(members_of.values()),
+        held=hold(ordered, members_of, inputs.revoked, settings, inputs.granted),
     )
 
 

@@ -4,11 +4,13 @@
                             held → approved → applied, or superseded / expired
     PartitionKey "revoked"  one row per revocation released, keyed by the change, with its
                             time: the rolling window ``ROLES_MAX_REVOCATIONS`` counts in
+    PartitionKey "granted"  the same for grants: ``ROLES_MAX_GRANTS`` counts in that window
     PartitionKey "state"    the fingerprint of the last alert (a block is alerted once)
-    PartitionKey "released" one row per change a cycle released onto the queue, keyed by
-                            "<plan id>:<change key>": a role message is applied only when the
-                            stored plan it names holds its change (a queue writer cannot
-                            invent a grant); rows older than ``RELEASED_DAYS`` are dropped
+    PartitionKey "decision" one row per (role, principal), keyed "<role id>:<principal id>":
+                            the latest change a cycle released for that pair and its plan id.
+                            A role message is applied only when it names exactly that decision
+                            and what decides it still holds now (``shared.roles.stale_reason``):
+                            a queue writer can neither invent a change nor replay an old one
 
 Approval binds to exactly one held set (its plan id is a hash of those changes), lasts
 ``ROLES_APPROVAL_HOURS``, and is void once a newer held set supersedes it. Blocking (the
@@ -29,7 +31,7 @@ from azure.data.tables import TableClient, UpdateMode
 from shared.config import Settings
 from shared.errors import PermanentError
 from shared.log import get_logger
-from shared.roles.model import Hold, RoleChange
+from shared.roles.model import Action, Decision, Hold, RoleChange
 from shared.store.clients import table_service
 
 log = get_logger(__name__)
@@ -37,7 +39,8 @@ log = get_logger(__name__)
 PLANS_TABLE = "roleplans"
 STEP = "roles approve"
 LIVE = ("held", "approved")
-RELEASED_DAYS = 8  # a queued change is retried for a day or two; a week is ample
+RELEASED_DAYS = 8  # rows of the former "released" partition are dropped after this
+WINDOWS = {"revoke": "revoked", "grant": "granted"}  # the partition each direction counts in
 
 
 def _now() -> dt.datetime:
@@ -153,45 +156,55 @@ class PlanStore:
             "PartitionKey eq 'plan' and (status eq 'held' or status eq 'approved')")]
         return max(rows, key=lambda r: r.created) if rows else None
 
-    # -- the revocation window -----------------------------------------------------------------
-    def spend(self, revocations: Iterable[RoleChange], *, now: dt.datetime | None = None) -> None:
-        """Count released revocations in the window (once per change, however often sent)."""
-        for change in revocations:
+    # -- the rolling window of grants and revocations -----------------------------------------
+    def spend(self, changes: Iterable[RoleChange], *, now: dt.datetime | None = None) -> None:
+        """Count released changes in the window (once per change, however often sent)."""
+        for change in changes:
             with contextlib.suppress(ResourceExistsError):
-                self._table.create_entity({"PartitionKey": "revoked", "RowKey": change.key,
-                                           "at": _stamp(now or _now())})
+                self._table.create_entity({"PartitionKey": WINDOWS[change.action.value],
+                                           "RowKey": change.key, "at": _stamp(now or _now())})
 
     def revoked_since(self, since: dt.datetime) -> frozenset[str]:
         """The keys of the revocations released since ``since``; older rows are dropped."""
+        return self._since("revoked", since)
+
+    def granted_since(self, since: dt.datetime) -> frozenset[str]:
+        """The keys of the grants released since ``since``; older rows are dropped."""
+        return self._since("granted", since)
+
+    def _since(self, partition: str, since: dt.datetime) -> frozenset[str]:
         recent: set[str] = set()
-        for row in list(self._table.query_entities("PartitionKey eq 'revoked'")):
+        for row in list(self._table.query_entities(f"PartitionKey eq '{partition}'")):
             if str(row.get("at", "")) >= _stamp(since):
                 recent.add(str(row["RowKey"]))
             else:
-                self._table.delete_entity("revoked", str(row["RowKey"]))
+                self._table.delete_entity(partition, str(row["RowKey"]))
         return frozenset(recent)
 
-    # -- released changes -----------------------------------------------------------------------
+    # -- the latest decision per role and principal ---------------------------------------------
     def record_release(self, pid: str, changes: Iterable[RoleChange], *,
                        now: dt.datetime | None = None) -> None:
-        """Record that plan ``pid`` released ``changes`` onto the queue."""
+        """Record that plan ``pid`` released ``changes`` onto the queue: each is now the latest
+        decision for its role and principal, and every older message for that pair is stale."""
         at = now or _now()
         for change in changes:
-            self._table.upsert_entity({"PartitionKey": "released",
-                                       "RowKey": f"{pid}:{change.key}", "at": _stamp(at)})
+            self._table.upsert_entity({"PartitionKey": "decision", "RowKey": _pair(change),
+                                       "action": change.action.value, "plan": pid,
+                                       "at": _stamp(at)}, mode=UpdateMode.REPLACE)
         horizon = _stamp(at - dt.timedelta(days=RELEASED_DAYS))
         for row in list(self._table.query_entities(
                 "PartitionKey eq 'released' and at lt @horizon",
                 parameters={"horizon": horizon})):
             self._table.delete_entity("released", str(row["RowKey"]))
 
-    def holds(self, pid: str, change: RoleChange) -> bool:
-        """Whether plan ``pid`` released ``change``."""
+    def decision(self, role_id: str, principal_id: str) -> Decision | None:
+        """The latest released decision for ``role_id`` and ``principal_id``, if any."""
+        key = f"{role_id.lower()}:{principal_id.lower()}"
         try:
-            self._table.get_entity("released", f"{pid}:{change.key}")
+            row = self._table.get_entity("decision", key)
         except ResourceNotFoundError:
-            return False
-        return True
+            return None
+        return Decision(Action(str(row["action"])), str(row["plan"]))
 
     # -- alerts ----------------------------------------------------------------------------------
     def last_alert(self) -> str:
@@ -203,6 +216,10 @@ class PlanStore:
     def alerted(self, fingerprint: str) -> None:
         self._table.upsert_entity({"PartitionKey": "state", "RowKey": "alert",
                                    "fingerprint": fingerprint})
+
+
+def _pair(change: RoleChange) -> str:
+    return f"{change.role_id.lower()}:{change.principal_id.lower()}"
 
 
 def approve_plan(settings: Settings, plan_id: str) -> HeldPlan:

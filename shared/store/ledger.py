@@ -15,7 +15,10 @@
 
 The claim rule, which makes duplicate delivery harmless: a message proceeds only if it is the
 newest one enqueued for that user and step (``enqueued_at >= live_at``), nobody holds the lease,
-and the step has not finished since the message was enqueued. A user's first message at a
+and the step has not finished since the message was enqueued. ``enqueued_at`` and ``live_at``
+are the storage service's insertion times (``shared.store.messages``), never a message body's. A
+claimed message that then fails a check (its user is not a member) is unclaimed: the row is
+put back as it was, so a message anyone can write changes no row. A user's first message at a
 step finds no row: its claim creates the row (one request, no read; a create that finds the row
 there falls back to read and compare).
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -82,6 +85,9 @@ class LedgerRow:
     etag: str | None = None
     name: str = ""  # sAMAccountName or UPN, as the step last named the user (for the digest)
     wait: str = ""  # WAITING: what for (a ``shared.results.Wait``); FAILED: "blocked" or ""
+    # set by ``Ledger.claim``: the row as it was before the claim (None: the claim created it),
+    # so that ``Ledger.unclaim`` can put it back exactly
+    prior: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def queued(cls, item: WorkItem) -> LedgerRow:
@@ -228,6 +234,7 @@ class Ledger:
             # A user's first message at a step finds no row: create it, leased, unread.
             row = None if first else self.get(item.user, item.key)
             first = False
+            prior = None if row is None else row.to_entity()
             if row is None:
                 row = LedgerRow.queued(item)
             elif row.state is State.WORKING and row.lease_until and at < row.lease_until:
@@ -244,9 +251,32 @@ class Ledger:
             row.first_attempt_at = row.first_attempt_at or at
             row.lease_until = at + lease
             row.correlation_id = item.correlation_id
+            row.prior = prior
             if self._write(row):
                 return Verdict.CLAIMED, row
         return Verdict.BUSY, None
+
+    def unclaim(self, row: LedgerRow) -> bool:
+        """Undo ``claim`` for a message that failed a check: the row as it was before (its
+        state and its times), or no row when the claim created it. False when the row changed
+        since the claim (another message was enqueued meanwhile): then it is left to its
+        lease, which runs out as after any crash."""
+        if row.etag is None:
+            return False
+        kwargs: dict[str, Any] = {"etag": row.etag,
+                                  "match_condition": MatchConditions.IfNotModified}
+        try:
+            if row.prior is None:
+                self._table.delete_entity(str(row.user), row.key, **kwargs)
+            else:
+                self._table.update_entity(row.prior, mode=UpdateMode.REPLACE, **kwargs)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        except HttpResponseError as exc:
+            if exc.status_code not in (409, 412):
+                raise
+            return False
+        return True
 
     def finish(
         self,
@@ -296,6 +326,31 @@ class Ledger:
             return False
         row.etag = result[0].get("etag")
         return self._create_all(records[TRANSACTION_ROWS - 1:])
+
+    def count_mail(self, user: uuid.UUID, day: dt.date) -> int:
+        """Count one more error mail about ``user`` on ``day`` (a row ``mails|<day>`` in the
+        user's partition); returns how many that makes, this one included."""
+        key = f"mails|{day.isoformat()}"
+        for _ in range(5):
+            try:
+                entity = self._table.get_entity(str(user), key)
+            except ResourceNotFoundError:
+                try:
+                    self._table.create_entity({"PartitionKey": str(user), "RowKey": key,
+                                               "count": 1})
+                except ResourceExistsError:
+                    continue
+                return 1
+            count = int(entity.get("count", 0)) + 1
+            try:
+                self._table.update_entity(
+                    {"PartitionKey": str(user), "RowKey": key, "count": count},
+                    mode=UpdateMode.REPLACE, etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified)
+            except ResourceModifiedError:
+                continue
+            return count
+        return 1 << 30  # kept changing under us: count it as over any limit
 
     def write_records(self, records: Sequence[dict[str, Any]]) -> None:
         """The records alone (their ledger row was not ours to write any more)."""

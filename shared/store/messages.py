@@ -1,16 +1,22 @@
 """Queue messages: ids, never state.
 
 A message names the user by ``objectGUID`` and the step; the handler re-reads the directory.
-It carries a schema version, the user, the step, a correlation id and the enqueue time, and
-nothing else (a role change adds the role, the direction and the id of the plan that holds
-it, which the handler checks against the stored plan).
+It carries a schema version, the user, the step, a correlation id and the time its writer
+says it was enqueued, and nothing else (a role change adds the role, the direction and the id
+of the plan that released it, which the handler checks against the latest decision).
+
+**Time comes from the storage service, not from the body.** The queue stamps every message
+with its insertion time (``QueueMessage.inserted_on``; the Functions host passes it as
+``insertion_time``); the handlers decode with it (``decode(..., inserted_at=...)``) and order
+and judge staleness by it alone. The body's ``at`` is checked for form and may be logged,
+never trusted: a writer cannot date a message into the future or the past.
 
 A message is not trusted for who, what or when: ``decode`` refuses anything that is not exactly
 one of ours with ``MalformedMessage`` (the handler parks it on the poison queue without side
 effects): a version that is not the integer 1, a user or role that is not a GUID, a
-correlation id outside ``[A-Za-z0-9-]{8,64}``, an enqueue time without a zone or further in
-the future than the clock skew we tolerate (``MAX_FUTURE``: a message from the future would
-make every later message for that user look stale), nesting deep enough to exhaust the
+correlation id outside ``[A-Za-z0-9-]{8,64}``, an enqueue time without a zone, an insertion
+time further in the future than the clock skew we tolerate (``MAX_FUTURE``: the storage
+service's clock and ours may disagree by ten minutes), nesting deep enough to exhaust the
 parser.
 """
 
@@ -114,9 +120,12 @@ _FIELDS = {"v", "user", "step", "cid", "at"}
 _ROLE_FIELDS = _FIELDS | {"role", "action", "plan"}
 
 
-def decode(raw: str | bytes, *, now: dt.datetime | None = None) -> WorkItem:
+def decode(raw: str | bytes, *, now: dt.datetime | None = None,
+           inserted_at: dt.datetime | None = None) -> WorkItem:
     """Parse a queue message, refusing anything that is not exactly one of ours. ``now`` is
-    the reader's clock (the current time when omitted)."""
+    the reader's clock (the current time when omitted); ``inserted_at`` the storage service's
+    insertion time, which becomes the item's ``enqueued_at`` (the body's ``at`` only when
+    there is none: a poisoned message shown to an operator, a redrive)."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"message of {len(text)} characters is oversized", raw=text)
@@ -144,7 +153,7 @@ def decode(raw: str | bytes, *, now: dt.datetime | None = None) -> WorkItem:
             user=uuid.UUID(_text(body["user"])),
             step=step,
             correlation_id=_text(body["cid"]),
-            enqueued_at=enqueued_at,
+            enqueued_at=_aware(inserted_at) if inserted_at is not None else enqueued_at,
             role=str(uuid.UUID(_text(role))) if step is Step.ROLE else None,
             action=body.get("action"),
             plan=body.get("plan"),
@@ -161,6 +170,11 @@ def decode(raw: str | bytes, *, now: dt.datetime | None = None) -> WorkItem:
         raise MalformedMessage(f"enqueue time {item.enqueued_at.isoformat()} is in the "
                                "future", raw=text)
     return item
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    """A storage time as an aware datetime (the SDKs give UTC, sometimes without a zone)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _text(value: object) -> str:

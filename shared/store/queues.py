@@ -83,6 +83,7 @@ class Received:
     dequeue_count: int
     message_id: str
     pop_receipt: str
+    inserted_on: dt.datetime | None = None  # the storage service's insertion time
 
     @property
     def text(self) -> str:
@@ -114,18 +115,23 @@ class Queues:
             self.client(name)
             self.client(poison_queue(name))
 
-    def send_item(self, item: WorkItem, *, delay: float = 0.0) -> None:
-        self.send(QUEUES[item.step], item.encode(), delay=delay)
+    def send_item(self, item: WorkItem, *, delay: float = 0.0) -> dt.datetime:
+        """Send ``item``; returns the insertion time the storage service gave it."""
+        return self.send(QUEUES[item.step], item.encode(), delay=delay)
 
-    def send(self, queue: str, text: str, *, delay: float = 0.0) -> None:
-        """Send ``text`` (encoded as base64) to ``queue``, visible after ``delay`` seconds."""
-        self.send_raw(queue, encode_body(text), delay=delay)
+    def send(self, queue: str, text: str, *, delay: float = 0.0) -> dt.datetime:
+        """Send ``text`` (encoded as base64) to ``queue``, visible after ``delay`` seconds;
+        returns its insertion time."""
+        return self.send_raw(queue, encode_body(text), delay=delay)
 
-    def send_raw(self, queue: str, raw: str, *, delay: float = 0.0) -> None:
-        """Store ``raw`` exactly as given (a message that was never ours keeps its bytes)."""
+    def send_raw(self, queue: str, raw: str, *, delay: float = 0.0) -> dt.datetime:
+        """Store ``raw`` exactly as given (a message that was never ours keeps its bytes);
+        returns the insertion time the storage service stamped on it (the time the handlers
+        order messages by: ``shared.store.messages``)."""
         seconds = int(min(max(delay, 0.0), MAX_DELAY.total_seconds()))
-        self.client(queue).send_message(raw, visibility_timeout=seconds or None)
+        sent = self.client(queue).send_message(raw, visibility_timeout=seconds or None)
         self.visible[queue] = max(self.visible.get(queue, 0.0), time.monotonic() + seconds + 1)
+        return storage_time(sent.inserted_on)
 
     def receive(self, queue: str, *, limit: int, visibility: int) -> list[Received]:
         # One request: the first page only. With max_messages the SDK asks again for the
@@ -143,6 +149,7 @@ class Queues:
                 dequeue_count=int(message.dequeue_count or 1),
                 message_id=message.id,
                 pop_receipt=str(message.pop_receipt),
+                inserted_on=storage_time(message.inserted_on),
             )
             for message in messages
         ]
@@ -176,6 +183,14 @@ class Queues:
     def to_poison(self, queue: str, raw: str) -> None:
         """Park a message, as it was stored, on ``<queue>-poison``: as the Functions host does."""
         self.send_raw(poison_queue(queue), raw)
+
+
+def storage_time(moment: dt.datetime | None) -> dt.datetime:
+    """An insertion time from the storage SDK as an aware UTC datetime (the current time if
+    the service gave none, which it always does)."""
+    if moment is None:
+        return dt.datetime.now(dt.UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def raw_text(content: object) -> str:

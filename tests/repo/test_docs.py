@@ -43,11 +43,16 @@ def doc_text(path: Path) -> str:
     return path.read_text()
 
 
+# Variables of requests' and the proxies' own that the guide names to say the service ignores
+# them (docs/security.md: the Exchange client's trust and proxy come from the settings only).
+IGNORED_ENVIRONMENT = {"HTTPS_PROXY", "REQUESTS_CA_BUNDLE"}
+
+
 @functools.cache
 def known_names() -> set[str]:
     """Every upper-case name the guide may use: service settings, app settings the Bicep sets,
     azd variables main.parameters.json reads, deployment outputs, and azd's own variables."""
-    names = set(setting_names()) | AZD_BUILTINS
+    names = set(setting_names()) | AZD_BUILTINS | IGNORED_ENVIRONMENT
     main = (INFRA / "main.bicep").read_text()
     names |= set(re.findall(r"^\s+([A-Za-z][A-Za-z0-9_]*):", main, re.M))
     names |= set(BicepParser().parse(text=main)["outputs"])

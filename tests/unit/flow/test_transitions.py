@@ -3,6 +3,7 @@ with no peer (the handlers around it are proven end to end in tests/lab/flow/tes
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 
@@ -28,6 +29,7 @@ from shared.flow.transitions import (
     advance,
     due,
     fingerprint,
+    on_check,
     on_claim,
 )
 from shared.results import Done, NotYet, Shortage, Stale, Wait
@@ -378,12 +380,40 @@ def test_a_done_step_is_this_transition() -> None:
 
 
 def test_a_stale_message_is_this_transition() -> None:
-    """Work that is not the step's (the user left its group): DONE with nothing sent, nothing
-    recorded, nothing mailed, skipped with the reason."""
+    """Work that is not the step's (the user left its group, or a queue writer named someone
+    else): the claim is undone (the row goes back as it was), nothing sent, nothing recorded,
+    nothing mailed, skipped with the reason."""
     stale = Stale("ann is not a member of O365_License", user="ann")
     detail = "stale: ann is not a member of O365_License"
     assert Transition(State.DONE, Handled("skipped", str(USER), detail), "message_stale",
-                      who="ann", error=detail) == advance(row(), item(), stale, NOW, POLICY)
+                      who="ann", error=detail, undo=True) == advance(row(), item(), stale, NOW,
+                                                                    POLICY)
+
+
+def test_a_message_that_fails_the_check_before_the_claim_is_dropped() -> None:
+    """A role change no longer wanted is dropped with its reason before the claim; one still
+    wanted goes on to the claim."""
+    assert (Drop("stale: plan p is not the latest"), None) == (
+        on_check("plan p is not the latest"), on_check(None))
+
+
+def test_the_storage_time_dates_a_message_never_its_body() -> None:
+    """A message whose body claims a time 14 minutes ahead is dated by the storage service's
+    insertion time; one the storage dates ten minutes ahead of the reader (clock skew) is
+    accepted; beyond the tolerated skew it is parked."""
+    body = dataclasses.replace(item(), enqueued_at=NOW + dt.timedelta(minutes=14)).encode()
+    accepted = accept("license", body, NOW, NOW - dt.timedelta(seconds=3))
+    skewed = accept("license", body, NOW, NOW + dt.timedelta(minutes=10))
+    naive = accept("license", body, NOW, (NOW + dt.timedelta(minutes=1)).replace(tzinfo=None))
+    assert isinstance(accepted, WorkItem) and isinstance(skewed, WorkItem)
+    assert isinstance(naive, WorkItem)
+    assert (NOW - dt.timedelta(seconds=3), NOW + dt.timedelta(minutes=10),
+            NOW + dt.timedelta(minutes=1)) == (accepted.enqueued_at, skewed.enqueued_at,
+                                               naive.enqueued_at)
+    assert isinstance(accept("license", body, NOW, NOW + dt.timedelta(minutes=16)), Poison)
+    zoned = accept("license", body, NOW, NOW.astimezone(dt.timezone(dt.timedelta(hours=2))))
+    assert isinstance(zoned, WorkItem)
+    assert dt.timedelta(hours=2) == zoned.enqueued_at.utcoffset()
 
 
 def test_a_wait_is_this_transition() -> None:

@@ -668,7 +668,7 @@ def test_a_hold_says_which_limit_and_by_how_much() -> None:
                           assigned(EXCHANGE, *t.users[:3])), settings())
     assert grants.held is not None and share.held is not None
     assert (("11 grants, above ROLES_MAX_GRANTS=10",),
-            ("2 of 3 synced role member(s) revoked (67%), above "
+            ("2 of 3 synced member(s) of 'Exchange Administrator' revoked (67%), above "
              "ROLES_MAX_REVOCATION_SHARE=0.25",)) == (grants.held.reasons, share.held.reasons)
 
 
