@@ -255,9 +255,11 @@ def accept(result: Score, accepted: list[Accepted], matched: dict[int, list[str]
 
 def score(module: Module, accepted: list[Accepted], matched: dict[int, list[str]]) -> Score:
     """The module's mutmut score from its record of each mutant (mutants/<path>.meta)."""
+    result = Score()
+    if not (MUTANTS / f"{module.path}.meta").exists():
+        return result  # nothing mutmut mutates (no undecorated function): the supplement's
     meta = json.loads((MUTANTS / f"{module.path}.meta").read_text())
     wanted = module.patterns()
-    result = Score()
     for key, code in sorted(meta["exit_code_by_key"].items()):
         if not any(fnmatch.fnmatchcase(key, p) for p in wanted):
             continue
