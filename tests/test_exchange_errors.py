@@ -229,3 +229,70 @@ def test_any_other_failure_is_a_connection_failure_retried() -> None:
     assert error.fix.startswith("nothing to do; the service retries (if this repeats, check the "
                                 "hybrid connection and that Exchange is up)")
     assert isinstance(error, TransientError)
+
+
+class Bare:
+    """A record with no reason and no fq_error attribute at all."""
+
+    def __str__(self) -> str:
+        return "bare"
+
+
+def test_a_record_without_reason_attributes_has_no_reason() -> None:
+    """A record object lacking reason and fq_error reads as no reason, and is retried."""
+    error = record_error("Get-Mailbox", "anna", [Bare()])
+    assert ("", "TransientError") == (record_reason(Bare()), type(error).__name__)
+
+
+def _every_branch() -> list[ProvisioningError]:
+    untrusted = requests.exceptions.SSLError(ssl.SSLCertVerificationError(1, "unknown CA"))
+    return [
+        record_error("C", "anna", [Record("x is already mail-enabled", "RecipientTaskException")]),
+        record_error("C", "anna", [Record("x", "ParseException")]),
+        record_error("C", "anna", [Record("x", "SomeException", 15)]),
+        record_error("C", "anna", [Record("x", "SomeException", 5)]),
+        record_error("C", "anna", [Record("x", "SomeException", 99)]),
+        record_error("C", "anna", []),
+        transport_error(AuthenticationError("401"), "C", SETTINGS),
+        transport_error(untrusted, "C", SETTINGS),
+        transport_error(requests.exceptions.SSLError("EOF"), "C", SETTINGS),
+        transport_error(WSManFaultError(500, "ex1", "r", "", "", ""), "C", SETTINGS),
+        transport_error(WinRMTransportError("http", 404, ""), "C", SETTINGS),
+        transport_error(WinRMTransportError("http", 0, ""), "C", SETTINGS),
+        transport_error(requests.exceptions.ReadTimeout(), "C", SETTINGS),
+        transport_error(requests.exceptions.ConnectionError(), "C", SETTINGS),
+    ]
+
+
+def test_every_error_is_the_mailbox_step_s_with_its_reason_and_whole_fix() -> None:
+    """Each branch's error, as the helpdesk reads it: step, reason and the whole fix."""
+    assert [
+        ("mailbox", "Exchange refused C for 'anna': x is already mail-enabled",
+         "the user is already mail-enabled (mailbox, mail user or remote mailbox); convert it "
+         "by hand with the Exchange tools or take it out of the provisioning group"),
+        ("mailbox", "Exchange refused C for 'anna': x", "this is a bug in the service: report it"),
+        ("mailbox", "Exchange refused C for 'anna': x", RETRIES),
+        ("mailbox", "Exchange refused C for 'anna': x",
+         "read Exchange's message above and correct the user"),
+        ("mailbox", "Exchange refused C for 'anna': x", "nothing to do; the service retries, "
+         "and reports the user if the error persists"),
+        ("mailbox", "Exchange's C for 'anna' returned nothing and no error", RETRIES),
+        ("mailbox", f"{WHERE} refused the credentials of CONTOSO\\svc (HTTP 401, ntlm)",
+         "check EXCHANGE_USER and the Exchange password secret in Key Vault, and that the "
+         "account is not locked out"),
+        ("mailbox", f"the TLS certificate of {WHERE} is not trusted",
+         "add the CA that issued Exchange's certificate to CA_BUNDLE, or check EXCHANGE_URL's "
+         "host name"),
+        ("mailbox", f"{WHERE} closed the connection during the TLS handshake for C",
+         "nothing to do; the service retries (if this repeats, check that Exchange and the "
+         "hybrid connection's bridge are up)"),
+        ("mailbox", f"{WHERE} failed C: r", "nothing to do; the service retries (if this "
+         "repeats, check Exchange's throttling policy and the hybrid connection)"),
+        ("mailbox", f"{WHERE} answered HTTP 404 to C",
+         "check EXCHANGE_URL (https://<server>/PowerShell) and EXCHANGE_CONFIGURATION_NAME"),
+        ("mailbox", f"{WHERE} answered HTTP 0 to C", RETRIES),
+        ("mailbox", f"{WHERE} did not answer C within 45 s", RETRIES),
+        ("mailbox", f"the connection to {WHERE} failed during C (ConnectionError)",
+         "nothing to do; the service retries (if this repeats, check the hybrid connection "
+         "and that Exchange is up)"),
+    ] == [(e.step, e.reason, e.fix) for e in _every_branch()]

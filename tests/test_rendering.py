@@ -43,3 +43,10 @@ def test_an_empty_column_keeps_a_one_dash_rule() -> None:
     """A column with no title and no cells is one character wide: its dash keeps the columns
     after it under their own rules."""
     assert "A     C\n-  -  -\nx     z" == text_table(("A", "", "C"), [("x", "", "z")])
+
+
+def test_a_plain_text_value_is_cut_at_2000_characters() -> None:
+    """A value of 2000 characters is kept whole in the plain-text part; one of 2001 is cut to
+    1999 and an ellipsis."""
+    txt = environment("txt").from_string("{{ v }}")
+    assert (2000, "x" * 1999 + "…") == (len(txt.render(v="y" * 2000)), txt.render(v="x" * 2001))
