@@ -11,10 +11,17 @@ scores each module, and writes ``bench/results/mutation.json``::
     bash scripts/mutation --ci                        the modules whose inputs changed since the
                                                       run bench/results/mutation.json records
 
-A module's score is killed / (mutants - accepted survivors); a mutant that times out counts as
-killed, one no test reaches as a survivor. The script exits non-zero when a module scores under
-the threshold, when an accepted survivor no longer matches a surviving mutant, or when mutmut
-itself fails.
+What mutmut never mutates (decorated functions such as ``@property``, module constants, class
+bodies) is mutated by ``scripts/mutation_supplement.py`` and run against the same tests; its
+figures are printed beside mutmut's and counted in the module's score.
+
+A module's score is killed / (mutants - accepted survivors), mutmut's and the supplement's
+together; a mutant that times out or ends in an error of pytest (or of the run) is neither a
+kill nor a survivor: it is counted apart (``timeouts``, ``errors``) and lowers the score until
+someone looks at it. One no test reaches is a survivor. One ``[[accepted]]`` entry accepts one
+surviving mutant; the files its reason relies on (``depends``) are part of the module's
+fingerprint. The script exits non-zero when a module scores under the threshold, when an
+accepted entry matches no surviving mutant or more than one, or when mutmut itself fails.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ RESULTS = REPO / "bench" / "results" / "mutation.json"
 MUTANTS = REPO / "mutants"
 LOG = MUTANTS / "mutation.log"
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code, 3.8.1)
-KILLED = {1, 3, 24, -24, 36, 152, 255}  # failed tests, pytest's internal error, timeouts
+KILLED = {1}  # a test failed
+SURVIVED = {0, 5, 33}  # every test passed, or none reached the mutant
+TIMEOUTS = {24, -24, 36, 152, 255}  # anything else (3: pytest's internal error) is an error
 SHOWN = 12  # survivors printed per module
 
 
@@ -51,6 +60,15 @@ class Module:
     tests: tuple[str, ...]
     inputs: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
+    supplement: tuple[str, ...] | None = None  # the supplement's targets; None: the default
+
+    @property
+    def supplement_targets(self) -> tuple[str, ...] | None:
+        """What the supplement mutates: the names given, else every target of a module mutated
+        whole (None), else nothing (a module limited to some ``functions``)."""
+        if self.supplement is not None:
+            return self.supplement
+        return () if self.functions else None
 
     @property
     def dotted(self) -> str:
@@ -69,6 +87,7 @@ class Accepted:
     before: str
     after: str
     reason: str
+    depends: tuple[str, ...] = ()
 
 
 @dataclass
@@ -78,10 +97,24 @@ class Score:
     accepted: int = 0
     total: int = 0
     seconds: float = 0.0
+    timeouts: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def counted(self) -> int:
         return self.total - self.accepted
+
+    def figures(self) -> dict[str, Any]:
+        return {"score": round(self.percent, 1), "killed": self.killed, "counted": self.counted,
+                "accepted": self.accepted, "mutants": self.total,
+                "survived": len(self.survived), "timeouts": len(self.timeouts),
+                "errors": len(self.errors), "test_seconds": round(self.seconds, 1)}
+
+    def __add__(self, other: Score) -> Score:
+        return Score(self.killed + other.killed, self.survived + other.survived,
+                     self.accepted + other.accepted, self.total + other.total,
+                     self.seconds + other.seconds, self.timeouts + other.timeouts,
+                     self.errors + other.errors)
 
     @property
     def percent(self) -> float:
@@ -112,9 +145,16 @@ def _flat(text: str) -> str:
 def load() -> tuple[float, list[Module], list[Accepted]]:
     config = tomllib.loads(CONFIG.read_text())
     modules = [Module(m["path"], tuple(m["tests"]), tuple(m.get("inputs", ())),
-                      tuple(m.get("functions", ()))) for m in config["module"]]
-    accepted = [Accepted(a["function"], _flat(a["before"]), _flat(a["after"]), _flat(a["reason"]))
+                      tuple(m.get("functions", ())),
+                      tuple(m["supplement"]) if "supplement" in m else None)
+               for m in config["module"]]
+    accepted = [Accepted(a["function"], _flat(a["before"]), _flat(a["after"]), _flat(a["reason"]),
+                         tuple(a.get("depends", ())))
                 for a in config.get("accepted", [])]
+    for entry in accepted:
+        missing = [d for d in entry.depends if not (REPO / d).is_file()]
+        if missing:
+            sys.exit(f"mutation: {entry.function}: depends names no file: {missing}")
     return float(config["threshold"]), modules, accepted
 
 
@@ -138,15 +178,17 @@ def fingerprint(module: Module, accepted: list[Accepted], threshold: float) -> s
     """What a module's score depends on: its source, its tests and inputs, the shared fixtures,
     mutmut's settings and this module's entries of scripts/mutation.toml, and the tools."""
     digest = hashlib.sha256()
-    files = [module.path, *module.tests, "tests/conftest.py"]
+    mine = [a for a in accepted if a.function.startswith(module.dotted + ".")]
+    files = [module.path, *module.tests, "tests/conftest.py", "scripts/mutation_supplement.py",
+             *sorted({d for a in mine for d in a.depends})]
     for pattern in module.inputs:
         files += sorted(str(p.relative_to(REPO)) for p in REPO.glob(pattern) if p.is_file())
     for name in files:
         digest.update(name.encode() + b"\0" + (REPO / name).read_bytes() + b"\0")
     mutmut = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]
-    mine = [asdict(a) for a in accepted if a.function.startswith(module.dotted + ".")]
-    settings = {"mutmut": mutmut, "accepted": mine, "threshold": threshold,
-                "functions": module.functions, "versions": _versions()}
+    settings = {"mutmut": mutmut, "accepted": [asdict(a) for a in mine], "threshold": threshold,
+                "functions": module.functions, "supplement": module.supplement_targets,
+                "versions": _versions()}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -195,12 +237,30 @@ def _diff(key: str, path: str) -> tuple[str, str]:
     return removed, added
 
 
-def score(module: Module, accepted: list[Accepted],
-          matched: dict[Accepted, list[str]]) -> Score:
-    """The module's score from mutmut's record of each mutant (mutants/<path>.meta)."""
+def accept(result: Score, accepted: list[Accepted], matched: dict[int, list[str]],
+           key: str, function: str, before: str, after: str) -> None:
+    """A survivor: accepted by the first entry for it not yet used, else a survivor (and an
+    entry that already accepted an identical mutant records this one too: it fails the run,
+    since one entry accepts one mutant)."""
+    same = [i for i, a in enumerate(accepted)
+            if a.function == function and (a.before, a.after) == (before, after)]
+    free = next((i for i in same if i not in matched), None)
+    if free is not None:
+        matched[free] = [key]
+        result.accepted += 1
+        return
+    if same:
+        matched[same[-1]].append(key)
+    result.survived.append(f"{key}\n      - {before}\n      + {after}")
+
+
+def score(module: Module, accepted: list[Accepted], matched: dict[int, list[str]]) -> Score:
+    """The module's mutmut score from its record of each mutant (mutants/<path>.meta)."""
+    result = Score()
+    if not (MUTANTS / f"{module.path}.meta").exists():
+        return result  # nothing mutmut mutates (no undecorated function): the supplement's
     meta = json.loads((MUTANTS / f"{module.path}.meta").read_text())
     wanted = module.patterns()
-    result = Score()
     for key, code in sorted(meta["exit_code_by_key"].items()):
         if not any(fnmatch.fnmatchcase(key, p) for p in wanted):
             continue
@@ -211,14 +271,51 @@ def score(module: Module, accepted: list[Accepted],
         if code in KILLED:
             result.killed += 1
             continue
+        if code not in SURVIVED:
+            (result.timeouts if code in TIMEOUTS else result.errors).append(f"{key} (exit {code})")
+            continue
         before, after = _diff(key, module.path)
-        entry = next((a for a in accepted if a.function == _function(key)
-                      and (a.before, a.after) == (before, after)), None)
-        if entry is not None:
-            matched.setdefault(entry, []).append(key)
-            result.accepted += 1
+        accept(result, accepted, matched, key, _function(key), before, after)
+    return result
+
+
+def supplement(module: Module, accepted: list[Accepted], matched: dict[int, list[str]],
+               jobs: int) -> Score:
+    """The supplement's score of a module: what mutmut skips, run against the same tests."""
+    import mutation_supplement as extra
+
+    targets = module.supplement_targets
+    result = Score()
+    if targets == ():
+        return result
+    found = extra.mutants((REPO / module.path).read_text(), targets)
+    if not found:
+        return result
+    mutmut = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]
+    if mutmut["pytest_add_cli_args_test_selection"][-2] != "-m":
+        sys.exit("mutation: [tool.mutmut] pytest_add_cli_args_test_selection ends with -m MARKERS")
+    args = [*module.tests, "-x", "-q", "-p", "no:cacheprovider",
+            *mutmut["pytest_add_cli_args_test_selection"][-2:]]  # the marker expression
+    os.environ["HYPOTHESIS_PROFILE"] = "mutation"
+    (baseline, seconds), = extra.run(REPO, module.dotted, module.path, [None], args, 1, 600.0)
+    if baseline != extra.SURVIVED:
+        sys.exit(f"mutation: {module.path}'s tests fail unmutated ({baseline}): "
+                 f".venv/bin/python -m pytest {' '.join(args)}")
+    outcomes = extra.run(REPO, module.dotted, module.path, [m.source for m in found], args,
+                         jobs, max(30.0, 10 * seconds))
+    for number, (mutant, (outcome, took)) in enumerate(zip(found, outcomes, strict=True), 1):
+        key = f"{module.dotted}.{mutant.target} (supplement {number})"
+        result.total += 1
+        result.seconds += took
+        if outcome == extra.KILLED:
+            result.killed += 1
+        elif outcome == extra.TIMEOUT:
+            result.timeouts.append(f"{key}: {mutant.before} -> {mutant.after}")
+        elif outcome == extra.ERROR:
+            result.errors.append(f"{key}: {mutant.before} -> {mutant.after}")
         else:
-            result.survived.append(f"{key}\n      - {before}\n      + {after}")
+            accept(result, accepted, matched, key, f"{module.dotted}.{mutant.target}",
+                   mutant.before, mutant.after)
     return result
 
 
@@ -261,21 +358,27 @@ def main() -> int:
         chosen = modules
 
     scores: dict[str, Score] = {}
-    matched: dict[Accepted, list[str]] = {}
+    extras: dict[str, Score] = {}
+    matched: dict[int, list[str]] = {}
+    jobs = int(os.environ.get("MUTATION_JOBS") or os.cpu_count() or 2)
     if chosen:
         print(f"mutation: mutmut {_versions()['mutmut']} on "
               f"{', '.join(m.path for m in chosen)} (log: {LOG.relative_to(REPO)})", flush=True)
         run_mutmut(chosen)
         scores = {m.path: score(m, accepted, matched) for m in chosen}
+        print("mutation: the supplement (what mutmut skips) on the same modules", flush=True)
+        import mutation_supplement
+
+        mutation_supplement.preload()
+        extras = {m.path: supplement(m, accepted, matched, jobs) for m in chosen}
 
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     entries = dict(record.get("modules", {}))
     for module in chosen:
-        s = scores[module.path]
+        both = scores[module.path] + extras[module.path]
         entries[module.path] = {
-            "score": round(s.percent, 1), "killed": s.killed, "counted": s.counted,
-            "accepted": s.accepted, "mutants": s.total, "survived": len(s.survived),
-            "test_seconds": round(s.seconds, 1), "measured": now, "commit": _commit(),
+            **both.figures(), "mutmut": scores[module.path].figures(),
+            "supplement": extras[module.path].figures(), "measured": now, "commit": _commit(),
             "fingerprint": fingerprint(module, accepted, threshold),
         }
     entries = {m.path: entries[m.path] for m in modules if m.path in entries}
@@ -287,14 +390,22 @@ def main() -> int:
             continue
         note = "" if module.path in scores else f"  (recorded {entry['commit']})"
         extra = f"; {entry['accepted']} accepted" if entry["accepted"] else ""
+        apart = "".join(f"; {entry.get(k, 0)} {k}" for k in ("timeouts", "errors")
+                        if entry.get(k))
+        parts = "".join(f"  {name} {entry[name]['score']:.1f} % ({entry[name]['killed']}/"
+                        f"{entry[name]['counted']})" for name in ("mutmut", "supplement")
+                        if name in entry and entry[name]["mutants"])
         print(f"mutation score: {entry['score']:5.1f} % ({entry['killed']}/{entry['counted']}"
-              f"{extra})  {module.path}{note}")
-        if module.path in scores and scores[module.path].survived:
-            for line in scores[module.path].survived[:SHOWN]:
-                print(f"    survived: {line}")
-            more = len(scores[module.path].survived) - SHOWN
-            if more > 0:
-                print(f"    ... and {more} more (mutmut results; mutmut show NAME)")
+              f"{extra}{apart})  {module.path}{'  =' + parts if parts else ''}{note}")
+        if module.path in scores:
+            both = scores[module.path] + extras[module.path]
+            for kind, lines in (("survived", both.survived), ("timeout", both.timeouts),
+                                ("error", both.errors)):
+                for line in lines[:SHOWN]:
+                    print(f"    {kind}: {line}")
+                if len(lines) > SHOWN:
+                    print(f"    ... and {len(lines) - SHOWN} more {kind} "
+                          "(mutmut results; mutmut show NAME)")
         if entry["score"] < threshold:
             failed = True
     killed = sum(e["killed"] for e in entries.values())
@@ -303,13 +414,20 @@ def main() -> int:
     print(f"mutation score: {overall:5.1f} % ({killed}/{counted})  all")
 
     ran = {m.dotted for m in chosen}
-    for entry in accepted:
-        if not any(entry.function.startswith(d + ".") for d in ran) or entry in matched:
+    for number, entry in enumerate(accepted):
+        if not any(entry.function.startswith(d + ".") for d in ran):
             continue
-        failed = True
-        print(f"mutation: accepted survivor no longer survives (killed, or the code changed): "
-              f"{entry.function}: {entry.before!r} -> {entry.after!r}; remove or update it in "
-              "scripts/mutation.toml")
+        keys = matched.get(number, [])
+        if len(keys) > 1:
+            failed = True
+            print(f"mutation: accepted entry matches {len(keys)} surviving mutants, and one entry "
+                  f"accepts one: {entry.function}: {entry.before!r} -> {entry.after!r} "
+                  f"({', '.join(keys)}); add an entry for each, with its reason")
+        elif not keys:
+            failed = True
+            print(f"mutation: accepted survivor no longer survives (killed, or the code changed): "
+                  f"{entry.function}: {entry.before!r} -> {entry.after!r}; remove or update it in "
+                  "scripts/mutation.toml")
     under = [p for p, e in entries.items() if e["score"] < threshold]
     if under:
         print(f"mutation: under {threshold:g} %: {', '.join(under)}")

@@ -17,6 +17,9 @@ spends no write token and its 429 does not close the gate for the directory call
 
 ``retry_after`` is the service's one Retry-After rule: the pacing here and the error
 classifier in ``shared.graph.client`` both use it.
+
+The clocks and the sleep are parameters (``time.monotonic``, ``time.time`` and
+``asyncio.sleep`` unless a test passes its own), so the fast tests step time by hand.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import asyncio
 import dataclasses
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -43,10 +46,15 @@ MAX_ATTEMPTS = 6
 MAX_BACKOFF_SECONDS = 60.0
 OWN_LIMIT_PATHS = ("/sendMail",)  # Exchange Online's limits, not the directory's
 
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
-def retry_after(headers: Mapping[str, str] | None, attempt: int) -> float:
-    """Seconds to wait before trying again: Graph's ``Retry-After`` (seconds or an HTTP date)
-    when it sent one, else an exponential back-off (2, 4, 8 ... seconds, at most 60)."""
+
+def retry_after(headers: Mapping[str, str] | None, attempt: int, *,
+                wall: Clock = time.time) -> float:
+    """Seconds to wait before trying again: Graph's ``Retry-After`` (seconds or an HTTP date,
+    against ``wall``) when it sent one, else an exponential back-off (2, 4, 8 ... seconds, at
+    most 60)."""
     value = ""
     if headers is not None:
         value = headers.get("Retry-After") or headers.get("retry-after") or ""
@@ -55,7 +63,7 @@ def retry_after(headers: Mapping[str, str] | None, attempt: int) -> float:
             return max(0.0, float(value))
         except ValueError:
             try:
-                return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+                return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - wall())
             except (TypeError, ValueError):
                 pass  # neither form: back off as if it were missing
     return min(MAX_BACKOFF_SECONDS, 2.0 ** max(attempt, 1))
@@ -64,11 +72,13 @@ def retry_after(headers: Mapping[str, str] | None, attempt: int) -> float:
 class WriteBucket:
     """A token bucket: ``capacity`` writes, refilled evenly over ``window`` seconds."""
 
-    def __init__(self, capacity: int, window: float) -> None:
+    def __init__(self, capacity: int, window: float, *, clock: Clock = time.monotonic,
+                 sleep: Sleep = asyncio.sleep) -> None:
         self.capacity = float(capacity)
         self.rate = capacity / window
         self.tokens = self.capacity
-        self.stamp = time.monotonic()
+        self._clock, self._sleep = clock, sleep
+        self.stamp = clock()
         self.waited = 0.0  # seconds spent waiting for tokens, for benchmarks
         self._lock = asyncio.Lock()
 
@@ -76,7 +86,7 @@ class WriteBucket:
         """Wait until a write may go out, then spend one token."""
         async with self._lock:  # first come, first served
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
                 self.stamp = now
                 if self.tokens >= 1:
@@ -84,7 +94,7 @@ class WriteBucket:
                     return
                 pause = (1 - self.tokens) / self.rate
                 self.waited += pause
-                await asyncio.sleep(pause)
+                await self._sleep(pause)
 
     def drain(self) -> None:
         """Graph said the budget is spent: stop assuming we have tokens left."""
@@ -104,19 +114,22 @@ class Counters:
 class PacingHandler(BaseMiddleware):
     """Kiota middleware: write pacing, a concurrency cap, and Retry-After-honouring retries."""
 
-    def __init__(self, graph: GraphSettings) -> None:
+    def __init__(self, graph: GraphSettings, *, clock: Clock = time.monotonic,
+                 sleep: Sleep = asyncio.sleep, wall: Clock = time.time) -> None:
         super().__init__()
-        self.bucket = WriteBucket(graph.writes_per_window, graph.write_window_seconds)
+        self.bucket = WriteBucket(graph.writes_per_window, graph.write_window_seconds,
+                                  clock=clock, sleep=sleep)
         self.slots = asyncio.Semaphore(graph.concurrency)
         self.gate_until = 0.0
         self.counters = Counters()
+        self._clock, self._sleep, self._wall = clock, sleep, wall
         self._budget = (graph.writes_per_window, graph.write_window_seconds)
-        self._reported = (time.monotonic(), Counters())
+        self._reported = (clock(), Counters())
 
     def _report(self) -> None:
         """``graph_usage`` at most once per write window: this client's traffic since the last
         one (Graph's budget is the tenant's; Application Insights adds up the workers)."""
-        now = time.monotonic()
+        now = self._clock()
         since, last = self._reported
         if now - since < self._budget[1]:
             return
@@ -126,8 +139,8 @@ class PacingHandler(BaseMiddleware):
         self._reported = (now, dataclasses.replace(c))
 
     async def _wait_gate(self) -> None:
-        while (pause := self.gate_until - time.monotonic()) > 0:
-            await asyncio.sleep(pause)
+        while (pause := self.gate_until - self._clock()) > 0:
+            await self._sleep(pause)
 
     async def send(
         self, request: httpx.Request, transport: httpx.AsyncBaseTransport
@@ -161,16 +174,17 @@ class PacingHandler(BaseMiddleware):
             ):
                 self._report()
                 return response
-            pause = retry_after(response.headers if response is not None else None, attempt)
+            pause = retry_after(response.headers if response is not None else None, attempt,
+                                wall=self._wall)
             if response is not None:
                 await response.aclose()
                 if response.status_code == 429:
                     self.counters.throttled += 1
                     if shared:
-                        self.gate_until = max(self.gate_until, time.monotonic() + pause)
+                        self.gate_until = max(self.gate_until, self._clock() + pause)
                         self.bucket.drain()
             self.counters.retried += 1
             log.info("graph_retry", method=request.method, path=request.url.path,
                      status=response.status_code if response is not None else "dropped",
                      wait_seconds=round(pause, 2), attempt=attempt)
-            await asyncio.sleep(pause)
+            await self._sleep(pause)

@@ -77,7 +77,7 @@ def render(
 
 def when(moment: dt.datetime | str | None) -> str:
     """A moment as the mails show it: ``2026-03-02 07:00 UTC``; empty for none."""
-    if moment is None or moment == "":
+    if not moment:
         return ""
     if isinstance(moment, str):
         try:
@@ -92,11 +92,12 @@ def when(moment: dt.datetime | str | None) -> str:
 
 
 def text_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain-text table with aligned columns (for the text alternative)."""
+    """A plain-text table with aligned columns (for the text alternative); every column at
+    least one character wide."""
     cells = [[one_line(str(c), 80) for c in row] for row in rows]
     header = [str(c) for c in columns]
     width = max([len(header)] + [len(r) for r in cells]) if (header or cells) else 0
-    widths = [0] * width
+    widths = [1] * width  # a column with no title and no cells still has its dash
     for row in ([header] if header else []) + cells:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))

@@ -8,12 +8,17 @@ country the licence step would refuse never gets a remote mailbox first.
   the cloud user's ``usageLocation``.
 - The alias, as Exchange derives one (Enable-RemoteMailbox, parameter ``-Alias``, on
   learn.microsoft.com): ``mailNickname`` when it is set; otherwise the left side of the
-  user principal name (``sAMAccountName`` when there is none). An alias may hold letters,
+  user principal name (``sAMAccountName`` when there is none). A UPN with more than one ``@``
+  (AD does not check its syntax; Entra ID takes none) has no left side to take: that is the
+  user's error, not a guess. An alias may hold letters,
   digits and ``! # $ % ' * + - / = ? ^ _ ` { | } ~``; a period only between other valid
   characters; ``&`` is left out because Entra Connect does not sync it. Latin-1 letters are
   written as Exchange's best-fit ASCII does for addresses (``ö`` → ``oe``). What cannot be
   written so is dropped; only when nothing remains is it the user's error.
-- The remote routing address is ``<alias>@<ROUTING_DOMAIN>``.
+- The remote routing address is ``<alias>@<ROUTING_DOMAIN>``. A remote mailbox's
+  ``targetAddress`` counts as its routing address when it is one prefix (``SMTP:``), one
+  colon and an address in the routing domain; a doubled prefix (``SMTP:smtp:anna@...``) is no
+  address, so the derived one is expected.
 """
 
 from __future__ import annotations
@@ -153,7 +158,11 @@ def _alias(user: Attributes) -> tuple[str, bool, str]:
         _, bad = derive_alias(nickname)
         return "", False, (f"the mailNickname '{nickname}' holds characters Exchange refuses "
                            f"in an alias ({bad or 'a leading, trailing or double period'})")
-    source = (user.upn or "").split("@", 1)[0] or user.sam
+    upn = (user.upn or "").strip()
+    if upn.count("@") > 1:
+        return "", True, (f"the userPrincipalName '{upn}' holds more than one '@', so it has no "
+                          "left side to make an alias from")
+    source = upn.partition("@")[0] or user.sam
     alias, bad = derive_alias(source)
     if not alias:
         return "", True, (f"no alias can be made from '{source}': every character of it "
@@ -167,6 +176,6 @@ def expected_routing(target_address: str | None, inputs: Valid,
     ``targetAddress``, which an older alias may have made) when it is in the routing domain,
     else the one the rules derive."""
     current = (target_address or "").split(":", 1)[-1].strip().lower()
-    if current.endswith(f"@{provisioning.routing_domain}"):
+    if ":" not in current and current.endswith(f"@{provisioning.routing_domain}"):
         return current
     return inputs.routing_address

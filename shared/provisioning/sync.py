@@ -45,7 +45,8 @@ log = get_logger(__name__)
 STEP = "sync"
 BUSY = "is busy"  # Connect: "Connector: <tenant>.onmicrosoft.com - AAD is busy."
 # provisionOnDemand's documented rate: 5 requests per 10 seconds.
-ON_DEMAND_REQUESTS, ON_DEMAND_WINDOW = 5, 10.0
+ON_DEMAND_REQUESTS = 5
+ON_DEMAND_WINDOW = 10.0
 FAILED_RETRY = 60.0  # s before a trigger that failed (not busy) is tried again
 
 

@@ -62,6 +62,7 @@ def ok(request: httpx.Request, n: int) -> httpx.Response:
     return httpx.Response(204 if request.method == "PATCH" else 200, json={"value": []})
 
 
+@pytest.mark.slow  # real time: tests/test_graph_pacing_unit.py steps a clock instead
 def test_writes_wait_for_the_write_budget_reads_do_not() -> None:
     """With a budget of 2 writes a second, four PATCHes take a second: the client waits for
     tokens instead of bouncing off 429s; reads spend no token."""
@@ -80,6 +81,7 @@ def test_writes_wait_for_the_write_budget_reads_do_not() -> None:
     assert {f"Bearer {TOKEN}"} == {auth for *_, auth in recorder.seen}
 
 
+@pytest.mark.slow  # real time: tests/test_graph_pacing_unit.py steps a clock instead
 def test_429_waits_retry_after_and_closes_the_gate_for_every_request() -> None:
     """A 429 with Retry-After: 0.4 is retried after 0.4 s, and a read started meanwhile waits
     for the gate too, since Graph's budget is the client's, not the request's."""
@@ -106,6 +108,7 @@ def test_429_waits_retry_after_and_closes_the_gate_for_every_request() -> None:
     assert min(arrivals.values()) >= 0.38
 
 
+@pytest.mark.slow  # real time: tests/test_graph_pacing_unit.py steps a clock instead
 def test_dropped_read_is_retried_dropped_write_is_not() -> None:
     """A connection dropped mid-request is retried for a read; a write whose answer was lost
     is not sent again (it may have been carried out): it is a TransientError for the step."""
@@ -150,6 +153,7 @@ def test_graph_refusals_and_throttling_are_classified_in_one_place() -> None:
     assert "Graph answered 503" in busy.value.reason
 
 
+@pytest.mark.slow  # real time: tests/test_graph_pacing_unit.py steps a clock instead
 def test_send_mail_uses_the_client_but_not_the_directory_write_budget() -> None:
     """sendMail goes through the same pipeline and token; Exchange Online limits it, so it
     spends no directory write token, and its 429 does not hold up the directory calls."""
@@ -178,6 +182,7 @@ def test_send_mail_uses_the_client_but_not_the_directory_write_budget() -> None:
     assert read_at < 0.4
 
 
+@pytest.mark.slow  # real time: tests/test_graph_pacing_unit.py steps a clock instead
 def test_retry_after_is_seconds_or_an_http_date_else_a_growing_backoff() -> None:
     """The one Retry-After rule: seconds, an HTTP date, and without (or with a garbled)
     header 2, 4, 8 ... seconds, at most 60."""
