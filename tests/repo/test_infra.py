@@ -145,6 +145,7 @@ def checkov() -> dict[str, Any]:
     return report[0] if isinstance(report, list) else report
 
 
+@pytest.mark.slow  # a checkov scan or a run of the Graph script: seconds
 def test_checkov_finds_no_failed_check(checkov: dict[str, Any]) -> None:
     """Pins the acceptance criterion: no checkov check fails on infra/ (a failure must be fixed
     or skipped in the Bicep with a written reason)."""
@@ -157,6 +158,7 @@ def test_checkov_finds_no_failed_check(checkov: dict[str, Any]) -> None:
     assert checkov["summary"]["passed"] > 0
 
 
+@pytest.mark.slow  # a checkov scan or a run of the Graph script: seconds
 def test_every_checkov_skip_has_a_reason_and_is_used(checkov: dict[str, Any]) -> None:
     """Pins that each skip in the Bicep carries a real reason and names a check checkov actually
     ran on that resource, so stale or unexplained skips cannot pile up."""
@@ -645,6 +647,7 @@ def test_graph_script_grants_only_the_licensing_permissions_by_default(tmp_path:
     assert expected == granted(calls)
 
 
+@pytest.mark.slow  # a checkov scan or a run of the Graph script: seconds
 def test_graph_script_adds_role_pim_and_mail_permissions_by_flag(tmp_path: Path) -> None:
     """Pins that --pim and --mail-graph add exactly their permissions (PIM mode: the
     eligibility-schedule permission and role management read, never the right to write active
@@ -664,6 +667,7 @@ def test_graph_script_adds_role_pim_and_mail_permissions_by_flag(tmp_path: Path)
         run_script(tmp_path)[1])
 
 
+@pytest.mark.slow  # a checkov scan or a run of the Graph script: seconds
 def test_graph_script_keeps_what_is_held_and_prunes_extras(tmp_path: Path) -> None:
     """Pins idempotence and --prune: a permission already held is not granted again, and a Graph
     permission the features do not need is reported, and deleted only with --prune."""
