@@ -131,19 +131,26 @@ def _depths(svc: flow.Service) -> dict[str, int]:
     return {queue: n for queue in QUEUES if (n := svc.queues.depth(queue))}
 
 
-def _replaced(svc: flow.Service, *, held_until: dt.datetime | None = None) -> WorkItem:
-    """A licence message of a user with no AD account whose ledger row already names a newer
-    message: the real handler drops it as stale, touching nothing but the ledger. With
-    ``held_until``, another worker holds that user's lease until then: the handler sends the
-    message back, delayed until the lease ends (at least 1 s), instead."""
-    newer = WorkItem(user=uuid.uuid4(), step=Step.LICENSE)
+def _replaced(svc: flow.Service, sender: Queues, *, delay: float = 0.0,
+              held_until: dt.datetime | None = None) -> WorkItem:
+    """A licence message, sent by ``sender``, of a user with no AD account whose ledger row
+    already names a newer message: the real handler drops it as stale, touching nothing but
+    the ledger. "Newer" is by the storage service's insertion time, never the body's: the newer
+    message is recorded as stored ten minutes after this one, so that this message, and every
+    copy the handler sends back while a lease lasts (each stored anew, a few seconds later),
+    stays the older one. With ``held_until``, another worker holds that user's lease until
+    then: the handler sends the message back, delayed until the lease ends (at least 1 s),
+    instead."""
+    old = WorkItem(user=uuid.uuid4(), step=Step.LICENSE)
+    inserted = sender.send_item(old, delay=delay)
+    newer = WorkItem(user=old.user, step=Step.LICENSE,
+                     enqueued_at=inserted + dt.timedelta(minutes=10))
     if held_until is None:
         svc.ledger.enqueued(newer)
     else:
         verdict, _ = svc.ledger.claim(newer, held_until - now())
         assert Verdict.CLAIMED is verdict
-    return WorkItem(user=newer.user, step=Step.LICENSE,
-                    enqueued_at=newer.enqueued_at - dt.timedelta(minutes=1))
+    return old
 
 
 @pytest.mark.lab
@@ -156,9 +163,7 @@ def test_run_once_waits_for_a_delayed_message_then_ends_drained(
     for that time; the run does not call itself drained meanwhile (the depth counts it),
     handles it when it shows, and then stops with nothing left on any queue."""
     held_until = now() + dt.timedelta(seconds=4)
-    items = [_replaced(service, held_until=held_until) for _ in range(40)]
-    for item in items:
-        other_worker.send_item(item)
+    items = [_replaced(service, other_worker, held_until=held_until) for _ in range(40)]
     requests_sent.reset()
     began, lease_left = time.monotonic(), (held_until - now()).total_seconds()
     summary = asyncio.run(worker.run_once(service, limit=60))
@@ -217,7 +222,7 @@ def test_waiting_for_delayed_messages_asks_storage_little(
     back empty and that nobody here sent to only every ``RECHECK``; the poison queues are
     received from once, at the start, and their depth asked in the last check only. The
     message, when it shows, is dropped (replaced by a newer one): one delete, no send."""
-    other_worker.send_item(_replaced(service), delay=2)
+    _replaced(service, other_worker, delay=2)
     requests_sent.reset()
     summary = asyncio.run(worker.run_once(service, limit=60))
     assert (True, Counter(skipped=1)) == (summary.drained, +summary.outcomes)
