@@ -100,10 +100,12 @@ class ExchangeSettings(Reached):
 
     model_config = SettingsConfigDict(env_prefix="EXCHANGE_")
 
-    url: str = Field(description="https://exchange.contoso.com/PowerShell")
+    url: str = Field(description="https://exchange.contoso.com/PowerShell (IIS, port 443)")
     user: str
     password: SecretStr
-    auth: Literal["negotiate", "ntlm", "kerberos", "basic"] = "negotiate"
+    # Basic over HTTPS: the /PowerShell virtual directory's Windows authentication needs
+    # Kerberos, which a Linux app through the relay cannot get (docs/premises.md).
+    auth: Literal["negotiate", "ntlm", "kerberos", "basic"] = "basic"
     configuration_name: str = "Microsoft.Exchange"
     timeout_seconds: float = Field(60.0, gt=0)
     sessions: int = Field(
