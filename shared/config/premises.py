@@ -113,7 +113,21 @@ class ExchangeSettings(Reached):
         description="concurrent PowerShell sessions per worker; Exchange's default throttling "
         "policy allows 18 per user",
     )
+    sessions_app_max: int = Field(
+        16, ge=1, le=18,
+        description="most sessions of the whole app: the deployment caps the instances at "
+        "this divided by EXCHANGE_SESSIONS (docs/configuration.md)",
+    )
     _relay_path: ClassVar[str] = "exchange_path"
+
+    @model_validator(mode="after")
+    def _within_app_bound(self) -> ExchangeSettings:
+        if self.sessions > self.sessions_app_max:
+            raise ValueError(
+                f"EXCHANGE_SESSIONS: {self.sessions} sessions per instance exceed "
+                f"EXCHANGE_SESSIONS_APP_MAX ({self.sessions_app_max}), the bound of the whole "
+                "app; lower EXCHANGE_SESSIONS (azd env set EXCHANGE_SESSIONS <n>)")
+        return self
 
     @field_validator("url")
     @classmethod
