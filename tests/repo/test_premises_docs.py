@@ -102,3 +102,10 @@ def test_no_page_names_an_event_the_service_never_emits() -> None:
         if page.name == "operations.md":  # the CLI half of issue 29 owns it
             continue
         assert "error_mail_failed" not in page.read_text(), page
+
+
+def test_the_password_count_follows_the_settings() -> None:
+    """No page counts "three passwords": there are two always, and one more each for SMTP and
+    for SYNC_TRIGGER=connect."""
+    for page in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        assert "three password" not in page.read_text(), page
