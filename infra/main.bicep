@@ -80,8 +80,8 @@ param bridgePrincipalId string = ''
 @description('Exchange server host name as the app resolves it; the certificate on the WinRM/PowerShell endpoint must carry this name.')
 param exchangeHost string
 
-@description('Exchange remote PowerShell port: 5986 for a WinRM HTTPS listener, 443 for the IIS /PowerShell virtual directory.')
-param exchangePort int = 5986
+@description('Exchange remote PowerShell port: the IIS /PowerShell virtual directory answers on 443 (docs/premises.md).')
+param exchangePort int = 443
 
 @description('Path of the Exchange PowerShell endpoint.')
 param exchangePath string = '/PowerShell'
@@ -104,14 +104,30 @@ param adUser string
 @description('Exchange service account (DOMAIN\\name or UPN).')
 param exchangeUser string
 
-@description('Exchange authentication: negotiate, ntlm, kerberos or basic.')
+@description('Exchange authentication: basic (over HTTPS; the /PowerShell virtual directory\'s Windows authentication needs Kerberos, which the app cannot get through the relay: docs/premises.md), negotiate, ntlm or kerberos.')
 @allowed([
   'negotiate'
   'ntlm'
   'kerberos'
   'basic'
 ])
-param exchangeAuth string = 'negotiate'
+param exchangeAuth string = 'basic'
+
+@description('Concurrent Exchange PowerShell sessions per instance (EXCHANGE_SESSIONS).')
+@minValue(1)
+@maxValue(18)
+param exchangeSessions int = 4
+
+@description('Most Exchange PowerShell sessions of the whole app (EXCHANGE_SESSIONS_APP_MAX), under Exchange\'s 18 per account (PowerShellMaxConcurrency) with room for an administrator\'s own shell; Flex\'s instance limit is this divided by exchangeSessions.')
+@minValue(1)
+@maxValue(18)
+param exchangeSessionsAppMax int = 16
+
+@description('Object id of the operators\' Entra group: queue and table data rights on the storage account and Key Vault Secrets User, enough for status, user, retry, plan and pause (docs/permissions.md, "Operators"). Empty for none.')
+param operatorGroupObjectId string = ''
+
+@description('Settings the deployment does not set otherwise ("deployed: no" in docs/configuration.md), as a JSON object of setting name to value: azd env set APP_SETTINGS \'{"SYNC_DEADLINE_HOURS": "48"}\'. Applied last, so it can also override what the parameters set.')
+param appSettingsJson string = ''
 
 @description('Remote routing domain, <tenant>.mail.onmicrosoft.com.')
 param routingDomain string
@@ -165,6 +181,9 @@ param rolesOu string = ''
 
 @description('AD group name to Entra role template id (rolesEnabled).')
 param rolesGroupMap object = {}
+
+@description('Roles the tenant marks privileged that may follow AD anyway (ROLES_PRIVILEGED_OPT_IN), comma-separated display names or template ids.')
+param rolesPrivilegedOptIn string = ''
 
 @description('Comma-separated object ids or UPNs of break-glass accounts the role sync never touches.')
 param rolesBreakGlassIds string = ''
@@ -330,6 +349,7 @@ module keyVault 'modules/keyvault.bicep' = {
     principalId: identity.outputs.principalId
     operatorPrincipalId: principalId
     operatorPrincipalType: principalType
+    operatorGroupObjectId: operatorGroupObjectId
     createMode: keyVaultCreateMode
     allowedSubnetId: vnetSubnet
   }
@@ -349,6 +369,7 @@ module storage 'modules/storage.bicep' = {
     // the subnet rule.
     allowedSubnetId: hosting == 'flex' ? '' : vnetSubnet
     privateEndpointSubnetId: privateEndpointSubnet
+    operatorGroupObjectId: operatorGroupObjectId
   }
 }
 
@@ -428,6 +449,8 @@ var appSettingsService = {
   EXCHANGE_USER: exchangeUser
   EXCHANGE_PASSWORD: '@Microsoft.KeyVault(SecretUri=${secretBase}/exchange-password)'
   EXCHANGE_AUTH: exchangeAuth
+  EXCHANGE_SESSIONS: string(exchangeSessions)
+  EXCHANGE_SESSIONS_APP_MAX: string(exchangeSessionsAppMax)
   ROUTING_DOMAIN: routingDomain
   PROVISION_GROUP: provisionGroup
   LICENSE_GROUP: licenseGroup
@@ -442,6 +465,7 @@ var appSettingsService = {
   ROLES_GROUP_MAP: string(rolesGroupMap)
   ROLES_BREAK_GLASS_IDS: rolesBreakGlassIds
   ROLES_MODE: rolesMode
+  ROLES_PRIVILEGED_OPT_IN: rolesPrivilegedOptIn
   POLL_SCHEDULE: pollSchedule
   RECONCILE_SCHEDULE: reconcileSchedule
   REPORT_SCHEDULE: reportSchedule
@@ -488,7 +512,12 @@ module app 'modules/functionapp.bicep' = {
     alwaysReadyInstances: alwaysReadyInstances
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     identityId: identity.outputs.id
-    appSettings: union(appSettingsHost, appSettingsTelemetry, appSettingsDedicated, appSettingsRelay, appSettingsService, appSettingsSync, appSettingsSmtp, appSettingsCaBundle)
+    appSettings: union(appSettingsHost, appSettingsTelemetry, appSettingsDedicated, appSettingsRelay, appSettingsService, appSettingsSync, appSettingsSmtp, appSettingsCaBundle, json(empty(appSettingsJson) ? '{}' : appSettingsJson))
+    // The app-wide Exchange session bound (docs/configuration.md, EXCHANGE_SESSIONS_APP_MAX):
+    // no more instances than exchangeSessionsAppMax / exchangeSessions, so that instances x
+    // sessions never pass it. Flex: maximumInstanceCount limits the app's instances, whatever
+    // function they run (per-function scaling shares it).
+    maximumInstances: max(1, exchangeSessionsAppMax / exchangeSessions)
     vnetSubnetId: vnetSubnet
   }
 }

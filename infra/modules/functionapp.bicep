@@ -43,7 +43,7 @@ param deploymentContainerUrl string = ''
 @minValue(0)
 param alwaysReadyInstances int = 1
 
-@description('Flex: most instances per function.')
+@description('Flex: most instances of the app (functionAppConfig.scaleAndConcurrency.maximumInstanceCount, "the maximum number of instances for the function app"); main.bicep derives it from the Exchange session bound.')
 @minValue(1)
 param maximumInstances int = 10
 

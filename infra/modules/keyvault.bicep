@@ -13,6 +13,9 @@ param principalId string
 @description('Object id of the operator who sets the passwords (gets Key Vault Secrets Officer); empty for none.')
 param operatorPrincipalId string = ''
 
+@description('Object id of the operators\' Entra group (docs/permissions.md, "Operators"): gets Key Vault Secrets User, so that plan and user can read AD as the service account. Empty for none.')
+param operatorGroupObjectId string = ''
+
 @description('Kind of principal operatorPrincipalId is.')
 @allowed([
   'User'
@@ -87,6 +90,18 @@ resource operatorSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04
     principalId: operatorPrincipalId
     principalType: operatorPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficer)
+  }
+}
+
+// Operators read secrets (plan and user bind to AD as the service account); they never set
+// them: that stays with the deployer's Key Vault Secrets Officer above.
+resource operatorGroupSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorGroupObjectId)) {
+  name: guid(vault.id, operatorGroupObjectId, keyVaultSecretsUser)
+  scope: vault
+  properties: {
+    principalId: operatorGroupObjectId
+    principalType: 'Group'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
   }
 }
 

@@ -16,6 +16,9 @@ param allowedSubnetId string = ''
 @description('Flex Consumption with VNet integration: a subnet (not the delegated integration subnet) for private endpoints of blob, queue and table. Set: public network access is disabled, and the private DNS zones are created and linked to the subnet\'s virtual network.')
 param privateEndpointSubnetId string = ''
 
+@description('Object id of the operators\' Entra group (docs/permissions.md, "Operators"): gets queue and table data rights on this account only, for status, user, retry, plan and pause from a shell. Empty for none.')
+param operatorGroupObjectId string = ''
+
 // The service's queues: one per step, and the -poison queue the Functions host moves a message
 // to after maxDequeueCount failed attempts (host.json).
 var queueNames = [
@@ -156,6 +159,25 @@ resource assignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
+  }
+}]
+
+// The operators' group: the ledger and the pause rows (tables) and the work queues (status reads
+// their depth, retry sends one message), on this account only; no blob (the deployment
+// package), no management-plane role. Built-in roles: learn.microsoft.com,
+// role-based-access-control/built-in-roles/storage.
+var operatorRoles = [
+  storageQueueDataContributor
+  storageTableDataContributor
+]
+
+resource operatorAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in operatorRoles: if (!empty(operatorGroupObjectId)) {
+  name: guid(storage.id, operatorGroupObjectId, role)
+  scope: storage
+  properties: {
+    principalId: operatorGroupObjectId
+    principalType: 'Group'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
   }
 }]

@@ -92,6 +92,8 @@ class Exchange:
         self.accepted_domain = accepted_domain.lower()
         self.routing_domain = routing_domain.lower() if routing_domain else None
         self.server_name = server_name
+        # The lab knob already_enabled_text: another wording of the same refusal.
+        self.already_enabled_text: str | None = None
         # Exchange serialises writes to one object; so do we, across sessions.
         self._write_lock = threading.Lock()
         self.cmdlets = {
@@ -216,7 +218,8 @@ class Exchange:
             user = self._resolve(identity, "(objectCategory=person)(objectClass=user)")
             if user.first("msExchRecipientTypeDetails") not in (None, "", 0, "0"):
                 raise CmdletError(
-                    f"The user \"{_canonical(user.dn)}\" is already mail-enabled.",
+                    self.already_enabled_text
+                    or f"The user \"{_canonical(user.dn)}\" is already mail-enabled.",
                     "Microsoft.Exchange.Management.Tasks.RecipientTaskException",
                     "InvalidArgument",
                     "RecipientTaskException",

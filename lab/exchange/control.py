@@ -10,6 +10,9 @@ through ``configure(lab, ...)``, which POSTs to ``/lab/knobs`` with a lab-only t
                            runspace pools for one user are refused at Create
     idle_timeout_seconds   pools idle this long are dropped, as IIS/WinRM do (a shorter
                            IdleTimeOut the client asks for in Create applies instead)
+    already_enabled_text   the text Enable-RemoteMailbox gives a recipient already (same
+                           RecipientTaskException, other words: another release or language);
+                           null keeps Exchange's English "is already mail-enabled"
     faults                 [{"kind": "http500"|"drop"|"slow", "action": "Command"|...|"any",
                              "count": 1, "skip": 0, "seconds": 5, "when": "before"|"after"}]
                            injected into the next matching WS-Management requests, after
@@ -32,6 +35,7 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "open_latency_ms": 0,
     "max_sessions_per_user": 18,
     "idle_timeout_seconds": 900,
+    "already_enabled_text": None,
     "faults": [],
 }
 

@@ -49,6 +49,7 @@ class Endpoint:
         self.lock = threading.Lock()
         self.stats = {"sessions_opened": 0, "cmdlets_run": 0, "auth_failures": 0}
         self.machine = config.get("server_name", "EX01")
+        exchange.already_enabled_text = self.knobs.get("already_enabled_text")
 
     # -- knobs --------------------------------------------------------------------------
     def set_knobs(self, changes: dict[str, Any]) -> None:
@@ -61,6 +62,7 @@ class Endpoint:
                     self.knobs[key] = value
             if changes.get("close_sessions"):
                 self.sessions.clear()
+            self.exchange.already_enabled_text = self.knobs.get("already_enabled_text")
 
     def report(self) -> dict[str, Any]:
         with self.lock:

@@ -75,10 +75,7 @@ def exchange(settings: Settings, secrets: SecretProvider) -> str:
             found = client.get_remote_mailbox(nobody)
         except PermanentError as exc:
             if "HTTP 401" in exc.reason:
-                raise Failed(
-                    f"authentication refused: {exc.reason}",
-                    f"{exc.fix}; and that the /PowerShell virtual directory accepts "
-                    f"EXCHANGE_AUTH={s.auth} (docs/deployment.md)") from None
+                raise Failed(f"authentication refused: {exc.reason}", exc.fix) from None
             raise
     if found is not None:
         raise Failed(f"a remote mailbox '{nobody}' was found, a name no recipient should have",

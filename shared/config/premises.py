@@ -100,10 +100,12 @@ class ExchangeSettings(Reached):
 
     model_config = SettingsConfigDict(env_prefix="EXCHANGE_")
 
-    url: str = Field(description="https://exchange.contoso.com/PowerShell")
+    url: str = Field(description="https://exchange.contoso.com/PowerShell (IIS, port 443)")
     user: str
     password: SecretStr
-    auth: Literal["negotiate", "ntlm", "kerberos", "basic"] = "negotiate"
+    # Basic over HTTPS: the /PowerShell virtual directory's Windows authentication needs
+    # Kerberos, which a Linux app through the relay cannot get (docs/premises.md).
+    auth: Literal["negotiate", "ntlm", "kerberos", "basic"] = "basic"
     configuration_name: str = "Microsoft.Exchange"
     timeout_seconds: float = Field(60.0, gt=0)
     sessions: int = Field(
@@ -111,7 +113,21 @@ class ExchangeSettings(Reached):
         description="concurrent PowerShell sessions per worker; Exchange's default throttling "
         "policy allows 18 per user",
     )
+    sessions_app_max: int = Field(
+        16, ge=1, le=18,
+        description="most sessions of the whole app: the deployment caps the instances at "
+        "this divided by EXCHANGE_SESSIONS (docs/configuration.md)",
+    )
     _relay_path: ClassVar[str] = "exchange_path"
+
+    @model_validator(mode="after")
+    def _within_app_bound(self) -> ExchangeSettings:
+        if self.sessions > self.sessions_app_max:
+            raise ValueError(
+                f"EXCHANGE_SESSIONS: {self.sessions} sessions per instance exceed "
+                f"EXCHANGE_SESSIONS_APP_MAX ({self.sessions_app_max}), the bound of the whole "
+                "app; lower EXCHANGE_SESSIONS (azd env set EXCHANGE_SESSIONS <n>)")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -66,13 +66,29 @@ _PERMANENT_REASONS = {
 _TRANSIENT_CATEGORIES = {15, 19, 21, 27, 29, 30}  # timeout, busy, unavailable, connection, limits
 _THROTTLE_RETRY_SECONDS = 60.0
 # Exchange's answer to Enable-RemoteMailbox for a user that is a recipient already (mailbox,
-# mail user or remote mailbox): "The user "<canonical name>" is already mail-enabled."
+# mail user or remote mailbox): "The user "<canonical name>" is already mail-enabled." The text
+# is the lab's reading of public material and varies with the release and the language, so it
+# only says which fix to give when the look finds no remote mailbox; the decision to look rests
+# on the reason alone (_MAYBE_RECIPIENT_ALREADY).
 _ALREADY_MAIL_ENABLED = "is already mail-enabled"
+# Reasons a refused Enable-RemoteMailbox may mean "this user is a recipient already" (a re-run
+# after a crash): RecipientTaskException is the family Exchange's recipient tasks throw, the two
+# others what a second write of the same addresses runs into. Whatever the text, the caller looks
+# with Get-RemoteMailbox before deciding.
+_MAYBE_RECIPIENT_ALREADY = frozenset({
+    "RecipientTaskException", "ADObjectAlreadyExistsException", "ProxyAddressExistsException",
+})
 
 
 class AlreadyMailEnabled(PermanentError):
-    """Exchange refused Enable-RemoteMailbox because the user is a recipient already: the
-    caller looks (``Get-RemoteMailbox``) before it decides whether that is done or wrong."""
+    """Exchange refused Enable-RemoteMailbox with an answer that may mean the user is a
+    recipient already (``_MAYBE_RECIPIENT_ALREADY``, whatever the text): the caller looks
+    (``Get-RemoteMailbox``) before it decides whether that is done or wrong. ``said_so`` is
+    true when Exchange's text says "already mail-enabled" in so many words."""
+
+    def __init__(self, reason: str, *, step: str, fix: str, said_so: bool) -> None:
+        super().__init__(reason, step=step, fix=fix)
+        self.said_so = said_so
 
 
 def record_error(cmdlet: str, identity: str, errors: Sequence[Any]) -> ProvisioningError:
@@ -86,8 +102,9 @@ def record_error(cmdlet: str, identity: str, errors: Sequence[Any]) -> Provision
     reason = record_reason(record)
     message = redact(str(record))
     text = f"Exchange refused {cmdlet} for '{identity}': {message}"
-    if reason == "RecipientTaskException" and _ALREADY_MAIL_ENABLED in message:
-        return AlreadyMailEnabled(text, step=STEP, fix=_PERMANENT_REASONS[reason])
+    if cmdlet == "Enable-RemoteMailbox" and reason in _MAYBE_RECIPIENT_ALREADY:
+        return AlreadyMailEnabled(text, step=STEP, fix=_PERMANENT_REASONS[reason],
+                                  said_so=_ALREADY_MAIL_ENABLED in message)
     if reason in _PERMANENT_REASONS:
         return PermanentError(text, step=STEP, fix=_PERMANENT_REASONS[reason])
     category = getattr(record, "category", None)
@@ -111,6 +128,26 @@ def record_reason(record: Any) -> str:
     return str(reason)
 
 
+def authentication_fix(settings: ExchangeSettings) -> str:
+    """What to check after an HTTP 401: the account, its password, and that the endpoint
+    accepts the authentication the service sends (docs/premises.md)."""
+    exchange = settings.configuration_name == "Microsoft.Exchange"
+    setting = "EXCHANGE_USER" if exchange else "CONNECT_USER"
+    if exchange:
+        # Exchange's /PowerShell virtual directory in IIS: Basic and Windows authentication
+        # are its two switches (Set-PowerShellVirtualDirectory -BasicAuthentication /
+        # -WindowsAuthentication); Windows authentication needs Kerberos, which an app
+        # through the relay cannot get, so the service uses basic over HTTPS.
+        endpoint = (f"that the /PowerShell virtual directory accepts EXCHANGE_AUTH="
+                    f"{settings.auth} (for basic: Set-PowerShellVirtualDirectory "
+                    f"-BasicAuthentication $true; docs/premises.md)")
+    else:
+        endpoint = (f"that the server's WinRM HTTPS listener accepts {settings.auth} "
+                    f"(docs/premises.md)")
+    return (f"check {setting} ({settings.user}) and its password secret in Key Vault, that "
+            f"the account is not locked out, and {endpoint}")
+
+
 def transport_error(exc: Exception, cmdlet: str, settings: ExchangeSettings) -> (
         ProvisioningError):
     """The error a failure of the transport (HTTP, TLS, WS-Management) means."""
@@ -119,8 +156,7 @@ def transport_error(exc: Exception, cmdlet: str, settings: ExchangeSettings) -> 
         return PermanentError(
             f"{where} refused the credentials of {settings.user} (HTTP 401, {settings.auth})",
             step=STEP,
-            fix="check EXCHANGE_USER and the Exchange password secret in Key Vault, and that "
-                "the account is not locked out",
+            fix=authentication_fix(settings),
         )
     if isinstance(exc, requests.exceptions.SSLError) and certificate_refused(exc):
         return PermanentError(

@@ -1,6 +1,7 @@
 """The mailbox step: a new user in ``O365_Provision`` becomes a remote mailbox on the
-on-premises Exchange server, as ``Enable-RemoteMailbox <sam> -RemoteRoutingAddress
-<sam>@<ROUTING_DOMAIN>`` makes it, then moves from ``O365_Provision`` to ``O365_License``.
+on-premises Exchange server, as ``Enable-RemoteMailbox <objectGUID> -Alias <alias>
+-RemoteRoutingAddress <alias>@<ROUTING_DOMAIN>`` makes it (the alias: mailNickname, else the
+UPN's prefix; not the sAMAccountName), then moves from ``O365_Provision`` to ``O365_License``.
 
 The order of things, each safe to repeat:
 
@@ -13,9 +14,11 @@ The order of things, each safe to repeat:
    the wording the old script mailed, and the user stays where it is;
 3. the routing address must be free (nobody else in AD holds it), then ``Enable-RemoteMailbox
    -Alias <alias> -RemoteRoutingAddress <alias>@<ROUTING_DOMAIN>``: one cmdlet for a new user.
-   Exchange's "already mail-enabled" answer means look: ``Get-RemoteMailbox`` showing a
-   remote mailbox routed into the routing domain is done already; routed elsewhere, or no
-   remote mailbox at all (a mailbox or mail user), is a PermanentError. The audit's
+   Any refusal that may mean "a recipient already" (``RecipientTaskException`` and its kin,
+   whatever Exchange's text) means look: ``Get-RemoteMailbox`` showing a remote mailbox
+   routed into the routing domain is done already; routed elsewhere, or no remote mailbox at
+   all (a mailbox or mail user, or Exchange's refusal was about something else), is a
+   PermanentError. The audit's
    attribute changes come from what the cmdlet returned, not from a second read of AD;
 4. add the user to ``O365_License``, then remove it from ``O365_Provision`` -- in that order,
    so a crash between the two leaves the user in a group the reconcile timer reads.
@@ -147,22 +150,31 @@ class MailboxStep:
                 fix=f"give the user a free alias in mailNickname (now '{inputs.alias}'), or free "
                 "the address on the other object",
             )
-        # Enable first: one cmdlet for a new user, the common case. A user who is a recipient
-        # already gets Exchange's "already mail-enabled" answer, and only then do we look.
+        # Enable first: one cmdlet for a new user, the common case. Any refusal that may mean
+        # "a recipient already" (RecipientTaskException and its kin, whatever the text) makes
+        # us look before deciding, so a re-run after a crash never fails a user whose mailbox
+        # is already right.
         try:
             mailbox = self._exchange.enable_remote_mailbox(identity, routing, alias=inputs.alias)
-        except AlreadyMailEnabled:
-            self._check_existing(user, identity, routing)
+        except AlreadyMailEnabled as refused:
+            self._check_existing(user, identity, routing, refused)
+            log.info("mailbox_refusal_was_already_done", user=user.sam, step=STEP,
+                     said_so=refused.said_so)
             return []
         derived = [Change("alias (derived)", None, inputs.alias)] if inputs.alias_derived else []
         return [Change("remote mailbox", None, routing), *derived, *_diff(user, _as_user(user,
                                                                                     mailbox))]
 
-    def _check_existing(self, user: DirectoryUser, identity: str, routing: str) -> None:
-        """The user is a recipient already: done when it is a remote mailbox of this tenant,
-        a PermanentError otherwise (a mailbox, a mail user, or routed elsewhere)."""
+    def _check_existing(self, user: DirectoryUser, identity: str, routing: str,
+                        refused: AlreadyMailEnabled) -> None:
+        """Exchange refused Enable-RemoteMailbox in a way that may mean the user is a recipient
+        already: done when it is a remote mailbox of this tenant; otherwise Exchange's own
+        refusal when its text did not say "already mail-enabled", or a PermanentError saying
+        what the user is (a mailbox, a mail user, or routed elsewhere)."""
         existing = self._exchange.get_remote_mailbox(identity)
         domain = self._provisioning.routing_domain
+        if existing is None and not refused.said_so:
+            raise refused.at(user=user.sam, step=STEP)
         if existing is None:
             raise PermanentError(
                 "the user is already mail-enabled, but not as a remote mailbox",

@@ -340,7 +340,7 @@ def test_relay_uses_entra_roles_with_the_sender_role_on_each_hybrid_connection()
         assert f"guid(connections[i].id, {principal}, {role})" in text, resource
         assert body["properties"]["principalType"] == "ServicePrincipal"
     main = (INFRA / "main.bicep").read_text()
-    assert "exchangePort int = 5986" in main and "ldapsPort int = 636" in main
+    assert "exchangePort int = 443" in main and "ldapsPort int = 636" in main
     assert "senderPrincipalId: identity.outputs.principalId" in main
 
 

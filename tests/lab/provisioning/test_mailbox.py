@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from ldap3 import BASE, MODIFY_ADD, Connection
+from ldap3 import BASE, MODIFY_ADD, MODIFY_REPLACE, Connection
 from structlog.testing import capture_logs
 
 from lab import exchange as lab_exchange
@@ -164,6 +164,35 @@ def test_a_new_user_costs_one_cmdlet_and_a_provisioned_one_two(step, new_user, a
     again = step.run(user.guid, correlation_id="c-2")
     second = lab_exchange.status(lab)["stats"]["cmdlets_run"] - start - first
     assert (1, 2, "done") == (first, second, again.outcome)
+
+
+def test_a_refusal_in_other_words_is_looked_at_before_deciding(step, new_user, ad_admin, lab,
+                                                               knobs):
+    """Exchange refusing a re-run's Enable-RemoteMailbox with the same RecipientTaskException in
+    other words (another release or language) still makes the step look with Get-RemoteMailbox:
+    a user whose remote mailbox is right is done, never failed; a user who is a mail user
+    instead gets Exchange's own refusal, permanent, with its text."""
+    user = new_user()
+    step.run(user.guid, correlation_id="c-1")
+    group = f"CN=O365_Provision,{lab.settings['LAB_AD_GROUPS_OU']}"
+    assert ad_admin.modify(group, {"member": [(MODIFY_ADD, [user.dn])]}), ad_admin.result
+    other_words = "Der Benutzer ist bereits E-Mail-aktiviert."
+    knobs(already_enabled_text=other_words)
+    start = lab_exchange.status(lab)["stats"]["cmdlets_run"]
+
+    with capture_logs() as events:
+        again = step.run(user.guid, correlation_id="c-2")
+    cmdlets = lab_exchange.status(lab)["stats"]["cmdlets_run"] - start
+
+    mail_user = new_user()
+    assert ad_admin.modify(mail_user.dn, {
+        "msExchRecipientTypeDetails": [(MODIFY_REPLACE, ["128"])]}), ad_admin.result
+    with pytest.raises(PermanentError) as refused:
+        step.run(mail_user.guid, correlation_id="c-3")
+
+    looked = [e for e in events if e["event"] == "mailbox_refusal_was_already_done"]
+    assert ("done", 2, [False]) == (again.outcome, cmdlets, [e["said_so"] for e in looked])
+    assert (other_words in refused.value.reason, mail_user.sam) == (True, refused.value.user)
 
 
 @pytest.mark.parametrize(("attributes", "reason"), [

@@ -61,22 +61,39 @@ def test_records_the_caller_must_fix_are_permanent_with_their_fix(reason: str, f
     """Each of the nine reasons a person must fix is permanent, whatever its category, and
     carries its own fix; the message is Exchange's, quoted."""
     error = record_error("Enable-RemoteMailbox", "anna", [Record("no way", reason, category=21)])
-    assert ("PermanentError", "Exchange refused Enable-RemoteMailbox for 'anna': no way") == (
-        type(error).__name__, error.reason)
+    assert (True, "Exchange refused Enable-RemoteMailbox for 'anna': no way") == (
+        isinstance(error, PermanentError), error.reason)
     assert error.fix.startswith(fix)
 
 
 def test_already_mail_enabled_is_told_apart_for_the_caller_to_look() -> None:
     """RecipientTaskException saying "is already mail-enabled" is AlreadyMailEnabled (a
-    PermanentError the mailbox step checks with Get-RemoteMailbox)."""
+    PermanentError the mailbox step checks with Get-RemoteMailbox), and says so."""
     error = record_error("Enable-RemoteMailbox", "anna", [
         Record('The user "contoso.com/Users/anna" is already mail-enabled.',
                "RecipientTaskException")])
     other = record_error("Enable-RemoteMailbox", "anna", [
         Record("is already mail-enabled", "ManagementObjectNotFoundException")])
-    assert (True, True, False) == (isinstance(error, AlreadyMailEnabled),
-                                   isinstance(error, PermanentError),
-                                   isinstance(other, AlreadyMailEnabled))
+    assert (True, True, True, False) == (isinstance(error, AlreadyMailEnabled),
+                                         isinstance(error, PermanentError),
+                                         isinstance(error, AlreadyMailEnabled) and error.said_so,
+                                         isinstance(other, AlreadyMailEnabled))
+
+
+@pytest.mark.parametrize("reason", [
+    "RecipientTaskException", "ADObjectAlreadyExistsException", "ProxyAddressExistsException",
+])
+def test_a_refusal_that_may_mean_a_recipient_already_is_looked_at_whatever_its_text(
+        reason: str) -> None:
+    """Any refusal of Enable-RemoteMailbox that may mean "a recipient already" is
+    AlreadyMailEnabled whatever Exchange's wording (another release, another language), so
+    the mailbox step looks before deciding; the text only tells whether Exchange said so."""
+    error = record_error("Enable-RemoteMailbox", "anna", [
+        Record("Der Benutzer ist bereits E-Mail-aktiviert.", reason)])
+    elsewhere = record_error("Set-RemoteMailbox", "anna", [Record("whatever", reason)])
+    assert (True, False, False) == (isinstance(error, AlreadyMailEnabled),
+                                    isinstance(error, AlreadyMailEnabled) and error.said_so,
+                                    isinstance(elsewhere, AlreadyMailEnabled))
 
 
 @pytest.mark.parametrize("category", [15, 19, 21, 27, 29, 30])
@@ -158,7 +175,20 @@ def test_refused_credentials_are_permanent() -> None:
     error = transport_error(AuthenticationError("401"), "Enable-RemoteMailbox", SETTINGS)
     assert ("PermanentError", "mailbox",
             f"{WHERE} refused the credentials of CONTOSO\\svc (HTTP 401, ntlm)") == kind(error)[:3]
-    assert error.fix.startswith("check EXCHANGE_USER and the Exchange password secret")
+    assert ("check EXCHANGE_USER (CONTOSO\\svc) and its password secret in Key Vault, that the "
+            "account is not locked out, and that the /PowerShell virtual directory accepts "
+            "EXCHANGE_AUTH=ntlm (for basic: Set-PowerShellVirtualDirectory "
+            "-BasicAuthentication $true; docs/premises.md)") == error.fix
+
+
+def test_a_refusal_by_the_connect_server_names_its_listener() -> None:
+    """HTTP 401 from the Connect server's constrained endpoint names CONNECT_USER and the
+    WinRM listener, not Exchange's virtual directory."""
+    connect = SETTINGS.model_copy(update={"configuration_name": "ADSyncTrigger"})
+    error = transport_error(AuthenticationError("401"), "Get-Command", connect)
+    assert ("check CONNECT_USER (CONTOSO\\svc) and its password secret in Key Vault, that the "
+            "account is not locked out, and that the server's WinRM HTTPS listener accepts "
+            "ntlm (docs/premises.md)") == error.fix
 
 
 def test_an_untrusted_certificate_is_permanent_a_cut_handshake_transient() -> None:
@@ -278,8 +308,10 @@ def test_every_error_is_the_mailbox_step_s_with_its_reason_and_whole_fix() -> No
          "and reports the user if the error persists"),
         ("mailbox", "Exchange's C for 'anna' returned nothing and no error", RETRIES),
         ("mailbox", f"{WHERE} refused the credentials of CONTOSO\\svc (HTTP 401, ntlm)",
-         "check EXCHANGE_USER and the Exchange password secret in Key Vault, and that the "
-         "account is not locked out"),
+         "check EXCHANGE_USER (CONTOSO\\svc) and its password secret in Key Vault, that the "
+         "account is not locked out, and that the /PowerShell virtual directory accepts "
+         "EXCHANGE_AUTH=ntlm (for basic: Set-PowerShellVirtualDirectory "
+         "-BasicAuthentication $true; docs/premises.md)"),
         ("mailbox", f"the TLS certificate of {WHERE} is not trusted",
          "add the CA that issued Exchange's certificate to CA_BUNDLE, or check EXCHANGE_URL's "
          "host name"),
