@@ -1,7 +1,7 @@
 """``python -m shared.cli``: the service from a command line, with the same settings, queues
 and handlers as the function app. For the lab, and for servers that do not run Functions yet.
 
-    plan                  what the next cycle would do; changes nothing
+    plan [--users]        what the next cycle would do (per user: and why); changes nothing
     run --once            one full cycle through the queues, until drained or --limit passes
     status                users per stage, queue depths, poison counts, licence capacity
     report --preview F    render the next report to a file; sends nothing
@@ -9,12 +9,17 @@ and handlers as the function app. For the lab, and for servers that do not run F
     roles plan            the role plan, with what the guards hold
     roles approve ID      approve a held role plan
     check                 try every dependency as the service uses it; changes nothing
+    user NAME             one user: stage, ledger rows, last error and fix, next retry
+    retry NAME            queue one user's step now, through the same checks
+    pause [--roles|--provisioning|--all]   the kill switch: poll nothing, change nothing
+    resume [--roles|--provisioning|--all]  end the pause
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +34,9 @@ from rich.table import Table
 
 from shared.store.ledger import now
 from shared.store.messages import Step, poison_queue
+from shared.store.pause import Half, halves
 
+from . import cli_views as views
 from . import flow
 from .config import Settings, load_settings
 from .errors import ConfigError, ProvisioningError, SafetyStop
@@ -124,6 +131,9 @@ def run(
     for name, count in sorted(summary.outcomes.items()):
         table.add_row(name, str(count))
     console.print(table)
+    if summary.paused:
+        console.print(f"paused, left alone: {', '.join(summary.paused)} "
+                      "(python -m shared.cli resume to work them)")
     console.print(
         f"enqueued {summary.enqueued}, reported {summary.report.users} users, "
         f"{'drained' if summary.drained else 'NOT drained (limit reached)'} "
@@ -141,11 +151,17 @@ def run(
 
 
 @app.command()
-def plan() -> None:
+def plan(
+    users: Annotated[bool, typer.Option(
+        "--users", help="one line per member of either group: the next action and why")] = False,
+) -> None:
     """Show what the next cycle would do, changing nothing."""
     svc = _service()
+    views.print_pauses(console, svc.pauses.read())
     p = svc.settings.provisioning
     directory = svc.directory()
+    if users:
+        views.print_user_plan(svc, console)
     table = Table("group", "members", "with live work", "would be enqueued", title="next cycle")
     for group, step in ((p.provision_group, Step.MAILBOX), (p.license_group, Step.LICENSE)):
         members = directory.group_members(group)
@@ -162,9 +178,37 @@ def plan() -> None:
 
 
 @app.command()
+def user(name: Annotated[str, typer.Argument(help="sAMAccountName, UPN or objectGUID")]
+         ) -> None:
+    """One user: stage, ledger rows, last error and fix, attempts, next retry; changes
+    nothing."""
+    svc = _service()
+    try:
+        views.show_user(svc, console, name)
+    finally:
+        svc.close()
+
+
+@app.command()
+def retry(name: Annotated[str, typer.Argument(help="sAMAccountName, UPN or objectGUID")]
+          ) -> None:
+    """Queue one user's step now, through the same checks as any message (never around
+    them): a failed user after a fix outside the user object, a waiting one without its
+    back-off. Exits 1 when refused."""
+    svc = _service()
+    try:
+        queued = views.retry_user(svc, console, name)
+    finally:
+        svc.close()
+    if not queued:
+        raise typer.Exit(1)
+
+
+@app.command()
 def status() -> None:
     """Users per stage, queue depths, poison counts, licence capacity."""
     svc = _service()
+    views.print_pauses(console, svc.pauses.read())
     p = svc.settings.provisioning
     directory = svc.directory()
     stages = Table(title="users per stage")
@@ -229,6 +273,45 @@ def redrive(queue: Annotated[str, typer.Argument(help="mailbox, license or roles
     moved, skipped = asyncio.run(flow.redrive(svc, queue))
     console.print(f"re-drove {moved} messages to {queue}; skipped {skipped} that were not ours")
     svc.close()
+
+
+# -- pause, resume ----------------------------------------------------------------------
+
+
+def _halves(roles: bool, provisioning: bool, all_: bool) -> tuple[Half, ...]:
+    return halves(roles=roles and not all_, provisioning=provisioning and not all_)
+
+
+ROLES_FLAG = Annotated[bool, typer.Option("--roles", help="the admin-role sync only")]
+PROVISIONING_FLAG = Annotated[bool, typer.Option(
+    "--provisioning", help="mailbox and licence provisioning only")]
+ALL_FLAG = Annotated[bool, typer.Option("--all", help="both halves (the default)")]
+
+
+@app.command()
+def pause(roles: ROLES_FLAG = False, provisioning: PROVISIONING_FLAG = False,
+          all_: ALL_FLAG = False,
+          reason: Annotated[str, typer.Option(help="why, shown by status")] = "") -> None:
+    """The kill switch: the paused half polls nothing and changes nothing (within 30 s on
+    every instance); its queued messages wait, untouched, until resume."""
+    from .store.pause import PauseStore
+
+    store = PauseStore(state.load().storage)
+    for half in _halves(roles, provisioning, all_):
+        store.pause(half, by=getpass.getuser(), reason=reason)
+    views.print_pauses(console, store.read())
+
+
+@app.command()
+def resume(roles: ROLES_FLAG = False, provisioning: PROVISIONING_FLAG = False,
+           all_: ALL_FLAG = False) -> None:
+    """End a pause: the timers poll again and the waiting messages are worked."""
+    from .store.pause import PauseStore
+
+    store = PauseStore(state.load().storage)
+    for half in _halves(roles, provisioning, all_):
+        store.resume(half)
+    views.print_pauses(console, store.read())
 
 
 # -- check ------------------------------------------------------------------------------

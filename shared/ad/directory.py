@@ -164,6 +164,25 @@ class Directory:
             )
         return found[0]
 
+    def find(self, name: str) -> DirectoryUser:
+        """The user an operator names: an objectGUID, a UPN (with an @) or a sAMAccountName;
+        PermanentError if there is none (or more than one)."""
+        try:
+            return self.user(uuid.UUID(name))
+        except ValueError:
+            pass
+        if "@" not in name:
+            return self.user_by_sam(name)
+        ldap_filter = (f"(&(objectCategory=person)(objectClass=user)"
+                       f"(userPrincipalName={escape_filter_chars(name)}))")
+        found = self._find_users(self._ad.base_dn, SUBTREE, ldap_filter, "read user", name)
+        if len(found) != 1:
+            raise PermanentError(
+                "no such user" if not found else "the name is not unique",
+                user=name, step="read user",
+                fix=f"check the userPrincipalName under {self._ad.base_dn}")
+        return found[0]
+
     # -- groups ----------------------------------------------------------------------------
 
     def _group(self, name: str) -> tuple[str, uuid.UUID]:

@@ -56,6 +56,9 @@ class ProvisioningSettings(Section):
     license_attribute: str = "extensionAttribute1"
     country_attribute: str = "c"
     license_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LICENSE_MAP))
+    # managed: the licence step replaces only the SKUs of LICENSE_MAP and keeps add-ons; all:
+    # the seed script's -RemoveLicenses of every other SKU
+    license_replace: Literal["managed", "all"] = "managed"
     routing_domain: str = Field(description="<tenant>.mail.onmicrosoft.com")
     sync_deadline_hours: float = Field(24.0, gt=0)
     sync_retry_min_seconds: float = Field(60.0, gt=0)

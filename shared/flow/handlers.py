@@ -20,6 +20,7 @@ from shared.errors import ProvisioningError, TransientError
 from shared.log import get_logger
 from shared.store.ledger import LedgerRow, now
 from shared.store.messages import MalformedMessage, WorkItem, decode
+from shared.store.pause import HALF_OF_STEP
 from shared.store.queues import decode_body, excerpt, raw_text
 from shared.store.records import audit_rows, outcome_row
 
@@ -37,6 +38,7 @@ from .transitions import (
     fingerprint,
     on_check,
     on_claim,
+    on_pause,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +82,14 @@ async def handle(svc: Service, queue: str, raw: str | bytes, *,
         await io(svc.queues.to_poison, queue, raw_text(raw))
         log.warning("message_malformed", queue=queue, reason=item.reason, outcome="poison")
         return Handled("poison", detail=item.reason)
+
+    half = HALF_OF_STEP[item.step]
+    paused = on_pause(await io(svc.pauses.paused, half) is not None)
+    if paused is not None:  # as it came, for later: a pause loses no work
+        await io(svc.queues.send_raw, queue, raw_text(raw), delay=paused.delay)
+        log.info("message_paused", user=str(item.user), step=item.step, half=half.value,
+                 correlation_id=item.correlation_id)
+        return Handled("paused", str(item.user), f"{half.value} is paused")
 
     try:
         checked = on_check(await check(svc, item))
@@ -127,6 +137,8 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
     finished = await io(svc.ledger.finish, row, t.state, error=t.error,
                         fingerprint=fingerprint(user) if user else "",
                         retry_at=retry_at,
+                        next_at=(retry_at + dt.timedelta(seconds=t.retry.delay)
+                                 if retry_at is not None and t.retry is not None else None),
                         name=user.sam if user else t.who, wait=t.wait, records=records)
     if not finished and records:
         await io(svc.ledger.write_records, records)

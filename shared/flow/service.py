@@ -21,6 +21,7 @@ from shared.secrets import SecretProvider
 from shared.store.clients import aio_table_service, queue_service, table_service
 from shared.store.cursors import CursorStore
 from shared.store.ledger import Ledger
+from shared.store.pause import PauseStore
 from shared.store.queues import Queues
 from shared.store.records import Audit, Outcomes
 
@@ -67,6 +68,7 @@ class Service:
     outcomes: Outcomes
     cursors: CursorStore
     policy: Policy
+    pauses: PauseStore
     _directory: Directory | None = None
     _mailboxes: Pool[MailboxStep] | None = None
     _mailer: Mailer | None = None
@@ -86,6 +88,7 @@ class Service:
             outcomes=Outcomes(tables),
             cursors=CursorStore(settings.storage),
             policy=Policy.of(settings),
+            pauses=PauseStore(settings.storage),
         )
 
     def directory(self) -> Directory:

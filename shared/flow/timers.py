@@ -12,6 +12,7 @@ from shared.errors import ProvisioningError
 from shared.log import get_logger
 from shared.store.ledger import LedgerRow, State, now
 from shared.store.messages import Step, WorkItem
+from shared.store.pause import Half
 
 from .handlers import enqueue, read_user, send_first
 from .service import io
@@ -42,8 +43,20 @@ async def every_timer(svc: Service) -> tuple[int, int]:
     return enqueued, failed
 
 
+async def paused(svc: Service, half: Half, timer: str) -> bool:
+    """Whether ``half`` is paused (``python -m shared.cli pause``): then the timer does
+    nothing, and says so."""
+    pause = await io(svc.pauses.paused, half)
+    if pause is not None:
+        log.info("timer_paused", timer=timer, half=half.value, since=pause.since,
+                 fix="python -m shared.cli resume when the service should work again")
+    return pause is not None
+
+
 async def poll(svc: Service) -> list[uuid.UUID]:
     """Enqueue users added to the provisioning group since the last poll; returns them."""
+    if await paused(svc, Half.PROVISIONING, "poll"):
+        return []
     group = svc.settings.provisioning.provision_group
     cursor = f"dirsync-{group}"
     cookie = await io(svc.cursors.get, cursor)
@@ -57,6 +70,8 @@ async def poll(svc: Service) -> list[uuid.UUID]:
 
 async def reconcile(svc: Service) -> list[WorkItem]:
     """Re-enqueue members of either group that have no live work item; returns what it sent."""
+    if await paused(svc, Half.PROVISIONING, "reconcile"):
+        return []
     p = svc.settings.provisioning
     sent: list[WorkItem] = []
     polled = await io(svc.ledger.sent_since, now() - svc.policy.grace)
@@ -150,7 +165,7 @@ async def report(svc: Service) -> Report:
 
 async def roles_cycle(svc: Service) -> list[WorkItem]:
     """Plan the role sync, apply the guards, enqueue one message per allowed change."""
-    if not svc.settings.roles.enabled:
+    if not svc.settings.roles.enabled or await paused(svc, Half.ROLES, "roles"):
         return []
     from shared.roles.cycle import run_cycle
 

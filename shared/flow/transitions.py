@@ -152,6 +152,17 @@ def on_claim(verdict: Verdict, row: LedgerRow | None, now: dt.datetime
     return Drop(verdict.value)
 
 
+# How long a message received while its half is paused stays invisible before it is looked
+# at again (s): it is never lost, and is worked within this long of ``resume``.
+PAUSED_RECHECK = 60.0
+
+
+def on_pause(paused: bool) -> Requeue | None:
+    """What to do with a message whose half of the service is paused (``shared.store.pause``):
+    the same message again after ``PAUSED_RECHECK``, untouched: no ledger row, no step."""
+    return Requeue(PAUSED_RECHECK) if paused else None
+
+
 def on_check(stale: str | None) -> Drop | None:
     """What to do after the check made before the claim (a role change still wanted now?):
     a stale message is dropped before it touches the ledger."""

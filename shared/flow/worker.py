@@ -15,6 +15,7 @@ from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
 from shared.store.clients import THREADS
 from shared.store.messages import QUEUES, Step, poison_queue
+from shared.store.pause import HALF_OF_STEP
 from shared.store.queues import Received
 
 from .handlers import handle, log, poisoned
@@ -75,6 +76,7 @@ class Summary:
     report: Report = field(default_factory=lambda: Report(0))
     drained: bool = False
     seconds: float = 0.0
+    paused: tuple[str, ...] = ()  # queues left alone: their half is paused
 
 
 async def run_once(
@@ -99,6 +101,15 @@ async def run_once(
     queue, visible or not."""
     started = time.monotonic()
     summary = Summary()
+    # A paused half's queues are left alone: their messages wait for ``resume``.
+    paused = await io(svc.pauses.read)
+    summary.paused = tuple(QUEUES[step] for step, half in HALF_OF_STEP.items() if half in paused)
+    active = tuple(queue for queue in WORK_QUEUES if queue not in summary.paused)
+    if not active:
+        summary.drained = True
+        summary.seconds = time.monotonic() - started
+        await svc.aclose()
+        return summary
     enqueued, failed = await every_timer(svc)
     summary.enqueued += enqueued
     summary.outcomes["timer-failed"] += failed
@@ -108,15 +119,15 @@ async def run_once(
     # keep a connection for each of them.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(THREADS, "worker"))
     lease = int(svc.settings.service.lease_seconds)
-    slots = dict.fromkeys(WORK_QUEUES, svc.settings.graph.concurrency)
+    slots = dict.fromkeys(active, svc.settings.graph.concurrency)
     slots[QUEUES[Step.MAILBOX]] = 2 * svc.settings.exchange.sessions
-    running: dict[str, set[asyncio.Task[None]]] = {queue: set() for queue in WORK_QUEUES}
-    waiting: dict[str, list[Received]] = {queue: [] for queue in WORK_QUEUES}
-    asking = {queue: Asking() for queue in WORK_QUEUES}
+    running: dict[str, set[asyncio.Task[None]]] = {queue: set() for queue in active}
+    waiting: dict[str, list[Received]] = {queue: [] for queue in active}
+    asking = {queue: Asking() for queue in active}
     # Depth checks, queue by queue until one holds messages: the one that did last time first.
-    order = [*WORK_QUEUES, *map(poison_queue, WORK_QUEUES)]
+    order = [*active, *map(poison_queue, active)]
     # Work queues whose poison twin to look at: all at the start, then where a handler parked.
-    parked = set(WORK_QUEUES)
+    parked = set(active)
     next_poison = next_depth = 0.0
     idle = IDLE_POLL  # between depth checks while nothing runs, doubling up to RECHECK
 
@@ -155,14 +166,14 @@ async def run_once(
     while time.monotonic() - started < limit:
         moved = 0  # messages received or parked in this round
         if time.monotonic() >= next_poison:
-            parked.update(WORK_QUEUES)
+            parked.update(active)
             next_poison = time.monotonic() + POISON_POLL
         if parked:
             # First, so that a parked message's failure is on record before new work starts.
-            due = [queue for queue in WORK_QUEUES if queue in parked]
+            due = [queue for queue in active if queue in parked]
             parked.difference_update(due)  # a handler may park another meanwhile
             moved += await _poisoned(svc, lease, due)
-        for queue in WORK_QUEUES:
+        for queue in active:
             # One receive of up to 32 serves several rounds (they stay invisible for the
             # lease); refill when it is used up and half the slots are free.
             asked = time.monotonic()
@@ -193,10 +204,10 @@ async def run_once(
             order.insert(0, order.pop(order.index(left)))
             if left in asking:
                 asking[left].expected = True
-            parked.update(q for q in WORK_QUEUES if left == poison_queue(q))
+            parked.update(q for q in active if left == poison_queue(q))
             next_depth, idle = time.monotonic() + idle, min(RECHECK, idle * 2)
         if not parked:  # wait for the first queue that is due to be asked again
-            wake = min(asking[q].when(visible(q)) for q in WORK_QUEUES)
+            wake = min(asking[q].when(visible(q)) for q in active)
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
     for leftover in set().union(*running.values()):  # past the limit: let started work finish
         await leftover

@@ -16,7 +16,8 @@ Order of decisions (each stops the plan when it applies):
 5. **capacity**: the user lacks the SKU and it has no free unit → ``ReportShortage`` (no
    Graph call; the user stays in ``O365_License``; one notice per SKU per day);
 6. ``SetUsageLocation`` only when it differs; one ``AssignLicense`` adding the SKU and removing
-   every other one (none when the user already has exactly that SKU); ``RemoveFromGroup``.
+   the other SKUs ``LICENSE_REPLACE`` lets it replace (``managed``: those of ``LICENSE_MAP``,
+   add-ons stay; ``all``: every other one), none when nothing changes; ``RemoveFromGroup``.
 
 Not synced yet (no cloud user), waiting for the routing address and no free unit are
 ``NotYet`` results (``Wait.SYNC``, ``Wait.ROUTING``, ``Wait.SHORTAGE``): the flow's one back-off
@@ -143,11 +144,22 @@ def plan(
     actions: list[Action] = []
     if usage_location != country:
         actions.append(SetUsageLocation(usage_location, country))
-    others = tuple(sorted(current_skus - {sku.sku_id}))
+    others = tuple(sorted(replaced(current_skus, skus, provisioning) - {sku.sku_id}))
     if not has_it or others:
         actions.append(AssignLicense(() if has_it else (sku.sku_id,), others))
     actions.append(RemoveFromGroup(provisioning.license_group))
     return actions
+
+
+def replaced(current_skus: frozenset[uuid.UUID], skus: Mapping[str, SkuFacts],
+             provisioning: ProvisioningSettings) -> frozenset[uuid.UUID]:
+    """The user's SKUs the licence step may replace (``LICENSE_REPLACE``): every one for
+    ``all``, as the seed script did; for ``managed`` only those ``LICENSE_MAP`` names, so
+    add-ons (Teams Phone, Power BI, Visio) stay."""
+    if provisioning.license_replace == "all":
+        return current_skus
+    managed = {skus[part].sku_id for part in provisioning.license_map.values() if part in skus}
+    return current_skus & managed
 
 
 # -- shortage notices ------------------------------------------------------------------------
@@ -308,7 +320,10 @@ class LicenseStep:
         subscribed = {s.part_number: s
                       for s in await self.graph.subscribed_skus(max_age=SKU_MAX_AGE)}
         mapped = subscribed.get(inputs.sku)
-        if cloud is None or mapped is None or cloud.sku_ids != {mapped.sku_id}:
+        if cloud is None or mapped is None:
+            return stale
+        facts = {part: SkuFacts.of(s) for part, s in subscribed.items()}
+        if replaced(cloud.sku_ids, facts, self.provisioning) != {mapped.sku_id}:
             return stale
         return Done(who, report=_report(ad, who, inputs, "already-licensed"))
 

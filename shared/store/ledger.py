@@ -85,6 +85,7 @@ class LedgerRow:
     etag: str | None = None
     name: str = ""  # sAMAccountName or UPN, as the step last named the user (for the digest)
     wait: str = ""  # WAITING: what for (a ``shared.results.Wait``); FAILED: "blocked" or ""
+    next_at: dt.datetime | None = None  # WAITING: when the delayed retry becomes visible
     # set by ``Ledger.claim``: the row as it was before the claim (None: the claim created it),
     # so that ``Ledger.unclaim`` can put it back exactly
     prior: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -113,6 +114,7 @@ class LedgerRow:
             etag=meta.get("etag"),
             name=str(entity.get("name", "")),
             wait=str(entity.get("wait", "")),
+            next_at=_time(entity.get("next_at")),
         )
 
     def to_entity(self) -> dict[str, Any]:
@@ -130,6 +132,7 @@ class LedgerRow:
             "fingerprint": self.fingerprint,
             "name": self.name,
             "wait": self.wait,
+            "next_at": _iso(self.next_at),
         }
 
     @property
@@ -288,6 +291,7 @@ class Ledger:
         retry_at: dt.datetime | None = None,
         name: str = "",
         wait: str = "",
+        next_at: dt.datetime | None = None,
         records: Sequence[dict[str, Any]] = (),
     ) -> bool:
         """Release the lease with the step's result, and write the step's ``records`` (rows in
@@ -304,6 +308,7 @@ class Ledger:
         row.lease_until = None
         row.last_error = error
         row.wait = wait
+        row.next_at = next_at
         if name:
             row.name = name
         if fingerprint:

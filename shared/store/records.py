@@ -106,6 +106,13 @@ class Outcomes:
             mode=UpdateMode.MERGE,
         )
 
+    def of_user(self, user: str, kind: str) -> list[dict[str, Any]]:
+        """The step outcomes of ``kind`` in ``user``'s partition, oldest first."""
+        prefix = f"{OUTCOME_KEY}{kind}|"
+        return [dict(e) for e in self._ledger.query_entities(
+            "PartitionKey eq @user and RowKey gt @low and RowKey lt @high",
+            parameters={"user": user, "low": prefix, "high": prefix + _END})]
+
     def since(self, kind: str, after: str) -> list[dict[str, Any]]:
         """Rows of ``kind`` recorded after ``after`` (a RowKey these rows return; "" for all),
         oldest first. Step outcomes come back with the ``outcomes`` table's keys: PartitionKey

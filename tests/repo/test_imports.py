@@ -28,7 +28,8 @@ TOP: dict[str, set[str]] = {
     "secrets": {"errors", "log", "config", "identity"},
     "telemetry": {"log", "store"},
     "results": {"store"},
-    "cli": {"errors", "log", "config", "store", "mail", "roles", "flow", "check"},
+    "cli": {"errors", "log", "config", "store", "mail", "roles", "flow", "check", "cli_views"},
+    "cli_views": {"errors", "ad", "store", "provisioning", "flow"},
 }
 
 

@@ -50,10 +50,28 @@ def test_new_user_gets_location_licence_and_leaves_group():
 
 
 def test_existing_licence_is_replaced_in_one_call():
-    """Whatever the user had is removed in the same assignLicense that adds the new SKU."""
-    actions = run(current_skus=frozenset({EXO2, OTHER}), usage_location="DE")
+    """With LICENSE_REPLACE=all, whatever the user had is removed in the same assignLicense
+    that adds the new SKU (the seed script's -RemoveLicenses)."""
+    every = ProvisioningSettings(routing_domain="contoso.mail.onmicrosoft.com",
+                                 license_replace="all")
+    actions = run(current_skus=frozenset({EXO2, OTHER}), usage_location="DE",
+                  provisioning=every)
     assert [AssignLicense((E3,), tuple(sorted({EXO2, OTHER}))),
             RemoveFromGroup("O365_License")] == actions
+
+
+def test_managed_replaces_only_mapped_skus_and_keeps_add_ons():
+    """The default LICENSE_REPLACE=managed removes the other LICENSE_MAP SKU and keeps an
+    add-on (a SKU no entry of LICENSE_MAP names)."""
+    assert "managed" == PROV.license_replace
+    actions = run(current_skus=frozenset({EXO2, OTHER}), usage_location="DE")
+    assert [AssignLicense((E3,), (EXO2,)), RemoveFromGroup("O365_License")] == actions
+
+
+def test_managed_with_only_an_add_on_adds_and_removes_nothing():
+    """A user holding the right SKU and an add-on needs no assignLicense under managed."""
+    actions = run(current_skus=frozenset({E3, OTHER}), usage_location="DE")
+    assert [RemoveFromGroup("O365_License")] == actions
 
 
 def test_correct_usage_location_is_not_patched():
@@ -140,10 +158,10 @@ def test_sku_missing_from_tenant_says_what_to_buy_or_remap():
 
 
 def test_a_user_with_the_sku_and_others_loses_only_the_others():
-    """A user who holds the SKU already and another one: one assignLicense that adds nothing
-    and removes the other."""
-    actions = run(current_skus=frozenset({E3, OTHER}), usage_location="DE")
-    assert [AssignLicense((), (OTHER,)), RemoveFromGroup("O365_License")] == actions
+    """A user who holds the SKU already and another mapped one: one assignLicense that adds
+    nothing and removes the other."""
+    actions = run(current_skus=frozenset({E3, EXO2}), usage_location="DE")
+    assert [AssignLicense((), (EXO2,)), RemoveFromGroup("O365_License")] == actions
 
 
 def test_sku_facts_come_from_graph_s_subscribed_sku():
