@@ -150,6 +150,13 @@ param licenseMap object = {
   'Exchange 2': 'EXCHANGEENTERPRISE'
 }
 
+@description('Which SKUs the licence step replaces (LICENSE_REPLACE): managed, only those LICENSE_MAP names (add-ons such as Teams Phone or Power BI are kept); all, every other SKU, as the old script did.')
+@allowed([
+  'managed'
+  'all'
+])
+param licenseReplace string = 'managed'
+
 @description('How reports and alerts are sent.')
 @allowed([
   'graph'
@@ -457,6 +464,7 @@ var appSettingsService = {
   LICENSE_ATTRIBUTE: licenseAttribute
   COUNTRY_ATTRIBUTE: countryAttribute
   LICENSE_MAP: string(licenseMap)
+  LICENSE_REPLACE: licenseReplace
   MAIL_TRANSPORT: mailTransport
   MAIL_SENDER: mailSender
   MAIL_TO: mailTo
