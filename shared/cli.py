@@ -246,20 +246,26 @@ def status() -> None:
 def report(
     preview: Annotated[Path, typer.Option(help="write the next report's HTML here")],
 ) -> None:
-    """Render the next digest to a file without sending it or moving the report cursor."""
+    """Render the next digest to a file without sending it or moving the report cursor:
+    the users provisioned and, as the report timer passes them, the users waiting."""
+    from shared.flow.timers import waiting_rows
     from shared.mail.reports import render_digest
+    from shared.store.ledger import State as Stage
 
     svc = _service()
     last = (svc.cursors.get("report-provisioned") or b"").decode()
     rows = svc.outcomes.since("provisioned", last)
+    waiting = waiting_rows(svc.ledger.rows_in(Stage.FAILED, Stage.WAITING),
+                           svc.policy.stuck_after)
     skus = _skus(svc)
     mail = render_digest(
         [flow.provisioned_row(r) for r in rows],
-        skus, since=last[:19] or None, until=now(),
+        skus, since=last[:19] or None, until=now(), waiting=waiting,
     )
     preview.parent.mkdir(parents=True, exist_ok=True)
     preview.write_text(mail.html, encoding="utf-8")
-    console.print(f"{len(rows)} users in the next report; preview written to {preview}")
+    console.print(f"{len(rows)} users provisioned and {len(waiting)} waiting in the next "
+                  f"report; preview written to {preview}")
     svc.close()
 
 

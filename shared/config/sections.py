@@ -63,6 +63,8 @@ class ProvisioningSettings(Section):
     sync_deadline_hours: float = Field(24.0, gt=0)
     sync_retry_min_seconds: float = Field(60.0, gt=0)
     sync_retry_max_seconds: float = Field(3600.0, gt=0)
+    # how often a user waiting for a licence unit is looked at again (shared.flow.transitions)
+    shortage_recheck_seconds: float = Field(120.0, gt=0, le=3600)
 
     @field_validator("license_map")
     @classmethod

@@ -60,6 +60,17 @@ class Policy:
     outage_max: float = 3600.0
     sync_min: float = 60.0
     sync_max: float = 3600.0
+    # A shortage ends when someone buys or frees units, at any moment: looked at again every
+    # two minutes, so a user is licensed within minutes of it, not after ``sync_max`` (1 h).
+    # Why a recheck per user and not a timer that wakes the users waiting on a SKU when
+    # subscribedSkus shows free units: the timer would read one subscribedSkus per run, but
+    # the existing timers run hourly (reconcile) and daily (report), so "within minutes" needs
+    # a new timer reading every two minutes whether anyone waits or not, plus the SKU each
+    # ledger row waits on and a second way into the licence queue. The recheck costs Graph
+    # nothing while nobody waits, and while users wait one user read each per recheck (the
+    # step's subscribedSkus comes from its 5-s cache, shared by every user on a worker):
+    # 100 users waiting are under one Graph read per second, far below Graph's per-app limits.
+    shortage_recheck: float = 120.0
     sync_deadline: dt.timedelta = dt.timedelta(hours=24)
     stuck_after: int = 6
     lease: dt.timedelta = dt.timedelta(minutes=5)
@@ -72,6 +83,7 @@ class Policy:
         return cls(
             sync_min=p.sync_retry_min_seconds,
             sync_max=p.sync_retry_max_seconds,
+            shortage_recheck=p.shortage_recheck_seconds,
             sync_deadline=dt.timedelta(hours=p.sync_deadline_hours),
             stuck_after=settings.service.stuck_after,
             lease=dt.timedelta(seconds=settings.service.lease_seconds),
@@ -81,12 +93,13 @@ class Policy:
 
     def delay(self, wait: NotYet, attempts: int) -> float:
         """The one back-off: doubling from the kind's minimum up to its maximum, or the peer's
-        own Retry-After when it gave one. A shortage is looked at again after the longest
-        sync wait: units come back when someone buys or frees them, not in seconds."""
+        own Retry-After when it gave one. A shortage is looked at again every
+        ``shortage_recheck``, never backed off: units come back at any moment, and a user
+        must get one within minutes of it."""
         if wait.retry_after is not None:
             return max(wait.retry_after, 1.0)
         if wait.kind is Wait.SHORTAGE:
-            return self.sync_max
+            return self.shortage_recheck
         low, high = ((self.outage_min, self.outage_max) if wait.kind is Wait.OUTAGE
                      else (self.sync_min, self.sync_max))
         return float(min(high, low * 2 ** max(attempts - 1, 0)))

@@ -24,7 +24,7 @@ Not synced yet (no cloud user), waiting for the routing address and no free unit
 decides when to look again (``SYNC_RETRY_MIN_SECONDS`` doubling up to
 ``SYNC_RETRY_MAX_SECONDS``), and after ``SYNC_DEADLINE_HOURS`` since the first attempt a sync or
 routing wait becomes a failure ("not synced" / "no routing address"). A shortage waits as long
-as it takes.
+as it takes, looked at every ``SHORTAGE_RECHECK_SECONDS`` (2 minutes).
 """
 
 from __future__ import annotations

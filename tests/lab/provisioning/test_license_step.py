@@ -224,3 +224,55 @@ def test_throttled_writes_honour_retry_after_and_everyone_ends_licensed(
                for o in outcomes), outcomes
     assert glab.count(ASSIGN, "429") + glab.count(PATCH, "429") > 0
     assert all(["ENTERPRISEPACK"] == licences(glab, c["id"]) for c in clouds)
+
+
+@pytest.mark.slow
+def test_a_shortage_cleared_is_licensed_within_minutes_of_units_appearing(
+        glab: GraphLab, provisioned, settings: Settings) -> None:
+    """Through the queues and the state machine: a user waits on ENTERPRISEPACK with no free
+    unit (ledger WAITING, shortage), units are added with the lab's control, and the user is
+    licensed within one shortage recheck of it, not after SYNC_RETRY_MAX_SECONDS. The recheck
+    is the production decision (Policy.delay), shortened here by its setting (120 s in
+    production) to keep the test short."""
+    import dataclasses
+    import threading
+
+    from shared import flow
+    from shared.flow.handlers import enqueue
+    from shared.flow.worker import run_once
+    from shared.store.ledger import State
+    from shared.store.messages import Step, WorkItem
+
+    recheck = 3.0
+    quick = dataclasses.replace(settings, provisioning=settings.provisioning.model_copy(
+        update={"shortage_recheck_seconds": recheck}))
+    user = provisioned()
+    cloud = glab.wait_for_user(user.guid)
+    used = {s["skuPartNumber"]: s["consumedUnits"]
+            for s in glab.graph("GET", "subscribedSkus").json()["value"]}
+    glab.units(ENTERPRISEPACK=used["ENTERPRISEPACK"])  # no free unit
+    svc = flow.Service.build(quick)
+    try:
+        asyncio.run(enqueue(svc, WorkItem(user=user.guid, step=Step.LICENSE)))
+        done: list[object] = []
+        worker = threading.Thread(
+            target=lambda: done.append(asyncio.run(run_once(svc, limit=240))), daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            row = svc.ledger.get(user.guid, Step.LICENSE.value)
+            if row is not None and row.state is State.WAITING and row.wait == "shortage":
+                break
+            time.sleep(0.5)
+        assert row is not None and ("waiting", "shortage") == (row.state.value, row.wait), row
+        assert [] == licences(glab, cloud["id"])
+        glab.free_units()
+        appeared = time.monotonic()
+        while time.monotonic() < appeared + 300 and not licences(glab, cloud["id"]):
+            time.sleep(0.5)
+        licensed_after = time.monotonic() - appeared
+        assert ["ENTERPRISEPACK"] == licences(glab, cloud["id"])
+        assert licensed_after < recheck + 30, licensed_after
+        worker.join(timeout=240)
+    finally:
+        svc.close()

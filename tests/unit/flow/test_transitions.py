@@ -220,12 +220,28 @@ def test_a_sync_wait_just_before_its_deadline_still_waits() -> None:
 
 def test_a_shortage_waits_as_long_as_it_takes() -> None:
     """No free unit, three days on: still waiting (no user is failed for a shortage), looked
-    at again after the longest sync wait."""
+    at again after the shortage recheck, not backed off to the longest sync wait."""
     t = advance(row(40, first=NOW - dt.timedelta(days=3)), item(),
                 NotYet(Wait.SHORTAGE, "no free unit of ENTERPRISEPACK"), NOW, POLICY)
     assert t.retry is not None
-    assert (State.WAITING, 3600.0, "shortage", ()) == (t.state, t.retry.delay, t.wait,
-                                                       t.alerts)
+    assert (State.WAITING, 120.0, "shortage", ()) == (t.state, t.retry.delay, t.wait,
+                                                      t.alerts)
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 6, 40, 500])
+def test_a_shortage_is_rechecked_every_two_minutes_whatever_the_attempts(attempts: int) -> None:
+    """Units come back at any moment: a shortage is looked at again every two minutes (the
+    production figure), never doubled towards the sync's hour, so a user waits at most that
+    long once a unit is free."""
+    wait = NotYet(Wait.SHORTAGE, "no free unit of ENTERPRISEPACK")
+    assert 120.0 == Policy().delay(wait, attempts)
+    assert Policy().delay(wait, attempts) < Policy().sync_max
+
+
+def test_a_shortage_with_a_peer_retry_after_honours_it() -> None:
+    """A throttled shortage check (Retry-After) waits as Graph asked, not the recheck."""
+    wait = NotYet(Wait.SHORTAGE, "no unit", retry_after=30.0)
+    assert 30.0 == Policy().delay(wait, 3)
 
 
 def test_the_first_shortage_of_the_day_is_recorded_and_alerted() -> None:
@@ -495,9 +511,9 @@ def test_a_safety_stop_is_this_transition() -> None:
 
 
 def test_the_policy_comes_from_the_settings(tmp_path, monkeypatch) -> None:
-    """SYNC_RETRY_MIN/MAX_SECONDS, SYNC_DEADLINE_HOURS, STUCK_AFTER, LEASE_SECONDS and
-    SYNC_WAIT_SECONDS and RECONCILE_GRACE_SECONDS are the policy's; the outage back-off keeps
-    its own bounds."""
+    """SYNC_RETRY_MIN/MAX_SECONDS, SYNC_DEADLINE_HOURS, STUCK_AFTER, LEASE_SECONDS,
+    SYNC_WAIT_SECONDS, RECONCILE_GRACE_SECONDS and SHORTAGE_RECHECK_SECONDS are the policy's;
+    the outage back-off keeps its own bounds."""
     from shared.config import load_settings, setting_names
     from tests.unit.config.test_config import MINIMAL
 
@@ -505,12 +521,13 @@ def test_the_policy_comes_from_the_settings(tmp_path, monkeypatch) -> None:
         monkeypatch.delenv(name, raising=False)
     values = {**MINIMAL, "SYNC_RETRY_MIN_SECONDS": "15", "SYNC_RETRY_MAX_SECONDS": "900",
               "SYNC_DEADLINE_HOURS": "6", "STUCK_AFTER": "4", "LEASE_SECONDS": "120",
-              "SYNC_WAIT_SECONDS": "45", "RECONCILE_GRACE_SECONDS": "90"}
+              "SYNC_WAIT_SECONDS": "45", "RECONCILE_GRACE_SECONDS": "90",
+              "SHORTAGE_RECHECK_SECONDS": "30"}
     env = tmp_path / "settings.env"
     env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     assert Policy(sync_min=15, sync_max=900, sync_deadline=dt.timedelta(hours=6),
                   stuck_after=4, lease=dt.timedelta(seconds=120), first_look=45.0,
-                  grace=dt.timedelta(seconds=90)) == Policy.of(
+                  grace=dt.timedelta(seconds=90), shortage_recheck=30.0) == Policy.of(
         load_settings(env))
 
 
