@@ -71,6 +71,7 @@ KNOB_SETTINGS = {
     "LAB_GRAPH_SYNC_INTERVAL": "1800",  # Entra Connect's schedule: a cycle every 30 minutes
     "LAB_GRAPH_E3_UNITS": "250",
     "LAB_GRAPH_EXO2_UNITS": "250",
+    "LAB_GRAPH_ADDON_UNITS": "25",
     "LAB_GRAPH_ON_DEMAND_SECONDS": "5",  # one provisionOnDemand (an assumption: no figure given)
 }
 

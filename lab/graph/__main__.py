@@ -71,7 +71,8 @@ async def main(settings: dict[str, str], port: int) -> None:
         settings["LAB_GRAPH_TENANT_ID"],
         settings.get("LAB_TENANT", "o365lab"),
         {"ENTERPRISEPACK": int(settings.get("LAB_GRAPH_E3_UNITS") or 250),
-         "EXCHANGEENTERPRISE": int(settings.get("LAB_GRAPH_EXO2_UNITS") or 250)},
+         "EXCHANGEENTERPRISE": int(settings.get("LAB_GRAPH_EXO2_UNITS") or 250),
+         "POWER_BI_PRO": int(settings.get("LAB_GRAPH_ADDON_UNITS") or 25)},
         settings.get("ROUTING_DOMAIN", ""),
     )
     graph = Graph(tenant, knobs, settings["AZURE_STATIC_TOKEN"])

@@ -35,6 +35,9 @@ SKUS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     # part number: (skuId, service plans)
     "ENTERPRISEPACK": ("6fd2c87f-b296-42f0-b197-1e91e994b900", E3_PLANS),
     "EXCHANGEENTERPRISE": ("19ec0d23-8335-4cbd-94ac-6050e30712fa", (EXCHANGE_S_ENTERPRISE,)),
+    # an add-on no LICENSE_MAP names: what LICENSE_REPLACE=managed keeps (issue 29)
+    "POWER_BI_PRO": ("f8a1db68-be16-40ed-86d5-cb42ce701560",
+                     (("70d33638-9c74-4d01-bfd3-562de28bd4ba", "BI_AZURE_P2"),)),
 }
 
 # Graph's default property set for a user; everything else only comes with $select.
@@ -180,7 +183,7 @@ class Tenant:
 
 def seed_tenant(tenant_id: str, name: str, units: dict[str, int],
                 routing_domain: str = "") -> Tenant:
-    """The tenant the lab starts with: the two SKUs and two cloud-only accounts."""
+    """The tenant the lab starts with: the SKUs and two cloud-only accounts."""
     domain = f"{name}.onmicrosoft.com"
     tenant = Tenant(tenant_id=tenant_id, domain=domain,
                     routing_domain=routing_domain or f"{name}.mail.onmicrosoft.com")

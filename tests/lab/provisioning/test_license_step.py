@@ -4,6 +4,7 @@ shared.provisioning.licensing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -187,6 +188,35 @@ def test_existing_licence_replaced_in_one_call_and_location_not_repatched(
         (c.what, c.before, c.after) for c in done.changes]
 
 
+POWER_BI_PRO = "f8a1db68-be16-40ed-86d5-cb42ce701560"
+
+
+@pytest.mark.parametrize(("replace", "expected"), [
+    ("managed", ["ENTERPRISEPACK", "POWER_BI_PRO"]),
+    ("all", ["ENTERPRISEPACK"]),
+])
+def test_an_add_on_licence_is_kept_unless_told_to_replace_everything(
+        glab: GraphLab, provisioned, directory: Directory, settings: Settings,
+        replace: str, expected: list[str]) -> None:
+    """A user holding the add-on POWER_BI_PRO (no LICENSE_MAP entry) and EXCHANGEENTERPRISE:
+    with LICENSE_REPLACE=managed (the default) one assignLicense swaps EXCHANGEENTERPRISE for
+    ENTERPRISEPACK and keeps the add-on; with `all`, as the old script did, the add-on goes
+    too."""
+    user = provisioned()
+    cloud = glab.wait_for_user(user.guid)
+    assert 204 == glab.graph("PATCH", f"users/{cloud['id']}",
+                             json={"usageLocation": "DE"}).status_code
+    assert 200 == glab.graph("POST", f"users/{cloud['id']}/assignLicense", json={
+        "addLicenses": [{"skuId": EXO2}, {"skuId": POWER_BI_PRO}],
+        "removeLicenses": []}).status_code
+    chosen = dataclasses.replace(settings, provisioning=settings.provisioning.model_copy(
+        update={"license_replace": replace}))
+    glab.reset_stats()
+    [done] = run_step(chosen, directory, [user.guid])
+    assert isinstance(done, Done), done
+    assert (1, expected) == (glab.count(ASSIGN, "requests"), licences(glab, cloud["id"]))
+
+
 def test_zero_free_units_no_assign_and_one_shortage_notice(
         glab: GraphLab, provisioned, directory: Directory, settings: Settings) -> None:
     """No free ENTERPRISEPACK: zero assign calls, users stay in O365_License, and one notice
@@ -234,7 +264,6 @@ def test_a_shortage_cleared_is_licensed_within_minutes_of_units_appearing(
     licensed within one shortage recheck of it, not after SYNC_RETRY_MAX_SECONDS. The recheck
     is the production decision (Policy.delay), shortened here by its setting (120 s in
     production) to keep the test short."""
-    import dataclasses
     import threading
 
     from shared import flow
