@@ -113,8 +113,8 @@ def record_reason(record: Any) -> str:
     if not reason:
         fq = getattr(record, "fq_error", "") or ""
         named = _FAILURE_CATEGORY.search(fq)
-        first = named.group(1) if named else fq.rsplit("]", 1)[-1].split(",")[0]
-        reason = first.strip().rsplit(".", 1)[-1]
+        first = named.group(1) if named else fq.rpartition("]")[2].partition(",")[0]
+        reason = first.strip().rpartition(".")[2]
     return str(reason)
 
 

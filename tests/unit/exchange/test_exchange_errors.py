@@ -127,6 +127,10 @@ def test_only_the_first_record_counts() -> None:
      "ManagementObjectNotFoundException"),
     (Record("x", fq_error="[Server=EX1,RequestId=0f3c5b2a,TimeStamp=12/6/2026 8:30:15 AM] "
             "ParseException,Enable-RemoteMailbox"), "ParseException"),
+    (Record("x", fq_error="[Server=EX1,RequestId=1] [Stage=Validate] ParseException,Enable"),
+     "ParseException"),
+    (Record("x", fq_error="ParseException,Microsoft.Exchange.Tasks,EnableRemoteMailbox"),
+     "ParseException"),
     (Record("x", fq_error="[FailureCategory=Cmdlet-ManagementObjectNotFoundException] "
             "ManagementObjectNotFoundException,Enable"),
      "ManagementObjectNotFoundException"),
