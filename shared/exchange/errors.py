@@ -16,6 +16,7 @@ is said only of what only a bug can cause (a parse error: the service never send
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,11 +121,17 @@ def record_error(cmdlet: str, identity: str, errors: Sequence[Any]) -> Provision
 
 
 def record_reason(record: Any) -> str:
-    """The exception's short type name, which Exchange puts in ErrorCategory_Reason."""
+    """The exception's short type name, which Exchange puts in ErrorCategory_Reason. Without
+    it, read from the FullyQualifiedErrorId, which a remote session writes as
+    ``[Server=EX1,RequestId=…,TimeStamp=…] [FailureCategory=Cmdlet-<exception>] <hash>,<cmdlet
+    class>``: the exception named by FailureCategory, else the text before the first comma
+    after the last bracket; a dotted type name gives its last part."""
     reason = getattr(record, "reason", None) or ""
     if not reason:
         fq = getattr(record, "fq_error", "") or ""
-        reason = fq.split(",")[0].split("]")[-1].strip()
+        named = _FAILURE_CATEGORY.search(fq)
+        first = named.group(1) if named else fq.rpartition("]")[2].partition(",")[0]
+        reason = first.strip().rpartition(".")[2]
     return str(reason)
 
 
@@ -146,6 +153,10 @@ def authentication_fix(settings: ExchangeSettings) -> str:
                     f"(docs/premises.md)")
     return (f"check {setting} ({settings.user}) and its password secret in Key Vault, that "
             f"the account is not locked out, and {endpoint}")
+
+
+# "[FailureCategory=Cmdlet-ManagementObjectNotFoundException]": the exception after the kind
+_FAILURE_CATEGORY = re.compile(r"\[FailureCategory=[^\]\-]*-([^\]]+)\]")
 
 
 def transport_error(exc: Exception, cmdlet: str, settings: ExchangeSettings) -> (

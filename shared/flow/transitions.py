@@ -33,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, auto
 from typing import TYPE_CHECKING
 
 from shared.errors import PermanentError, ProvisioningError, SafetyStop
@@ -358,10 +358,12 @@ def _blocked(item: WorkItem, stop: SafetyStop) -> Transition:
 # -- reconcile -------------------------------------------------------------------------------
 
 
-class Due(StrEnum):
-    YES = "yes"
-    NO = "no"
-    IF_CHANGED = "if-changed"  # failed for good: only once someone changed what made it fail
+class Due(Enum):
+    """Reconcile's answer for one member (compared by identity; never written anywhere)."""
+
+    YES = auto()
+    NO = auto()
+    IF_CHANGED = auto()  # failed for good: only once someone changed what made it fail
 
 
 def due(row: LedgerRow | None, now: dt.datetime, grace: dt.timedelta = GRACE) -> Due:

@@ -39,11 +39,8 @@ SKU_NAMES = {
     "SPE_E5": "Microsoft 365 E5",
 }
 
-_ACTIONS = {
-    "mailbox": "mail-enable users",
-    "license": "provision users in Office 365",
-    "licence": "provision users in Office 365",
-}
+# What the error mail says the service was doing; every other step (licence, role) provisions.
+_ACTIONS = {"mailbox": "mail-enable users"}
 
 Kind = Literal["permanent", "transient", "safety-stop"]
 Severity = Literal["info", "warning", "error"]

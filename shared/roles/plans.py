@@ -13,17 +13,18 @@
                             a queue writer can neither invent a change nor replay an old one
 
 Approval binds to exactly one held set (its plan id is a hash of those changes), lasts
-``ROLES_APPROVAL_HOURS``, and is void once a newer held set supersedes it. Blocking (the
-storage SDK is synchronous): call it in a thread from async code.
+``ROLES_APPROVAL_HOURS``, and is void once a newer held set supersedes it. What the store
+decides (supersede, approval, expiry, the window, the decision rows) is
+``shared.roles.planstate``'s, pure and tested fast; this module only reads and writes the
+table. Blocking (the storage SDK is synchronous): call it in a thread from async code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import replace
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
@@ -31,52 +32,43 @@ from azure.data.tables import TableClient, UpdateMode
 from shared.config import Settings
 from shared.errors import PermanentError
 from shared.log import get_logger
-from shared.roles.model import Action, Decision, Hold, RoleChange
+from shared.roles.model import Decision, Hold, RoleChange
+from shared.roles.planstate import (
+    LIVE,
+    RELEASED_DAYS,
+    WINDOWS,
+    HeldPlan,
+    approval_refusal,
+    decision_from_row,
+    decision_row,
+    held_already,
+    held_row,
+    latest,
+    pair,
+    release_verdict,
+    released_horizon,
+    split_window,
+    stamp,
+    superseded,
+    window_row,
+)
 from shared.store.clients import table_service
+
+__all__ = ["LIVE", "PLANS_TABLE", "RELEASED_DAYS", "STEP", "WINDOWS", "HeldPlan", "PlanStore",
+           "approve_plan", "current_plan"]
 
 log = get_logger(__name__)
 
 PLANS_TABLE = "roleplans"
 STEP = "roles approve"
-LIVE = ("held", "approved")
-RELEASED_DAYS = 8  # rows of the former "released" partition are dropped after this
-WINDOWS = {"revoke": "revoked", "grant": "granted"}  # the partition each direction counts in
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _stamp(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class HeldPlan:
-    """A held set of changes, as the table keeps it."""
-
-    plan_id: str
-    status: str  # held, approved, applied, superseded, expired
-    revocations: int
-    grants: int
-    reason: str
-    created: str
-    approved: str = ""
-    changes: tuple[str, ...] = ()
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, object]) -> HeldPlan:
-        return cls(
-            plan_id=str(row["RowKey"]), status=str(row.get("status", "")),
-            revocations=int(str(row.get("revocations") or 0)),
-            grants=int(str(row.get("grants") or 0)), reason=str(row.get("reason", "")),
-            created=str(row.get("created", "")), approved=str(row.get("approved") or ""),
-            changes=tuple(json.loads(str(row.get("changes") or "[]"))),
-        )
-
-
 class PlanStore:
-    """The ``roleplans`` table."""
+    """The ``roleplans`` table; what it decides is ``shared.roles.planstate``'s."""
 
     def __init__(self, table: TableClient) -> None:
         self._table = table
@@ -99,21 +91,14 @@ class PlanStore:
         """Record ``held`` as held, unless it is held or approved already; every other live
         plan is superseded, approvals included: an approval never outlives its set."""
         pid = held.plan_id
-        for row in self._table.query_entities("PartitionKey eq 'plan' and (status eq 'held' or "
-                                              "status eq 'approved' or status eq 'applied')"):
-            if row["RowKey"] != pid:
-                self._set(str(row["RowKey"]), status="superseded")
+        live = self._table.query_entities("PartitionKey eq 'plan' and (status eq 'held' or "
+                                          "status eq 'approved' or status eq 'applied')")
+        for other in superseded((str(row["RowKey"]) for row in live), pid):
+            self._set(other, status="superseded")
         found = self.get(pid)
-        if found is not None and found.status in LIVE:
+        if held_already(found):
             return found
-        entity = {
-            "PartitionKey": "plan", "RowKey": pid, "status": "held", "approved": "",
-            "revocations": sum(1 for c in held.changes if c.action.value == "revoke"),
-            "grants": sum(1 for c in held.changes if c.action.value == "grant"),
-            "reason": held.reason[:4000], "created": _stamp(now or _now()),
-            # Table properties hold 64 KiB; the operator needs the gist, the plan id is exact.
-            "changes": json.dumps([c.describe() for c in held.changes])[:30000],
-        }
+        entity = held_row(held, now or _now())
         if found is None:
             with contextlib.suppress(ResourceExistsError):  # another worker was first
                 self._table.create_entity(entity)
@@ -126,60 +111,59 @@ class PlanStore:
     def approve(self, pid: str, *, now: dt.datetime | None = None) -> HeldPlan:
         """Approve the held set ``pid``; ``PermanentError`` unless it is held now."""
         found = self.get(pid)
-        if found is None or found.status not in LIVE:
-            state = "is unknown" if found is None else f"is {found.status}"
+        refusal = approval_refusal(pid, found)
+        if refusal is not None:
             raise PermanentError(
-                f"role plan {pid} {state}; only the plan held now can be approved",
-                step=STEP, fix="run `python -m shared.cli roles plan` to see the plan id held now")
+                refusal, step=STEP,
+                fix="run `python -m shared.cli roles plan` to see the plan id held now")
+        assert found is not None  # approval_refusal refuses an unknown plan
         if found.status == "approved":
             return found
-        stamp = _stamp(now or _now())
-        self._set(pid, status="approved", approved=stamp)
-        return replace(found, status="approved", approved=stamp)
+        approved = stamp(now or _now())
+        self._set(pid, status="approved", approved=approved)
+        return replace(found, status="approved", approved=approved)
 
     def release(self, pid: str, ttl: dt.timedelta, *, now: dt.datetime | None = None) -> bool:
         """True when ``pid`` is approved and the approval is younger than ``ttl``; the plan is
         then applied. Planned again while its changes are still queued, an applied plan is
         released again (each change is idempotent) until its approval expires."""
         found = self.get(pid)
-        if found is None or found.status not in ("approved", "applied"):
+        verdict = release_verdict(found, ttl, now or _now())
+        if verdict == "refused":
             return False
-        if (now or _now()) - dt.datetime.fromisoformat(found.approved) > ttl:
+        if verdict == "expired":
             self._set(pid, status="expired")
-            log.warning("role_plan_approval_expired", plan_id=pid, approved=found.approved)
+            log.warning("role_plan_approval_expired", plan_id=pid,
+                        approved=found.approved if found else "")
             return False
         self._set(pid, status="applied")
         return True
 
     def latest(self) -> HeldPlan | None:
-        rows = [HeldPlan.from_row(r) for r in self._table.query_entities(
-            "PartitionKey eq 'plan' and (status eq 'held' or status eq 'approved')")]
-        return max(rows, key=lambda r: r.created) if rows else None
+        return latest(HeldPlan.from_row(r) for r in self._table.query_entities(
+            "PartitionKey eq 'plan' and (status eq 'held' or status eq 'approved')"))
 
     # -- the rolling window of grants and revocations -----------------------------------------
     def spend(self, changes: Iterable[RoleChange], *, now: dt.datetime | None = None) -> None:
         """Count released changes in the window (once per change, however often sent)."""
         for change in changes:
             with contextlib.suppress(ResourceExistsError):
-                self._table.create_entity({"PartitionKey": WINDOWS[change.action.value],
-                                           "RowKey": change.key, "at": _stamp(now or _now())})
+                self._table.create_entity(window_row(change, now or _now()))
 
     def revoked_since(self, since: dt.datetime) -> frozenset[str]:
         """The keys of the revocations released since ``since``; older rows are dropped."""
-        return self._since("revoked", since)
+        return self._since(WINDOWS["revoke"], since)
 
     def granted_since(self, since: dt.datetime) -> frozenset[str]:
         """The keys of the grants released since ``since``; older rows are dropped."""
-        return self._since("granted", since)
+        return self._since(WINDOWS["grant"], since)
 
     def _since(self, partition: str, since: dt.datetime) -> frozenset[str]:
-        recent: set[str] = set()
-        for row in list(self._table.query_entities(f"PartitionKey eq '{partition}'")):
-            if str(row.get("at", "")) >= _stamp(since):
-                recent.add(str(row["RowKey"]))
-            else:
-                self._table.delete_entity(partition, str(row["RowKey"]))
-        return frozenset(recent)
+        recent, old = split_window(
+            list(self._table.query_entities(f"PartitionKey eq '{partition}'")), since)
+        for key in old:
+            self._table.delete_entity(partition, key)
+        return recent
 
     # -- the latest decision per role and principal ---------------------------------------------
     def record_release(self, pid: str, changes: Iterable[RoleChange], *,
@@ -188,23 +172,19 @@ class PlanStore:
         decision for its role and principal, and every older message for that pair is stale."""
         at = now or _now()
         for change in changes:
-            self._table.upsert_entity({"PartitionKey": "decision", "RowKey": _pair(change),
-                                       "action": change.action.value, "plan": pid,
-                                       "at": _stamp(at)}, mode=UpdateMode.REPLACE)
-        horizon = _stamp(at - dt.timedelta(days=RELEASED_DAYS))
+            self._table.upsert_entity(decision_row(pid, change, at), mode=UpdateMode.REPLACE)
         for row in list(self._table.query_entities(
                 "PartitionKey eq 'released' and at lt @horizon",
-                parameters={"horizon": horizon})):
+                parameters={"horizon": released_horizon(at)})):
             self._table.delete_entity("released", str(row["RowKey"]))
 
     def decision(self, role_id: str, principal_id: str) -> Decision | None:
         """The latest released decision for ``role_id`` and ``principal_id``, if any."""
-        key = f"{role_id.lower()}:{principal_id.lower()}"
         try:
-            row = self._table.get_entity("decision", key)
+            row = self._table.get_entity("decision", pair(role_id, principal_id))
         except ResourceNotFoundError:
             return None
-        return Decision(Action(str(row["action"])), str(row["plan"]))
+        return decision_from_row(row)
 
     # -- alerts ----------------------------------------------------------------------------------
     def last_alert(self) -> str:
@@ -216,10 +196,6 @@ class PlanStore:
     def alerted(self, fingerprint: str) -> None:
         self._table.upsert_entity({"PartitionKey": "state", "RowKey": "alert",
                                    "fingerprint": fingerprint})
-
-
-def _pair(change: RoleChange) -> str:
-    return f"{change.role_id.lower()}:{change.principal_id.lower()}"
 
 
 def approve_plan(settings: Settings, plan_id: str) -> HeldPlan:

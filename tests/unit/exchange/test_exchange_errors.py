@@ -141,7 +141,13 @@ def test_only_the_first_record_counts() -> None:
     (Record("x", reason="ParseException"), "ParseException"),
     (Record("x", fq_error="Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
             ",Microsoft.Exchange.Management.RecipientTasks.EnableRemoteMailbox"),
-     "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"),
+     "ManagementObjectNotFoundException"),
+    (Record("x", fq_error="[Server=EX1,RequestId=0f3c5b2a,TimeStamp=12/6/2026 8:30:15 AM] "
+            "ParseException,Enable-RemoteMailbox"), "ParseException"),
+    (Record("x", fq_error="[Server=EX1,RequestId=1] [Stage=Validate] ParseException,Enable"),
+     "ParseException"),
+    (Record("x", fq_error="ParseException,Microsoft.Exchange.Tasks,EnableRemoteMailbox"),
+     "ParseException"),
     (Record("x", fq_error="[FailureCategory=Cmdlet-ManagementObjectNotFoundException] "
             "ManagementObjectNotFoundException,Enable"),
      "ManagementObjectNotFoundException"),
@@ -150,8 +156,35 @@ def test_only_the_first_record_counts() -> None:
 ])
 def test_the_reason_is_the_record_s_or_read_from_fq_error(record: Record, reason: str) -> None:
     """ErrorCategory_Reason when set; else the fully qualified error id's first part, after
-    the last bracket, trimmed."""
+    the last bracket, trimmed, the last part of a dotted type name."""
     assert reason == record_reason(record)
+
+
+# What a remote Exchange session answers Enable-RemoteMailbox for a user it cannot find.
+REMOTE_FQ = ("[Server=EX1,RequestId=0f3c5b2a-8d4e-4c1b-9a7f-2e6d1c0b3a94,TimeStamp=12/6/2026 "
+             "8:30:15 AM] [FailureCategory=Cmdlet-ManagementObjectNotFoundException] 8B1D6F0A,"
+             "Microsoft.Exchange.Management.RecipientTasks.EnableRemoteMailbox")
+
+
+def test_a_remote_session_s_fq_error_names_the_exception_in_its_failure_category() -> None:
+    """Exchange's remote FullyQualifiedErrorId starts with the server's bracket (commas inside)
+    and names the exception in FailureCategory: the reason is that exception (before issue 28's
+    fix it was "[Server=EX1"), and the user not found is permanent with its fix."""
+    error = record_error("Enable-RemoteMailbox", "anna",
+                         [Record("The operation couldn't be performed because object 'anna' "
+                                 "couldn't be found.", fq_error=REMOTE_FQ)])
+    assert ("ManagementObjectNotFoundException", "PermanentError",
+            "check that the user still exists in Active Directory and is in a scope Exchange "
+            "reads") == (record_reason(Record("x", fq_error=REMOTE_FQ)),
+                         type(error).__name__, error.fix)
+
+
+def test_a_failure_category_of_another_kind_names_its_exception_too() -> None:
+    """Whatever word comes before the dash (Cmdlet, ServerOperation ...), the exception
+    after it is the reason."""
+    assert "RecipientTaskException" == record_reason(Record("x", fq_error=(
+        "[Server=EX2,RequestId=1,TimeStamp=x] [FailureCategory=ServerOperation-"
+        "RecipientTaskException] 5D1A,Microsoft.Exchange.Management.RecipientTasks.X")))
 
 
 def test_a_reason_read_from_fq_error_decides_like_one_given() -> None:

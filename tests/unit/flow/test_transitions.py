@@ -593,3 +593,35 @@ def test_a_user_still_not_synced_asks_again(kind: Wait, asks: bool) -> None:
     dn = "CN=Ann,OU=Staff,DC=o365lab,DC=example"
     t = advance(row(), item(), NotYet(kind, "not yet", user="ann", dn=dn), NOW, POLICY)
     assert (dn if asks else "", True) == (t.sync, t.sync_again)
+
+
+def test_the_default_policy_is_the_documented_back_off_and_limits() -> None:
+    """Policy() waits out an outage from 30 s doubling to an hour, a sync from 60 s to an
+    hour, gives a sync 24 hours, alerts after 6 attempts, leases a claim for 5 minutes, looks
+    at the licence step at once and lets a queued item be 15 minutes overdue."""
+    policy = Policy()
+    outage, sync = NotYet(Wait.OUTAGE, "down"), NotYet(Wait.SYNC, "not yet")
+    assert ([30.0, 60.0, 3600.0], [60.0, 120.0, 3600.0], dt.timedelta(hours=24), 6,
+            dt.timedelta(minutes=5), 0.0, dt.timedelta(minutes=15), dt.timedelta(minutes=15)
+            ) == ([policy.delay(outage, n) for n in (1, 2, 20)],
+                  [policy.delay(sync, n) for n in (1, 2, 20)], policy.deadline(sync),
+                  policy.stuck_after, policy.lease, policy.first_look, policy.grace, GRACE)
+
+
+def test_a_member_queued_15_minutes_ago_is_not_due_yet_by_default() -> None:
+    """With the default grace, a queued row expected to move 14 min 59 s ago is not due yet;
+    one expected 15 minutes ago is."""
+    fresh = row(state=State.QUEUED, live_at=NOW - dt.timedelta(minutes=14, seconds=59))
+    late = row(state=State.QUEUED, live_at=NOW - dt.timedelta(minutes=15))
+    assert (Due.NO, Due.YES) == (due(fresh, NOW), due(late, NOW))
+
+
+def test_what_a_handler_reports_defaults_to_nothing_said() -> None:
+    """A Handled without user or detail, a Record without fields, and a Transition without
+    who, error, wait, user read, undo or sync say nothing: empty, False."""
+    handled = Handled("done")
+    record = Record("digest")
+    t = Transition(State.DONE, handled, "step_done")
+    assert (("", ""), {}, ("", "", "", False, False, "", False)) == (
+        (handled.user, handled.detail), record.fields,
+        (t.who, t.error, t.wait, t.read_user, t.undo, t.sync, t.sync_again))

@@ -306,3 +306,22 @@ def test_without_retry_after_the_back_off_doubles_from_2_to_at_most_60_seconds()
     waits = [retry_after(None, a) for a in range(8)]
     assert [2.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0] == waits
     assert [4.0, 4.0] == [retry_after({"Retry-After": ""}, 2), retry_after({"Retry-After": "x"}, 2)]
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "PUT", "DELETE"])
+def test_every_directory_write_spends_a_token(method: str) -> None:
+    """POST, PATCH, PUT and DELETE are writes: at two a second, the third waits half a
+    second and three are counted as writes."""
+    clock = Clock()
+    pacing = handler(clock, writes_per_window=2, write_window_seconds=1.0)
+    send(pacing, ok, *[(method, "/users/u1")] * 3)
+    assert ([0.5], 3) == (clock.slept, pacing.counters.writes)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_a_read_spends_no_token(method: str) -> None:
+    """GET, HEAD and OPTIONS are not writes: three at two a second never wait."""
+    clock = Clock()
+    pacing = handler(clock, writes_per_window=2, write_window_seconds=1.0)
+    send(pacing, ok, *[(method, "/users/u1")] * 3)
+    assert ([], 0) == (clock.slept, pacing.counters.writes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from shared.errors import PermanentError, ProvisioningError, SafetyStop, TransientError
 from shared.mail.reports import (
     FailureReport,
@@ -462,3 +464,38 @@ def test_a_long_value_stays_whole_on_its_line_of_the_plain_text_mail() -> None:
     reason = "Exchange refused it: " + "x" * 580
     mail = render_error(FailureReport(username="eve", error=reason, fix="f", step="mailbox"))
     assert reason in mail.text.splitlines()
+
+
+def test_common_skus_show_the_admin_centre_s_names() -> None:
+    """The seven SKUs with friendly names show them; another shows its part number, and a
+    name given wins."""
+    parts = ["ENTERPRISEPACK", "ENTERPRISEPREMIUM", "STANDARDPACK", "EXCHANGESTANDARD",
+             "EXCHANGEENTERPRISE", "SPE_E3", "SPE_E5", "VISIOCLIENT"]
+    assert (["Office 365 E3", "Office 365 E5", "Office 365 E1", "Exchange Online (Plan 1)",
+             "Exchange Online (Plan 2)", "Microsoft 365 E3", "Microsoft 365 E5", "VISIOCLIENT"],
+            "E3 (EA)") == ([SkuSummary(p, 0, 0).label for p in parts],
+                           SkuSummary("ENTERPRISEPACK", 0, 0, name="E3 (EA)").label)
+
+
+@pytest.mark.parametrize(("step", "action"), [
+    ("mailbox", "mail-enable users"), ("license", "provision users in Office 365"),
+    ("licence", "provision users in Office 365"), ("role", "provision users in Office 365"),
+    ("", "provision users in Office 365")])
+def test_the_error_mail_says_what_the_step_was_doing(step: str, action: str) -> None:
+    """The mailbox step mail-enables users; every other step, or none, provisions them."""
+    text = render_error(FailureReport("anna", "boom", step=step)).text
+    assert ("The following error occurred when attempting to " + action + ":") in text
+
+
+def test_a_failure_report_without_details_is_permanent_and_empty() -> None:
+    """A report of only a user and an error: permanent, with no fix, address, licence,
+    location, name, step, correlation or time."""
+    report = FailureReport("anna", "boom")
+    assert ("", "", "", "", "", "", "permanent", "", None) == (
+        report.fix, report.email, report.licence, report.usage_location, report.display_name,
+        report.step, report.kind, report.correlation_id, report.when)
+
+
+def test_a_poison_report_without_a_count_shows_no_delivery_attempt() -> None:
+    """A poison report built without its dequeue count says 0 delivery attempts."""
+    assert "Delivery attempts  0\n" in render_poison(PoisonReport("mailbox", "m-1", "x")).text

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from shared.store.messages import MalformedMessage, Step, WorkItem, decode
+from shared.store.messages import QUEUES, MalformedMessage, Step, WorkItem, decode, poison_queue
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -236,3 +236,11 @@ def test_a_retry_keeps_the_whole_work_and_is_always_newer() -> None:
     assert (ROLE, "grant", "0123456789abcdef") == (later.role, later.action, later.plan)
     assert (NOW + dt.timedelta(seconds=30), NOW + dt.timedelta(microseconds=1)) == (
         later.enqueued_at, skewed.enqueued_at)
+
+
+def test_each_step_has_its_queue_and_a_poison_twin() -> None:
+    """The queues function_app.py and infra/ bind: 'mailbox', 'license' and 'roles' (the role
+    step's queue is plural), each with '<queue>-poison' beside it."""
+    assert ({Step.MAILBOX: "mailbox", Step.LICENSE: "license", Step.ROLE: "roles"},
+            ["mailbox-poison", "license-poison", "roles-poison"]) == (
+        QUEUES, [poison_queue(QUEUES[step]) for step in (Step.MAILBOX, Step.LICENSE, Step.ROLE)])
