@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from shared.config import GraphSettings
@@ -234,6 +235,15 @@ def test_a_dropped_read_is_retried_a_dropped_write_is_not(
     write = send(handler(Clock()), _raising(error, 1), ("PATCH", "/users/u1"))
     reads = send(handler(Clock()), _raising(error, 99), ("GET", "/users/u1"))
     assert ([200, 2], [error.__name__, 1], [error.__name__, 6]) == (read, write, reads)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Events at every level reach ``capture_logs``: an earlier test in the session may have
+    run ``shared.log.configure`` with a level that filters info events out before capture."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 def test_a_retry_is_logged_with_its_wait_and_attempt() -> None:
