@@ -80,3 +80,16 @@ def test_no_run_of_six_identical_lines_stands_twice_in_shared() -> None:
             seen[window].append(f"{path.relative_to(REPO)}:{lines[start][0]}")
     repeated = {places[0]: places[1:] for places in seen.values() if len(places) > 1}
     assert {} == repeated
+
+
+def test_contributing_lists_exactly_the_modules_under_mutation() -> None:
+    """CONTRIBUTING's "Which modules decide" names the modules scripts/mutation.toml mutates,
+    no more and no fewer, so a deciding module cannot be added without its mutation entry."""
+    import tomllib
+
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    para = text[text.index("**Which modules decide**"):]
+    para = para[:para.index("\n- ")]
+    named = set(re.findall(r"`(shared/[\w/]+\.py)`", para))
+    config = tomllib.loads((REPO / "scripts" / "mutation.toml").read_text())
+    assert {m["path"] for m in config["module"]} == named

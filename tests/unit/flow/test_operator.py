@@ -111,3 +111,70 @@ def test_the_stage_and_next_retry_cli_user_shows() -> None:
     assert ["2031-06-01 12:03:00 UTC", "-"] == [
         next_retry(row(State.WAITING, next_at=NOW + dt.timedelta(minutes=3))),
         next_retry(row(State.FAILED))]
+
+
+def test_each_next_action_reads_in_full() -> None:
+    """Every branch of next_action, word for word, as `plan --users` prints it: a failed row
+    with no recorded reason, an overdue or finished row with the rules' reason, a waiting row
+    with no kind of wait and no next time, a finished row within the grace, a row a worker is
+    on, and a new member whose data is fine."""
+    failed_quiet = row(State.FAILED, finished_at=NOW - dt.timedelta(hours=1), last_error="")
+    lost = row(State.QUEUED, live_at=NOW - dt.timedelta(hours=1))
+    done_old = row(State.DONE, finished_at=NOW - dt.timedelta(hours=1))
+    waiting_plain = row(State.WAITING, next_at=None, wait="", live_at=NOW, last_error="busy")
+    done_now = row(State.DONE, finished_at=NOW, live_at=NOW)
+    working = row(State.WORKING, live_at=NOW, lease_until=NOW + dt.timedelta(minutes=1))
+    assert [
+        Next("held", "failed: no reason recorded; fix the cause, then python -m shared.cli "
+                     "retry <user>"),
+        Next("enqueue", "failed, and the user object changed since; the step will fail: x"),
+        Next("enqueue", "overdue: its message or worker was lost; the step will fail: x"),
+        Next("enqueue", "finished, yet still in the group"),
+        Next("wait", "waiting (retry): busy"),
+        Next("nothing", "finished moments ago"),
+        Next("nothing", "working: a message or worker is on it"),
+        Next("enqueue", "new member, no work yet"),
+    ] == [next_action(failed_quiet, NOW, GRACE),
+          next_action(failed_quiet, NOW, GRACE, changed=True, invalid="x"),
+          next_action(lost, NOW, GRACE, invalid="x"),
+          next_action(done_old, NOW, GRACE),
+          next_action(waiting_plain, NOW, GRACE),
+          next_action(done_now, NOW, GRACE),
+          next_action(working, NOW, GRACE),
+          next_action(None, NOW, GRACE)]
+
+
+def test_a_retry_is_refused_in_full_words_and_only_while_the_lease_runs() -> None:
+    """The refusals read in full (why and fix); a working row whose lease has no end, or ended
+    a microsecond ago, is retried; one a microsecond from its end is not."""
+    assert Refused("is in neither provisioning group: nothing to retry",
+                   "add the user to the provisioning group to provision them") == on_retry(
+        None, row(State.FAILED), NOW)
+    held = row(State.WORKING, lease_until=NOW + dt.timedelta(microseconds=1))
+    assert Refused("a worker is on its license step until 2031-06-01 12:00:00 UTC",
+                   "wait for it, then look again with python -m shared.cli user") == on_retry(
+        Step.LICENSE, held, NOW)
+    endless = row(State.WORKING, lease_until=None)
+    ended = row(State.WORKING, lease_until=NOW - dt.timedelta(microseconds=1))
+    done = row(State.DONE, lease_until=NOW + dt.timedelta(minutes=5))
+    assert [Retry(Step.MAILBOX)] * 3 == [on_retry(Step.MAILBOX, r, NOW)
+                                         for r in (endless, ended, done)]
+
+
+def test_the_stage_prefers_the_provisioning_group_and_needs_a_finished_licence() -> None:
+    """In both groups the mailbox step comes first; a licence row that is not finished, or
+    only a mailbox row finished, is not "provisioned"; next_retry needs a waiting row with a
+    time."""
+    assert ["waiting for a remote mailbox (provisioning group)",
+            "not in the flow (in neither group)", "not in the flow (in neither group)"] == [
+        stage(True, True, {}),
+        stage(False, False, {Step.LICENSE: row(State.WAITING)}),
+        stage(False, False, {Step.MAILBOX: row(State.DONE)})]
+    assert ["-", "-"] == [next_retry(None), next_retry(row(State.WAITING, next_at=None))]
+
+
+def test_the_grace_given_decides_when_a_row_is_overdue() -> None:
+    """A queued row an hour old is overdue under the 15-minute grace and not under a day's."""
+    lost = row(State.QUEUED, live_at=NOW - dt.timedelta(hours=1))
+    assert ["enqueue", "nothing"] == [next_action(lost, NOW, GRACE).action,
+                                      next_action(lost, NOW, dt.timedelta(days=1)).action]
