@@ -4,7 +4,9 @@ table that does not exist yet is said so (the app creates it at its first start)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import islice
+from typing import Any
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -45,48 +47,44 @@ def _unreachable(what: str, exc: Exception) -> Failed:
                   "(VNet integration, private endpoints)")
 
 
-def queues(settings: Settings) -> str:
-    """Read each queue's properties; blocking."""
-    service = queue_service(settings.storage)
-    names = [n for q in QUEUES.values() for n in (q, poison_queue(q))]
+def _read_each(settings: Settings, service: Any, kind: str, names: list[str],
+               read: Callable[[str], object], role: str) -> str:
+    """Read each of ``names`` with ``read``, counting those not created yet; one refusal or an
+    unreachable service fails the line. Closes ``service``."""
+    noun = kind.removesuffix("s")
     missing = []
     try:
         for name in names:
             try:
-                service.get_queue_client(name).get_queue_properties()
+                read(name)
             except ResourceNotFoundError:
                 missing.append(name)
     except (ClientAuthenticationError, HttpResponseError) as exc:
-        raise _refused(f"reading queue properties in {_account(settings)}", exc,
-                       "Storage Queue Data Contributor") from None
+        raise _refused(f"reading {kind} in {_account(settings)}", exc, role) from None
     except ServiceRequestError as exc:
-        raise _unreachable(f"the queue service of {_account(settings)}", exc) from None
+        raise _unreachable(f"the {noun} service of {_account(settings)}", exc) from None
     finally:
         service.close()
     later = f"; not created yet: {', '.join(missing)}" if missing else ""
-    return f"{len(names) - len(missing)} of {len(names)} queues read{later}"
+    return f"{len(names) - len(missing)} of {len(names)} {kind} read{later}"
+
+
+def queues(settings: Settings) -> str:
+    """Read each queue's properties; blocking."""
+    service = queue_service(settings.storage)
+    names = [n for q in QUEUES.values() for n in (q, poison_queue(q))]
+    return _read_each(settings, service, "queues", names,
+                      lambda name: service.get_queue_client(name).get_queue_properties(),
+                      "Storage Queue Data Contributor")
 
 
 def tables(settings: Settings) -> str:
     """Read one entity of each table; blocking."""
     service = table_service(settings.storage)
-    missing = []
-    try:
-        for name in TABLES:
-            try:
-                list(islice(service.get_table_client(name).list_entities(
-                    results_per_page=1, select=["PartitionKey"]), 1))
-            except ResourceNotFoundError:
-                missing.append(name)
-    except (ClientAuthenticationError, HttpResponseError) as exc:
-        raise _refused(f"reading tables in {_account(settings)}", exc,
-                       "Storage Table Data Contributor") from None
-    except ServiceRequestError as exc:
-        raise _unreachable(f"the table service of {_account(settings)}", exc) from None
-    finally:
-        service.close()
-    later = f"; not created yet: {', '.join(missing)}" if missing else ""
-    return f"{len(TABLES) - len(missing)} of {len(TABLES)} tables read{later}"
+    return _read_each(settings, service, "tables", list(TABLES),
+                      lambda name: list(islice(service.get_table_client(name).list_entities(
+                          results_per_page=1, select=["PartitionKey"]), 1)),
+                      "Storage Table Data Contributor")
 
 
 def probes(settings: Settings) -> list[Probe]:
