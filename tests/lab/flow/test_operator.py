@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 
 import pytest
+import structlog
 from ldap3 import MODIFY_REPLACE, Connection
 from rich.console import Console
 from typer.testing import CliRunner
@@ -25,6 +26,14 @@ from shared.store.queues import encode_body
 from tests.conftest import LabUser
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """The CLI run in-process here configures logging at ERROR for the whole process; put
+    structlog back afterwards, so later tests' ``capture_logs`` still hear info events."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
