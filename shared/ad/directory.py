@@ -153,14 +153,19 @@ class Directory:
 
     def user_by_sam(self, sam: str) -> DirectoryUser:
         """The user with this sAMAccountName; PermanentError if there is none."""
+        return self._one_user("sAMAccountName", sam)
+
+    def _one_user(self, attribute: str, value: str) -> DirectoryUser:
+        """The one user whose ``attribute`` is ``value``; PermanentError naming the attribute if
+        there is none or more than one."""
         ldap_filter = (f"(&(objectCategory=person)(objectClass=user)"
-                       f"(sAMAccountName={escape_filter_chars(sam)}))")
-        found = self._find_users(self._ad.base_dn, SUBTREE, ldap_filter, "read user", sam)
+                       f"({attribute}={escape_filter_chars(value)}))")
+        found = self._find_users(self._ad.base_dn, SUBTREE, ldap_filter, "read user", value)
         if len(found) != 1:
             raise PermanentError(
                 "no such user" if not found else "the name is not unique",
-                user=sam, step="read user",
-                fix=f"check the sAMAccountName under {self._ad.base_dn}",
+                user=value, step="read user",
+                fix=f"check the {attribute} under {self._ad.base_dn}",
             )
         return found[0]
 
@@ -173,15 +178,7 @@ class Directory:
             pass
         if "@" not in name:
             return self.user_by_sam(name)
-        ldap_filter = (f"(&(objectCategory=person)(objectClass=user)"
-                       f"(userPrincipalName={escape_filter_chars(name)}))")
-        found = self._find_users(self._ad.base_dn, SUBTREE, ldap_filter, "read user", name)
-        if len(found) != 1:
-            raise PermanentError(
-                "no such user" if not found else "the name is not unique",
-                user=name, step="read user",
-                fix=f"check the userPrincipalName under {self._ad.base_dn}")
-        return found[0]
+        return self._one_user("userPrincipalName", name)
 
     # -- groups ----------------------------------------------------------------------------
 
