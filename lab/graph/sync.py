@@ -95,9 +95,9 @@ class SyncEngine:
     # Get-ADSyncScheduler's NextSyncCycleStartTimeInUTC: set when a cycle ends (and when the
     # schedule changes), as Connect's scheduler does; read by the lab's Connect endpoint.
     next_cycle_utc: str = ""
-    fail_cycles: int = 0  # the next cycles that fail (export error): their changes wait
+    fail_cycles: int = 0  # the next cycles that fail their export: their changes wait
+    fail_on_demand: int = 0  # the next provisionOnDemand exports that fail
     failed_cycles: int = 0
-    last_result: str = ""  # the last export: success, or stopped-extension-dll-exception
 
     def reschedule(self) -> None:
         """The schedule changed (``sync_interval_seconds``): the next cycle by the new one."""
@@ -106,11 +106,8 @@ class SyncEngine:
         self.wake.set()
 
     def _next_utc(self) -> None:
-        import datetime as dt
-
-        at = dt.datetime.now(dt.UTC) + dt.timedelta(
-            seconds=max(0.0, self.next_cycle_at - time.monotonic()))
-        self.next_cycle_utc = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        at = time.time() + max(0.0, self.next_cycle_at - time.monotonic())
+        self.next_cycle_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
     async def run(self) -> None:
         """Run cycles on schedule (and when triggered) until cancelled."""
@@ -133,14 +130,12 @@ class SyncEngine:
         if self.fail_cycles > 0:
             self.fail_cycles -= 1
             self.failed_cycles += 1
-            self.last_result = "stopped-extension-dll-exception"
             for change in self.pending.values():
                 change.due = float("inf")  # exported by the next cycle that succeeds
         else:
             for change in self.pending.values():
                 change.due = min(change.due, time.monotonic())
             self._apply_due()
-            self.last_result = "success"
             self.last_sync = now_iso()
         self.running_until = None
         self.ended_at = time.monotonic()
@@ -230,7 +225,11 @@ class SyncEngine:
 
     async def provision_one(self, dn: str) -> str:
         """Cloud Sync's provision on demand: the user at ``dn`` exported now. The result as
-        Graph words it: Success, Skipped (out of scope) or Failure (no such object)."""
+        Graph words it: Success, Skipped (out of scope) or Failure (no such object, or an
+        export that fails: ``fail_on_demand``)."""
+        if self.fail_on_demand > 0:
+            self.fail_on_demand -= 1
+            return "Failure"
         try:
             records = await asyncio.to_thread(self._poll, dn)
         except Exception:  # noSuchObject and the like: the object cannot be read
@@ -320,7 +319,6 @@ class SyncEngine:
             "lastSync": self.last_sync,
             "nextSyncCycleStartTimeInUTC": self.next_cycle_utc,
             "failedCycles": self.failed_cycles,
-            "lastResult": self.last_result,
         }
 
 
@@ -385,6 +383,8 @@ async def sync_state(graph: Graph, _: JSON) -> JSON:
 
 @control("POST", "sync/fail")
 async def sync_fail(graph: Graph, body: JSON) -> JSON:
-    """The next ``cycles`` cycles fail their export (lab only): their changes wait."""
-    ENGINE[0].fail_cycles = int(body.get("cycles", 1))
+    """The next ``cycles`` cycles fail their export (lab only): their changes wait; the next
+    ``onDemand`` provisionOnDemand exports fail (``Failure``)."""
+    ENGINE[0].fail_cycles = int(body.get("cycles", 0))
+    ENGINE[0].fail_on_demand = int(body.get("onDemand", 0))
     return ENGINE[0].state()

@@ -59,9 +59,9 @@ def quick_retries(trigger: str) -> tuple[float, ...]:
 
 def sync_delay(attempts: int, quick: tuple[float, ...], low: float, high: float) -> float:
     """Seconds before a user not synced yet is looked at again, after ``attempts`` looks: the
-    short schedule first, then doubling from ``low`` up to ``high``."""
+    short schedule first (never above ``high``), then doubling from ``low`` up to ``high``."""
     if 1 <= attempts <= len(quick):
-        return quick[attempts - 1]
+        return min(high, quick[attempts - 1])
     return float(min(high, low * 2 ** max(attempts - 1 - len(quick), 0)))
 
 

@@ -42,13 +42,19 @@ def test_short_retries_come_only_with_a_trigger_that_tells_the_end() -> None:
     assert ((), QUICK_RETRIES, QUICK_RETRIES) == (
         quick_retries("none"), quick_retries("connect"), quick_retries("cloud-sync"))
     assert (5.0, 10.0, 20.0, 40.0) == QUICK_RETRIES
-    assert 0 < POLL_SECONDS <= 5
+    assert 3.0 == POLL_SECONDS  # a 30-s cycle's end is seen within 3 s: ten reads a cycle
 
 
 def test_the_short_schedule_first_then_the_back_off_from_its_start() -> None:
     """5, 10, 20, 40 s, then 60, 120, 240 ... up to the maximum, as without the short ones."""
     delays = [sync_delay(n, QUICK_RETRIES, 60.0, 3600.0) for n in range(1, 12)]
     assert [5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0] == delays
+
+
+def test_a_short_retry_never_exceeds_the_maximum() -> None:
+    """The lab's back-off (2 to 20 s) caps the short schedule too."""
+    assert [5.0, 10.0, 20.0, 20.0, 2.0] == [sync_delay(n, QUICK_RETRIES, 2.0, 20.0)
+                                            for n in range(1, 6)]
 
 
 def test_without_short_retries_the_back_off_is_unchanged() -> None:
@@ -72,7 +78,9 @@ def test_a_failed_on_demand_export_is_named_with_what_to_check() -> None:
     assert named is not None
     reason, fix = named
     assert "Cloud Sync's export failed for ann@contoso.com (provisionOnDemand: Failure)" == reason
-    assert "provisioning logs" in fix and "retried" in fix
+    assert ("check the user in Cloud Sync's provisioning logs (Entra admin center > Entra "
+            "Connect > Cloud Sync > Provisioning logs): the OU in scope, no attribute "
+            "conflict; retried") == fix
     assert (None, None, "Success") == (on_demand_failed(SUCCESS, "a"), on_demand_failed(None, "a"),
                                        SUCCESS)
     assert on_demand_failed("Skipped", "b") is not None
