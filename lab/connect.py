@@ -1,5 +1,5 @@
 """Entra Connect peer: the Connect server's constrained PowerShell endpoint
-(``Start-ADSyncSyncCycle`` alone, ``lab/exchange/adsync.py``), on the lab Exchange
+(``Start-ADSyncSyncCycle`` and ``Get-ADSyncScheduler``, ``lab/exchange/adsync.py``), on the lab Exchange
 endpoint's WS-Management + PSRP server, in a process of its own. The cycle it starts
 runs in the lab Graph's sync engine
 (``lab/graph/sync.py``).
