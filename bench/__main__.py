@@ -288,14 +288,14 @@ def ceiling(report: dict[str, Any], users: int) -> float:
 def _sync_floor(report: dict[str, Any], users: int, scripts: float) -> list[str]:
     """The sentence on what the sync adds to the write budget's bound (the scripts' figure
     leaves the sync out: it falls between their two runs)."""
-    wait = report["conditions"].get("sync_wait_seconds")
+    wait = report["conditions"].get("sync_cycle_seconds")
     rate = ceiling(report, users)
     if wait is None or not rate:
         return []
     floor = wait + users / rate
-    return ["", f"No licence starts before the first look at the synced user, "
-                f"{wait:g} s after the mailbox step, so {users:,} users take at least "
-                f"{wait:g} s + {users:,} ÷ {rate:.1f} users/s = {floor:.0f} s: "
+    return ["", f"No licence starts before the first triggered Connect cycle has ended, "
+                f"{wait:g} s after the first mailbox step at the earliest, so {users:,} users "
+                f"take at least {wait:g} s + {users:,} ÷ {rate:.1f} users/s = {floor:.0f} s: "
                 f"{users / floor:.2f} users/s, {users / floor / scripts:.1f}× the scripts' "
                 f"method, whose figure leaves the sync between its two runs out."]
 
@@ -392,8 +392,9 @@ def render(report: dict[str, Any], users: int) -> str:
         + "".join(f", {k}={v}" for k, v in (c.get("overrides") or {}).items()
                   if k not in ("EXCHANGE_SESSIONS", "GRAPH_CONCURRENCY"))
         + (f"; the lab's Entra Connect delta cycle runs {c['sync_cycle_seconds']:g} s, "
-           f"triggered by the service, whose licence step first looks "
-           f"{c['sync_wait_seconds']:g} s after the mailbox step (SYNC_WAIT_SECONDS)"
+           f"triggered by the service, whose licence step looks once that cycle has ended "
+           f"(Get-ADSyncScheduler), {c['sync_wait_seconds']:g} s after the mailbox step at "
+           f"the latest (SYNC_WAIT_SECONDS)"
            if "sync_cycle_seconds" in c else "") + ".",
         "",
     ]
