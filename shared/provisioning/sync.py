@@ -210,6 +210,7 @@ class SyncTrigger:
         self.refs: dict[str, MessageRef] = {}  # cloud-sync: the licence message of each DN
         self.exports: dict[str, str] = {}  # cloud-sync: provisionOnDemand's last answer per DN
         self.watchable = True  # connect: the scheduler can be read
+        self._read_at = 0.0  # when it was last read (monotonic)
 
     def request(self, dn: str, *, again: bool = False, wake: MessageRef | None = None) -> None:
         """A user (by DN) needs a sync; ``wake`` is their licence message, made visible once
@@ -241,14 +242,14 @@ class SyncTrigger:
 
     async def _connect_once(self) -> float | None:
         c = self.coalescer
-        if self.riding:
-            await self._watch()
+        if self.riding and time.monotonic() >= self._read_at + POLL_SECONDS:
+            await self._watch()  # every few seconds, however often users are added meanwhile
         now = time.monotonic()
-        poll = POLL_SECONDS if self.riding else None
+        poll = max(0.0, self._read_at + POLL_SECONDS - now) if self.riding else None
         if c.next_at is None:
             return poll
         if not c.due(now):
-            return min(c.next_at - now, poll or c.next_at - now)
+            return c.next_at - now if poll is None else min(c.next_at - now, poll)
         assert self._connect is not None
         started = time.monotonic()
         before: Scheduler | None = None
@@ -280,6 +281,7 @@ class SyncTrigger:
             return None
         assert self._connect is not None
         self.counts["polls"] += 1
+        self._read_at = time.monotonic()
         try:
             reading = await asyncio.to_thread(scheduler, self._connect)
         except ProvisioningError as exc:
