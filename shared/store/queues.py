@@ -131,10 +131,12 @@ class Queues:
 
     def send_waking(self, item: WorkItem, *, delay: float) -> MessageRef:
         """Send ``item`` invisible for ``delay`` seconds, keeping what ``wake`` needs to make
-        it visible sooner. Put Message answers the message id and a pop receipt ("Put
-        Message", Azure Queue Storage REST API, version 2016-05-31 and later), and Update
-        Message takes that pop receipt with ``visibilitytimeout=0`` ("Update Message"):
-        Azurite does the same."""
+        it visible sooner. Put Message answers the message id and a pop receipt (the SDKs'
+        ``SendReceipt``/``EnqueuedMessage``, "the object returned in the QueueMessageList array
+        when calling Put Message", whose PopReceipt "is required to delete the Message"), and
+        Update Message takes a pop receipt with ``visibilitytimeout=0`` ("Update Message",
+        Azure Queue Storage REST API): Azurite does the same (tests/lab/provisioning/
+        test_sync_looks.py)."""
         queue = QUEUES[item.step]
         seconds = int(min(max(delay, 0.0), MAX_DELAY.total_seconds()))
         sent = self.client(queue).send_message(encode_body(item.encode()),
