@@ -36,22 +36,14 @@ from lab.service import LAB_SERVICE_SETTINGS
 from shared.log import configure as configure_logging
 
 from . import bench_dirsync, docs, e2e, legacy, trickle
+from .targets import HEADLINE_USERS, ceiling, ratio, run_of, targets
 
 RESULTS = REPO / "bench" / "results"
-DEFAULTS = {"users": 2000, "sizes": "500,2000", "legacy_sample": 100,
+DEFAULTS = {"users": HEADLINE_USERS, "sizes": "500,2000", "legacy_sample": 100,
             "poll_sizes": "1000,20000", "poll_repeat": 5}
 QUICK = {"users": 200, "sizes": "200", "legacy_sample": 20, "poll_sizes": "1000",
          "poll_repeat": 3}
 
-# Issue 7's targets.
-BUDGET_SHARE, MAX_429_SHARE = 0.90, 0.01
-WRITES_LOCATION_RIGHT, WRITES_LOCATION_UNSET = 1.05, 2.05
-RATIO = 6.0  # issue 17 (issue 7 asked 10x; Graph's write budget caps any method at ~8.9x)
-# Issue 17's targets per user and for the time to licensed.
-CMDLETS_PER_USER, CPU_MS_PER_USER, STORAGE_PER_USER = 1.05, 60.0, 8.0
-P95_TRIGGER, P95_NONE = 180.0, 1800.0 + 120.0
-POLL_QUIET_MS, POLL_QUIET_BYTES, POLL_TEN_BYTES = 20.0, 1024, 20 * 1024
-MEMORY_MB, MEMORY_AT = 250.0, 10000
 
 
 def parse() -> argparse.Namespace:
@@ -263,105 +255,20 @@ def main() -> None:
     print(f"reproduce: {report['command']}")
 
 
-# -- figures against targets ---------------------------------------------------------------
-def _run(report: dict[str, Any], users: int) -> dict[str, Any] | None:
-    return next((r for r in report["runs"] if r["users"] == users), None)
-
-
-def ratio(report: dict[str, Any], users: int) -> float | None:
-    run, old = _run(report, users), report.get("legacy")
-    if not run or not old or not old["users_per_second"]:
-        return None
-    return float(run["users_per_second"]) / float(old["users_per_second"])
-
-
-def ceiling(report: dict[str, Any], users: int) -> float:
-    """Users per second Graph's write budget allows at the writes per user measured."""
-    run = _run(report, users)
-    budget = 3000 / 150
-    if not run or not run["graph"]["writes_per_user"]:
-        return 0.0
-    return budget / float(run["graph"]["writes_per_user"])
-
-
+# -- figures against targets (bench/targets.py) --------------------------------------------
 def _sync_floor(report: dict[str, Any], users: int, scripts: float) -> list[str]:
     """The sentence on what the sync adds to the write budget's bound (the scripts' figure
     leaves the sync out: it falls between their two runs)."""
-    wait = report["conditions"].get("sync_wait_seconds")
+    wait = report["conditions"].get("sync_cycle_seconds")
     rate = ceiling(report, users)
     if wait is None or not rate:
         return []
     floor = wait + users / rate
-    return ["", f"No licence starts before the first look at the synced user, "
-                f"{wait:g} s after the mailbox step, so {users:,} users take at least "
-                f"{wait:g} s + {users:,} ÷ {rate:.1f} users/s = {floor:.0f} s: "
+    return ["", f"No licence starts before the first triggered Connect cycle has ended, "
+                f"{wait:g} s after the first mailbox step at the earliest, so {users:,} users "
+                f"take at least {wait:g} s + {users:,} ÷ {rate:.1f} users/s = {floor:.0f} s: "
                 f"{users / floor:.2f} users/s, {users / floor / scripts:.1f}× the scripts' "
                 f"method, whose figure leaves the sync between its two runs out."]
-
-
-def targets(report: dict[str, Any], users: int) -> list[dict[str, Any]]:
-    """Each of issue 7's targets with the figure measured and whether it is met."""
-    rows: list[dict[str, Any]] = []
-    run = _run(report, users)
-
-    def row(target: str, figure: str, met: bool | None) -> None:
-        rows.append({"target": target, "figure": figure, "met": met})
-
-    if run:
-        g = run["graph"]
-        row(f"≥ {BUDGET_SHARE:.0%} of Graph's write budget used while a backlog exists "
-            f"(N = {users:,})", f"{g['write_budget_used']:.0%}",
-            g["write_budget_used"] >= BUDGET_SHARE)
-        row("< 1 % of Graph requests answered 429", f"{g['http_429_share']:.2%} "
-            f"({g['http_429']})", g["http_429_share"] < MAX_429_SHARE)
-        right, unset = g["writes_per_user_location_right"], g["writes_per_user_location_unset"]
-        row(f"≤ {WRITES_LOCATION_RIGHT} Graph writes per user, usageLocation right",
-            "-" if right is None else f"{right:.2f}",
-            None if right is None else right <= WRITES_LOCATION_RIGHT)
-        row(f"≤ {WRITES_LOCATION_UNSET} Graph writes per user otherwise",
-            "-" if unset is None else f"{unset:.2f}",
-            None if unset is None else unset <= WRITES_LOCATION_UNSET)
-    if run:
-        x, w = run["exchange"], run["worker"]
-        cpu = w["cpu_seconds"] / users * 1000
-        row(f"≤ {CMDLETS_PER_USER} Exchange cmdlets per user", f"{x['cmdlets_per_user']:.2f}",
-            x["cmdlets_per_user"] <= CMDLETS_PER_USER)
-        row(f"≤ {CPU_MS_PER_USER:g} ms worker CPU per user", f"{cpu:.0f} ms",
-            cpu <= CPU_MS_PER_USER)
-        row(f"≤ {STORAGE_PER_USER:g} storage requests per user",
-            f"{w['storage_requests_per_user']:.2f}",
-            w["storage_requests_per_user"] <= STORAGE_PER_USER)
-    for t in report.get("trickle", []):
-        limit = P95_NONE if t["trigger"] == "none" else P95_TRIGGER
-        p95 = t["p95_seconds"]
-        row(f"p95 time to licensed ≤ {limit / 60:g} min, SYNC_TRIGGER={t['trigger']}",
-            "-" if p95 is None else f"{p95 / 60:.1f} min ({t['licensed']} of {t['users']})",
-            None if p95 is None else p95 <= limit and t["licensed"] == t["users"])
-    found = ratio(report, users)
-    row(f"≥ {RATIO:g}× the existing scripts' method (N = {users:,})",
-        "-" if found is None else f"{found:.2f}×",
-        None if found is None else found >= RATIO)
-    for poll in report.get("polling", []):
-        if poll["members"] != 20000:
-            continue
-        quiet, ten = poll["no_change_poll"], poll["ten_change_poll"]
-        row("no-change poll of 20,000 members < 20 ms and < 1 KB read",
-            f"{quiet['seconds_median'] * 1000:.1f} ms, {quiet['bytes_read']} B",
-            quiet["seconds_median"] * 1000 < POLL_QUIET_MS
-            and quiet["bytes_read"] < POLL_QUIET_BYTES)
-        row("10-change poll of 20,000 members < 20 KB read", f"{ten['bytes_read']} B",
-            ten["bytes_read"] < POLL_TEN_BYTES)
-    big = _run(report, MEMORY_AT)
-    stopped = next((r for r in report.get("stopped_runs", []) if r["users"] == MEMORY_AT), None)
-    if big is None and stopped is not None:
-        row(f"worker memory < {MEMORY_MB:g} MB at N = {MEMORY_AT:,}",
-            f"{stopped['worker_rss_mb']:.0f} MB resident with all {MEMORY_AT:,} enqueued, "
-            f"{stopped['provisioned']:,} done (run stopped)", None)
-        return rows
-    row(f"worker memory < {MEMORY_MB:g} MB at N = {MEMORY_AT:,}",
-        "not run" if big is None else f"{big['worker']['peak_rss_mb']:.0f} MB",
-        None if big is None else big["worker"]["peak_rss_mb"] < MEMORY_MB)
-    return rows
 
 
 # -- Markdown ------------------------------------------------------------------------------
@@ -390,12 +297,13 @@ def render(report: dict[str, Any], users: int) -> str:
         + "".join(f", {k}={v}" for k, v in (c.get("overrides") or {}).items()
                   if k not in ("EXCHANGE_SESSIONS", "GRAPH_CONCURRENCY"))
         + (f"; the lab's Entra Connect delta cycle runs {c['sync_cycle_seconds']:g} s, "
-           f"triggered by the service, whose licence step first looks "
-           f"{c['sync_wait_seconds']:g} s after the mailbox step (SYNC_WAIT_SECONDS)"
+           f"triggered by the service, whose licence step looks once that cycle has ended "
+           f"(Get-ADSyncScheduler), {c['sync_wait_seconds']:g} s after the mailbox step at "
+           f"the latest (SYNC_WAIT_SECONDS)"
            if "sync_cycle_seconds" in c else "") + ".",
         "",
     ]
-    run = _run(report, users)
+    run = run_of(report, users)
     if run:
         g, x, w = run["graph"], run["exchange"], run["worker"]
         lines += [

@@ -3,8 +3,9 @@
 A fresh lab of its own (``LAB_SYNC_TRIGGER`` picks the trigger; the sync engine keeps Entra
 Connect's 30-minute schedule, each cycle running 30 s), 200 ms per Exchange cmdlet and 100 ms
 per Graph request. One user is added to O365_Provision every ``--every`` seconds for
-``--users`` users; a worker process runs what the function app runs: the poll timer at every
-minute (``POLL_SCHEDULE`` ``0 * * * * *``) and the queue handlers continuously. The time of
+``--users`` users; a worker process runs what the function app runs: the poll timer on
+``POLL_SCHEDULE``'s seconds (``*/15 * * * * *`` by default: every 15 s; ``0 * * * * *``: every
+minute) and the queue handlers continuously. The time of
 each user's ``provisioned`` outcome minus the time it was added is its latency.
 
 The trickle starts right after a sync cycle (the lab's first one), the worst third of the
@@ -123,6 +124,14 @@ def hourly_scripts(run_seconds_per_user: float, users_per_hour: float,
 
 
 # -- the worker ---------------------------------------------------------------------------------
+def poll_every(schedule: str) -> float:
+    """Seconds between two polls of an NCRONTAB schedule that runs every minute or more often:
+    ``*/N`` in its seconds field, else a minute."""
+    seconds = schedule.split()[0]
+    return float(seconds[2:]) if seconds.startswith("*/") else 60.0
+
+
+
 async def work(env_file: Path) -> None:
     """The function app's poll timer (every minute) and queue handlers, until terminated."""
     from concurrent.futures import ThreadPoolExecutor
@@ -144,10 +153,11 @@ async def work(env_file: Path) -> None:
             return
         await flow.io(svc.queues.delete, message)
 
+    every = poll_every(svc.settings.schedules.poll_schedule)
     while True:
         if time.time() >= next_poll:
             await flow.poll(svc)
-            next_poll = (time.time() // 60 + 1) * 60
+            next_poll = (time.time() // every + 1) * every
         for queue in QUEUES:
             if len(running[queue]) >= 8:
                 continue

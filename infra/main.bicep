@@ -219,7 +219,7 @@ param logLevel string = 'INFO'
 @description('Address the alert rules mail (an action group). Empty: the first address of mailTo; both empty: no alert rules.')
 param alertEmail string = ''
 
-@description('Minutes between two polls, as pollSchedule says: the no-poll alert fires after 30 minutes without a successful poll (1 hour above 10, 3 hours above 20).')
+@description('Minutes between two polls, as pollSchedule says (1 for a poll every minute or more often, as the default every 15 s): the no-poll alert fires after 30 minutes without a successful poll (1 hour above 10, 3 hours above 20).')
 @minValue(1)
 @maxValue(60)
 param pollIntervalMinutes int = 1
@@ -265,7 +265,7 @@ param cloudSyncRuleId string = ''
 param syncWaitSeconds int = 60
 
 @description('NCRONTAB schedules (six fields, seconds first, UTC).')
-param pollSchedule string = '0 * * * * *'
+param pollSchedule string = '*/15 * * * * *'
 param reconcileSchedule string = '0 30 * * * *'
 param reportSchedule string = '0 0 7 * * *'
 param rolesSchedule string = '0 */15 * * * *'

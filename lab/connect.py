@@ -1,8 +1,7 @@
 """Entra Connect peer: the Connect server's constrained PowerShell endpoint
-(``Start-ADSyncSyncCycle`` alone, ``lab/exchange/adsync.py``), on the lab Exchange
-endpoint's WS-Management + PSRP server, in a process of its own. The cycle it starts
-runs in the lab Graph's sync engine
-(``lab/graph/sync.py``).
+(``Start-ADSyncSyncCycle`` and ``Get-ADSyncScheduler``, ``lab/exchange/adsync.py``), on the
+lab Exchange endpoint's WS-Management + PSRP server, in a process of its own. The cycle it
+starts runs in the lab Graph's sync engine (``lab/graph/sync.py``).
 
 ``start(lab)`` writes ``LAB_CONNECT_URL`` and the service's ``CONNECT_URL``, ``CONNECT_USER``,
 ``CONNECT_PASSWORD``, ``CONNECT_AUTH`` and ``CONNECT_CONFIGURATION_NAME`` (the relay peer

@@ -24,7 +24,7 @@ LAB_SERVICE_SETTINGS = {
     "SYNC_RETRY_MAX_SECONDS": "20",
     "SYNC_DEADLINE_HOURS": "24",
     "LEASE_SECONDS": "30",
-    "POLL_SCHEDULE": "0 * * * * *",
+    "POLL_SCHEDULE": "*/15 * * * * *",
     "RECONCILE_SCHEDULE": "0 30 * * * *",
     "REPORT_SCHEDULE": "0 0 7 * * *",
     "ROLES_SCHEDULE": "0 */15 * * * *",

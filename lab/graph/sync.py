@@ -92,22 +92,29 @@ class SyncEngine:
     busy_answers: int = 0
     last_sync: str = ""  # when the last cycle exported (onPremisesLastSyncDateTime)
     ended_at: float = 0.0
+    # Get-ADSyncScheduler's NextSyncCycleStartTimeInUTC: set when a cycle ends (and when the
+    # schedule changes), as Connect's scheduler does; read by the lab's Connect endpoint.
+    next_cycle_utc: str = ""
+    fail_cycles: int = 0  # the next cycles that fail their export: their changes wait
+    fail_on_demand: int = 0  # the next provisionOnDemand exports that fail
+    failed_cycles: int = 0
 
     def reschedule(self) -> None:
         """The schedule changed (``sync_interval_seconds``): the next cycle by the new one."""
         self.next_cycle_at = self.ended_at + self.graph.knobs.sync_interval_seconds
+        self._next_utc()
         self.wake.set()
+
+    def _next_utc(self) -> None:
+        at = time.time() + max(0.0, self.next_cycle_at - time.monotonic())
+        self.next_cycle_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
     async def run(self) -> None:
         """Run cycles on schedule (and when triggered) until cancelled."""
         while True:
             now = time.monotonic()
             if self.running_until is not None and now >= self.running_until:
-                self._apply_due()
-                self.running_until = None
-                self.last_sync = now_iso()
-                self.ended_at = time.monotonic()
-                self.next_cycle_at = self.ended_at + self.graph.knobs.sync_interval_seconds
+                self._end_cycle()
             if self.running_until is None and time.monotonic() >= self.next_cycle_at:
                 await self.start_cycle()
             self.polls += 1
@@ -115,6 +122,25 @@ class SyncEngine:
             until = self.running_until if self.running_until is not None else self.next_cycle_at
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), max(0.01, until - time.monotonic()))
+
+    def _end_cycle(self) -> None:
+        """The export of the cycle that ends: what it imported reaches the cloud, unless the
+        cycle fails (``fail_cycles``): its changes wait for the next cycle, as an export
+        error leaves them pending in Connect's connector space."""
+        if self.fail_cycles > 0:
+            self.fail_cycles -= 1
+            self.failed_cycles += 1
+            for change in self.pending.values():
+                change.due = float("inf")  # exported by the next cycle that succeeds
+        else:
+            for change in self.pending.values():
+                change.due = min(change.due, time.monotonic())
+            self._apply_due()
+            self.last_sync = now_iso()
+        self.running_until = None
+        self.ended_at = time.monotonic()
+        self.next_cycle_at = self.ended_at + self.graph.knobs.sync_interval_seconds
+        self._next_utc()
 
     async def start_cycle(self) -> bool:
         """Start a delta cycle now: import AD's changes; they are exported when it ends.
@@ -199,7 +225,11 @@ class SyncEngine:
 
     async def provision_one(self, dn: str) -> str:
         """Cloud Sync's provision on demand: the user at ``dn`` exported now. The result as
-        Graph words it: Success, Skipped (out of scope) or Failure (no such object)."""
+        Graph words it: Success, Skipped (out of scope) or Failure (no such object, or an
+        export that fails: ``fail_on_demand``)."""
+        if self.fail_on_demand > 0:
+            self.fail_on_demand -= 1
+            return "Failure"
         try:
             records = await asyncio.to_thread(self._poll, dn)
         except Exception:  # noSuchObject and the like: the object cannot be read
@@ -287,6 +317,8 @@ class SyncEngine:
             "triggered": self.triggered,
             "busyAnswers": self.busy_answers,
             "lastSync": self.last_sync,
+            "nextSyncCycleStartTimeInUTC": self.next_cycle_utc,
+            "failedCycles": self.failed_cycles,
         }
 
 
@@ -346,4 +378,13 @@ async def sync_cycle(graph: Graph, body: JSON) -> JSON:
 
 @control("GET", "sync")
 async def sync_state(graph: Graph, _: JSON) -> JSON:
+    return ENGINE[0].state()
+
+
+@control("POST", "sync/fail")
+async def sync_fail(graph: Graph, body: JSON) -> JSON:
+    """The next ``cycles`` cycles fail their export (lab only): their changes wait; the next
+    ``onDemand`` provisionOnDemand exports fail (``Failure``)."""
+    ENGINE[0].fail_cycles = int(body.get("cycles", 0))
+    ENGINE[0].fail_on_demand = int(body.get("onDemand", 0))
     return ENGINE[0].state()

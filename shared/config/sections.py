@@ -214,7 +214,7 @@ class SyncSettings(Section):
 class ScheduleSettings(Section):
     """NCRONTAB schedules (six fields, seconds first); function_app.py names them as %SETTING%."""
 
-    poll_schedule: str = "0 * * * * *"  # every minute: a quiet DirSync poll costs ~3 ms
+    poll_schedule: str = "*/15 * * * * *"  # every 15 s: a quiet DirSync poll costs ~3 ms
     reconcile_schedule: str = "0 30 * * * *"
     report_schedule: str = "0 0 7 * * *"
     roles_schedule: str = "0 */15 * * * *"

@@ -142,12 +142,16 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
                         name=user.sam if user else t.who, wait=t.wait, records=records)
     if not finished and records:
         await io(svc.ledger.write_records, records)
+    ref = None
     if t.follow is not None:
         # No ledger row for it: the next step's claim creates one. Reconcile re-sends it
         # only for a member with no row at that step (a crash right here).
-        await io(svc.queues.send_item, t.follow.item, delay=t.follow.delay)
+        if t.wake:  # kept, to be made visible once the sync has ended
+            ref = await io(svc.queues.send_waking, t.follow.item, delay=t.follow.delay)
+        else:
+            await io(svc.queues.send_item, t.follow.item, delay=t.follow.delay)
     if t.sync:
-        (await svc.sync_trigger()).request(t.sync, again=t.sync_again)
+        (await svc.sync_trigger()).request(t.sync, again=t.sync_again, wake=ref)
     log.info(t.event, user=t.handled.user, step=item.step, outcome=t.handled.outcome,
              reason=t.error or None, attempts=row.attempts, correlation_id=item.correlation_id)
     telemetry.transition(item, t, row.attempts)

@@ -164,7 +164,7 @@ class Service:
                     self.secrets.resolve, s.connect.password, setting="CONNECT_PASSWORD")
                 connect = ExchangeClient(s.connect.as_psrp(), password=password,
                                          ca_bundle=s.service.ca_bundle)
-            current.sync = SyncTrigger(s, connect, self.graph())
+            current.sync = SyncTrigger(s, connect, self.graph(), wake=self.queues.wake)
         return current.sync
 
     def graph(self) -> GraphClient:

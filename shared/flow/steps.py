@@ -6,9 +6,11 @@ other exception is a bug and propagates."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import TYPE_CHECKING
 
 from shared.errors import PermanentError, SafetyStop, TransientError
+from shared.provisioning.looks import on_demand_failed
 from shared.results import Done, NotYet, Stale, Wait
 from shared.store.ledger import Change
 from shared.store.messages import Step, WorkItem
@@ -26,13 +28,25 @@ async def run_step(svc: Service, item: WorkItem) -> StepResult:
             return await _mailbox(svc, item)
         if item.step is Step.LICENSE:
             step = await svc.license_step()
-            return await step.run(item.user, correlation_id=item.correlation_id)
+            return await _named(svc, await step.run(item.user,
+                                                    correlation_id=item.correlation_id))
         return await _role(svc, item)
     except TransientError as exc:
         return NotYet(Wait.OUTAGE, exc.reason, user=exc.user, fix=exc.fix,
                       retry_after=exc.retry_after)
     except (PermanentError, SafetyStop) as exc:
         return exc
+
+
+async def _named(svc: Service, result: Done | NotYet | Stale) -> Done | NotYet | Stale:
+    """A user not synced whose provisionOnDemand did not export waits for that, by name."""
+    if not isinstance(result, NotYet) or result.kind is not Wait.SYNC or not result.dn \
+            or svc.settings.sync.trigger != "cloud-sync":
+        return result
+    named = on_demand_failed((await svc.sync_trigger()).exports.get(result.dn), result.user)
+    if named is None:
+        return result
+    return dataclasses.replace(result, reason=named[0], fix=named[1])
 
 
 async def check(svc: Service, item: WorkItem) -> str | None:

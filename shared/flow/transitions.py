@@ -37,6 +37,7 @@ from enum import Enum, auto
 from typing import TYPE_CHECKING
 
 from shared.errors import PermanentError, ProvisioningError, SafetyStop
+from shared.provisioning.looks import quick_retries, stuck_at, sync_delay
 from shared.results import Done, NotYet, Shortage, Stale, Wait
 from shared.store.ledger import Change, LedgerRow, State, Verdict
 from shared.store.messages import QUEUES, MalformedMessage, Step, WorkItem, decode
@@ -76,6 +77,9 @@ class Policy:
     lease: dt.timedelta = dt.timedelta(minutes=5)
     first_look: float = 0.0  # how long after the mailbox step the licence step first looks
     grace: dt.timedelta = GRACE
+    # a trigger says when the sync ended: the licence message is woken then, and a user not
+    # there yet is looked at again after these seconds before the back-off (``looks``)
+    quick: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, settings: Settings) -> Policy:
@@ -89,6 +93,7 @@ class Policy:
             lease=dt.timedelta(seconds=settings.service.lease_seconds),
             first_look=settings.sync.wait_seconds,
             grace=dt.timedelta(seconds=settings.service.reconcile_grace_seconds),
+            quick=quick_retries(settings.sync.trigger),
         )
 
     def delay(self, wait: NotYet, attempts: int) -> float:
@@ -100,9 +105,10 @@ class Policy:
             return max(wait.retry_after, 1.0)
         if wait.kind is Wait.SHORTAGE:
             return self.shortage_recheck
-        low, high = ((self.outage_min, self.outage_max) if wait.kind is Wait.OUTAGE
-                     else (self.sync_min, self.sync_max))
-        return float(min(high, low * 2 ** max(attempts - 1, 0)))
+        if wait.kind is Wait.OUTAGE:
+            return sync_delay(attempts, (), self.outage_min, self.outage_max)
+        quick = self.quick if wait.kind is Wait.SYNC else ()
+        return sync_delay(attempts, quick, self.sync_min, self.sync_max)
 
     def deadline(self, wait: NotYet) -> dt.timedelta | None:
         """How long a wait may last since the first attempt; None: as long as it takes."""
@@ -259,6 +265,7 @@ class Transition:
     # a user (DN) who needs the sync now: the trigger is asked (``shared.provisioning.sync``)
     sync: str = ""
     sync_again: bool = False  # asked again for a user still not synced
+    wake: bool = False  # ``follow`` is made visible once the sync has ended (``looks``)
 
 
 def advance(row: LedgerRow, item: WorkItem, result: StepResult, now: dt.datetime,
@@ -287,7 +294,7 @@ def _done(item: WorkItem, result: Done, policy: Policy) -> Transition:
                                           "correlation_id": item.correlation_id}),)
     return Transition(State.DONE, Handled("done", str(item.user)), "step_done", who=result.user,
                       follow=follow, audit=result.changes, records=records,
-                      sync=result.dn if mailbox else "")
+                      sync=result.dn if mailbox else "", wake=mailbox and bool(policy.quick))
 
 
 def _stale(item: WorkItem, stale: Stale) -> Transition:
@@ -319,7 +326,8 @@ def _not_yet(row: LedgerRow, item: WorkItem, wait: NotYet, now: dt.datetime,
         records.append(Record("shortage", {"sku": s.part_number, "consumed": s.consumed,
                                            "total": s.prepaid}))
         alerts.append(ShortageAlert(s.part_number, s.prepaid, s.consumed))
-    if row.attempts == policy.stuck_after and wait.kind is not Wait.SHORTAGE:
+    stuck = stuck_at(policy.stuck_after, policy.quick if wait.kind is Wait.SYNC else ())
+    if row.attempts == stuck and wait.kind is not Wait.SHORTAGE:
         # Exactly once: the shortage has its own alert, once per SKU and day.
         records.append(Record("stuck", {"user": str(item.user), "name": user,
                                         "step": item.step.value, "reason": wait.reason,

@@ -16,6 +16,12 @@ Connect's scheduler every 30 minutes by default. This module asks for it:
                 users beyond it wait their turn, or the next scheduled cycle.
 ``none``        nothing: the licence step waits for the schedule.
 
+**Looking right away**: the licence message goes out with ``SYNC_WAIT_SECONDS`` of
+invisibility (the fallback) and its reference is handed to ``request``; once the sync that
+covers the user has ended (``connect``: the Connect server's scheduler, read every few seconds
+while a triggered cycle runs; ``cloud-sync``: provisionOnDemand's answer) the message is made
+visible now (``Queues.wake``). What decides: ``shared.provisioning.looks``.
+
 ``Coalescer`` decides when to send (pure, tested without peers); ``SyncTrigger`` sends, from a
 task on the worker's event loop, so a handler never waits for it. A trigger is an optimisation,
 never a promise: a worker that stops before its trigger went out leaves those users to the
@@ -30,16 +36,21 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import PermanentError, ProvisioningError, TransientError
 from shared.exchange.errors import record_error
 from shared.log import get_logger
 
+from .looks import POLL_SECONDS, SUCCESS, Scheduler, baseline, cycle_over
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shared.config import Settings
     from shared.exchange.client import ExchangeClient
     from shared.graph.client import GraphClient
+    from shared.store.queues import MessageRef
 
 log = get_logger(__name__)
 STEP = "sync"
@@ -100,6 +111,11 @@ class Coalescer:
         else:
             self.first_pending = self.next_at = None
 
+    def ended(self) -> None:
+        """The cycle a trigger started has ended: a user still not synced after it needs a
+        new one (a failed cycle, a change it did not import), at once."""
+        self.last_sent = None
+
 
 @dataclass
 class Pacer:
@@ -134,6 +150,23 @@ def connect_answer(client: ExchangeClient) -> Sent:
     return Sent.SENT
 
 
+def scheduler(client: ExchangeClient) -> Scheduler | None:
+    """``Get-ADSyncScheduler`` on the Connect server; None when it cannot be read (an endpoint
+    registered before it exposed the cmdlet: the fallback wait holds). Raises the Exchange
+    client's transport errors."""
+    result = client.invoke("Get-ADSyncScheduler", [])
+    if result.errors or not result.output:
+        return None
+    props: dict[str, Any] = {}
+    for bag in ("adapted_properties", "extended_properties"):
+        props.update(getattr(result.output[0], bag, None) or {})
+    running = props.get("SyncCycleInProgress")
+    if running is None:
+        return None
+    return Scheduler(in_progress=running is True or str(running).lower() == "true",
+                     next_start=str(props.get("NextSyncCycleStartTimeInUTC") or ""))
+
+
 async def provision_on_demand(graph: GraphClient, settings: Settings, dn: str) -> str:
     """One user through Cloud Sync now; the result Graph reports (Success, Skipped, ...)."""
     import json
@@ -155,7 +188,8 @@ class SyncTrigger:
     """Sends the triggers ``SYNC_TRIGGER`` asks for, from a task on one event loop."""
 
     def __init__(self, settings: Settings, connect: ExchangeClient | None,
-                 graph: GraphClient | None) -> None:
+                 graph: GraphClient | None,
+                 wake: Callable[[MessageRef], bool] | None = None) -> None:
         self.settings = settings
         s = settings.sync
         self.mode = s.trigger
@@ -168,15 +202,29 @@ class SyncTrigger:
         self._graph = graph
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.counts = {"sent": 0, "busy": 0, "failed": 0, "on_demand": 0}
+        self.counts = {"sent": 0, "busy": 0, "failed": 0, "on_demand": 0, "woken": 0,
+                       "polls": 0}
+        self._wake_message = wake
+        self.waiting: list[tuple[float, MessageRef]] = []  # connect: no trigger sent for them yet
+        self.riding: list[tuple[str, list[MessageRef]]] = []  # a sent trigger's baseline, messages
+        self.refs: dict[str, MessageRef] = {}  # cloud-sync: the licence message of each DN
+        self.exports: dict[str, str] = {}  # cloud-sync: provisionOnDemand's last answer per DN
+        self.watchable = True  # connect: the scheduler can be read
+        self._read_at = 0.0  # when it was last read (monotonic)
 
-    def request(self, dn: str, *, again: bool = False) -> None:
-        """A user (by DN) needs a sync; returns at once."""
+    def request(self, dn: str, *, again: bool = False, wake: MessageRef | None = None) -> None:
+        """A user (by DN) needs a sync; ``wake`` is their licence message, made visible once
+        that sync has ended. Returns at once."""
         if self.mode == "none":
             return
+        at = time.monotonic()
         if self.mode == "connect":
-            self.coalescer.request(time.monotonic(), again=again)
+            self.coalescer.request(at, again=again)
+            if wake is not None:
+                self.waiting.append((at, wake))
         elif dn and dn not in self.queued:
+            if wake is not None:
+                self.refs[dn] = wake
             self.queued.add(dn)
             self.users.append(dn)
         if self._task is None or self._task.done():
@@ -194,23 +242,91 @@ class SyncTrigger:
 
     async def _connect_once(self) -> float | None:
         c = self.coalescer
+        if self.riding and time.monotonic() >= self._read_at + POLL_SECONDS:
+            await self._watch()  # every few seconds, however often users are added meanwhile
         now = time.monotonic()
+        poll = max(0.0, self._read_at + POLL_SECONDS - now) if self.riding else None
         if c.next_at is None:
-            return None
+            return poll
         if not c.due(now):
-            return c.next_at - now
+            return c.next_at - now if poll is None else min(c.next_at - now, poll)
         assert self._connect is not None
         started = time.monotonic()
+        before: Scheduler | None = None
         try:
-            answer = await asyncio.to_thread(connect_answer, self._connect)
+            before = await self._read_scheduler()
+            if before is not None and baseline(before) is None:  # a cycle runs: wait for it
+                answer = Sent.BUSY
+            else:
+                answer = await asyncio.to_thread(connect_answer, self._connect)
         except ProvisioningError as exc:
             answer = Sent.FAILED
             log.warning("sync_trigger_failed", step=STEP, reason=exc.reason, fix=exc.fix,
                         permanent=isinstance(exc, PermanentError))
         c.sent(started, answer, time.monotonic())
+        if answer is Sent.BUSY and before is not None:
+            c.next_at = time.monotonic() + POLL_SECONDS  # asked again once it has ended
+        if answer is Sent.SENT:
+            covered = [ref for at, ref in self.waiting if at < started]
+            self.waiting = [(at, ref) for at, ref in self.waiting if at >= started]
+            if before is not None:
+                self.riding.append((before.next_start, covered))
         self.counts[answer.value] += 1
         log.info("sync_triggered", step=STEP, answer=answer.value, trigger="connect")
-        return 0.0 if c.next_at is not None else None
+        return 0.0 if c.next_at is not None or self.riding else None
+
+    async def _read_scheduler(self) -> Scheduler | None:
+        """The scheduler's state, or None (not readable: the fallback wait holds)."""
+        if not self.watchable:
+            return None
+        assert self._connect is not None
+        self.counts["polls"] += 1
+        self._read_at = time.monotonic()
+        try:
+            reading = await asyncio.to_thread(scheduler, self._connect)
+        except ProvisioningError as exc:
+            log.warning("sync_scheduler_unreadable", step=STEP, reason=exc.reason, fix=exc.fix)
+            return None
+        if reading is None:
+            self.watchable = False
+            log.warning("sync_scheduler_unreadable", step=STEP,
+                        reason="Get-ADSyncScheduler is not available on the Connect endpoint",
+                        fix="add Get-ADSyncScheduler to the endpoint's VisibleCmdlets "
+                        "(docs/permissions.md); until then the licence step waits "
+                        "SYNC_WAIT_SECONDS")
+        return reading
+
+    async def _watch(self) -> None:
+        """Read the scheduler once; wake the messages of every triggered cycle that ended."""
+        reading = await self._read_scheduler()
+        if reading is None:
+            self.riding = [] if not self.watchable else self.riding
+            return
+        ended = [refs for before, refs in self.riding if cycle_over(before, reading)]
+        self.riding = [(b, refs) for b, refs in self.riding if not cycle_over(b, reading)]
+        if ended:
+            self.coalescer.ended()
+            log.info("sync_cycle_ended", step=STEP, trigger="connect",
+                     users=sum(len(refs) for refs in ended))
+        for refs in ended:
+            await self._wake_all(refs)
+
+    async def _wake_all(self, refs: list[MessageRef]) -> None:
+        """Make these licence messages visible now, a few at a time."""
+        if self._wake_message is None or not refs:
+            return
+        wake = self._wake_message
+        gate = asyncio.Semaphore(8)
+
+        async def one(ref: MessageRef) -> None:
+            async with gate:
+                try:
+                    if await asyncio.to_thread(wake, ref):
+                        self.counts["woken"] += 1
+                except Exception as exc:  # the fallback wait still holds for this one
+                    log.warning("sync_wake_failed", step=STEP, error=type(exc).__name__)
+
+        await asyncio.gather(*(one(ref) for ref in refs))
 
     async def _on_demand(self) -> float | None:
         if not self.users:
@@ -233,8 +349,15 @@ class SyncTrigger:
             log.warning("sync_on_demand_failed", step=STEP, user=dn, reason=exc.reason,
                         fix=exc.fix)
         self.queued.discard(dn)
+        if result == SUCCESS:
+            self.exports.pop(dn, None)
+        else:
+            self.exports[dn] = result
         self.counts["on_demand"] += 1
         log.info("sync_triggered", step=STEP, user=dn, answer=result, trigger="cloud-sync")
+        ref = self.refs.pop(dn, None)
+        if ref is not None:  # exported or not, it is known now: the licence step looks
+            await self._wake_all([ref])
         return 0.0
 
     async def close(self) -> None:

@@ -91,6 +91,16 @@ class Received:
         return self.body if isinstance(self.body, str) else ""
 
 
+@dataclass(frozen=True)
+class MessageRef:
+    """A message this worker sent and may make visible early (``Queues.wake``): its queue, id
+    and the pop receipt Put Message returned."""
+
+    queue: str
+    message_id: str
+    pop_receipt: str
+
+
 class Queues:
     """The service's queues and their poison twins."""
 
@@ -118,6 +128,35 @@ class Queues:
     def send_item(self, item: WorkItem, *, delay: float = 0.0) -> dt.datetime:
         """Send ``item``; returns the insertion time the storage service gave it."""
         return self.send(QUEUES[item.step], item.encode(), delay=delay)
+
+    def send_waking(self, item: WorkItem, *, delay: float) -> MessageRef:
+        """Send ``item`` invisible for ``delay`` seconds, keeping what ``wake`` needs to make
+        it visible sooner. Put Message answers the message id and a pop receipt (the SDKs'
+        ``SendReceipt``/``EnqueuedMessage``, "the object returned in the QueueMessageList array
+        when calling Put Message", whose PopReceipt "is required to delete the Message"), and
+        Update Message takes a pop receipt with ``visibilitytimeout=0`` ("Update Message",
+        Azure Queue Storage REST API): Azurite does the same (tests/lab/provisioning/
+        test_sync_looks.py)."""
+        queue = QUEUES[item.step]
+        seconds = int(min(max(delay, 0.0), MAX_DELAY.total_seconds()))
+        sent = self.client(queue).send_message(encode_body(item.encode()),
+                                               visibility_timeout=seconds or None)
+        self.visible[queue] = max(self.visible.get(queue, 0.0), time.monotonic() + seconds + 1)
+        return MessageRef(queue, str(sent.id), str(sent.pop_receipt))
+
+    def wake(self, ref: MessageRef) -> bool:
+        """Make a delayed message visible now; False when it is no longer as it was sent (it
+        became visible and was received meanwhile, or was deleted): nothing to do then."""
+        try:
+            self.client(ref.queue).update_message(ref.message_id, ref.pop_receipt,
+                                                  visibility_timeout=0)
+        except ResourceNotFoundError:
+            return False
+        except HttpResponseError as exc:
+            if getattr(exc, "error_code", None) != "PopReceiptMismatch":
+                raise
+            return False
+        return True
 
     def send(self, queue: str, text: str, *, delay: float = 0.0) -> dt.datetime:
         """Send ``text`` (encoded as base64) to ``queue``, visible after ``delay`` seconds;

@@ -374,3 +374,12 @@ def test_docs_benchmarks_is_what_bench_docs_generates() -> None:
     from bench import docs
 
     assert docs.render() == (REPO / "docs" / "benchmarks.md").read_text()
+
+
+def test_the_readme_s_targets_are_what_bench_docs_generates() -> None:
+    """The README's table of targets comes from the same recorded run as docs/benchmarks.md,
+    against the targets of ``python -m bench`` as the code has them now."""
+    from bench import docs
+
+    text = README.read_text()
+    assert docs.readme(text) == text

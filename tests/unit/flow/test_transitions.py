@@ -625,3 +625,42 @@ def test_what_a_handler_reports_defaults_to_nothing_said() -> None:
     assert (("", ""), {}, ("", "", "", False, False, "", False)) == (
         (handled.user, handled.detail), record.fields,
         (t.who, t.error, t.wait, t.read_user, t.undo, t.sync, t.sync_again))
+
+
+# -- looking when the sync has ended (shared.provisioning.looks) -----------------------------
+
+QUICK = dataclasses.replace(POLICY, quick=(5.0, 10.0, 20.0, 40.0), first_look=75.0)
+
+
+def test_with_a_trigger_the_licence_message_is_woken_when_the_sync_ends() -> None:
+    """The licence message keeps the fallback delay and is marked to wake; without a trigger
+    (no short retries) it is not, and a step after the licence never is."""
+    done = Done("ann", (), next_step=Step.LICENSE, dn="CN=ann")
+    woken = advance(row(), item(Step.MAILBOX), done, NOW, QUICK)
+    plain = advance(row(), item(Step.MAILBOX), done, NOW, dataclasses.replace(QUICK, quick=()))
+    licence = advance(row(), item(), Done("ann", ()), NOW, QUICK)
+    assert woken.follow is not None
+    assert (True, 75.0, "CN=ann", False, False) == (
+        woken.wake, woken.follow.delay, woken.sync, plain.wake, licence.wake)
+
+
+@pytest.mark.parametrize(("attempts", "delay"), [(1, 5.0), (4, 40.0), (5, 60.0), (6, 120.0)])
+def test_a_user_not_there_after_the_sync_is_looked_at_again_within_seconds(
+        attempts: int, delay: float) -> None:
+    t = advance(row(attempts), item(), NotYet(Wait.SYNC, "not synced", user="ann"), NOW, QUICK)
+    assert t.retry is not None and delay == t.retry.delay
+
+
+def test_the_short_retries_are_for_the_sync_alone() -> None:
+    """A routing wait and an outage keep their own back-off."""
+    routing = advance(row(1), item(), NotYet(Wait.ROUTING, "no address", user="a"), NOW, QUICK)
+    outage = advance(row(1), item(), NotYet(Wait.OUTAGE, "down", user="a"), NOW, QUICK)
+    assert routing.retry is not None and outage.retry is not None
+    assert (60.0, 30.0) == (routing.retry.delay, outage.retry.delay)
+
+
+@pytest.mark.parametrize(("attempts", "alerted"), [(6, False), (10, True)])
+def test_the_stuck_alert_comes_after_the_short_retries(attempts: int, alerted: bool) -> None:
+    sync = advance(row(attempts), item(), NotYet(Wait.SYNC, "not synced", user="a"), NOW, QUICK)
+    routing = advance(row(6), item(), NotYet(Wait.ROUTING, "no address", user="a"), NOW, QUICK)
+    assert (alerted, True) == (bool(sync.alerts), bool(routing.alerts))
