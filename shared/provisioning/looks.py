@@ -11,7 +11,8 @@ message visible then, by Azure Queue storage's Update Message with ``visibilityt
                 ``NextSyncCycleStartTimeInUTC`` is set anew when one ends. Read before the
                 trigger is sent (``baseline``; a cycle that runs then would answer busy, so no
                 trigger is sent), the cycle the trigger started has ended once no cycle runs and
-                the next start time differs from the baseline (``cycle_over``). Comparing the
+                the next start time differs from the baseline, or a read saw it run
+                (``cycle_over``). Comparing the
                 server's own values, never its clock with ours, needs no clock agreement.
 ``cloud-sync``  ``provisionOnDemand`` answers for the user: looked at right away, and an export
                 that failed is a named wait (``on_demand_failed``), never a licence attempt.
@@ -46,9 +47,12 @@ def baseline(reading: Scheduler) -> str | None:
     return None if reading.in_progress else reading.next_start
 
 
-def cycle_over(before: str, reading: Scheduler) -> bool:
-    """Whether the cycle started after ``before`` was read has ended."""
-    return not reading.in_progress and reading.next_start != before
+def cycle_over(before: str, reading: Scheduler, seen_running: bool = False) -> bool:
+    """Whether the cycle started after ``before`` was read has ended: the scheduler is idle
+    and either its next start is new or a read since the trigger saw the cycle run (the usual
+    way to wait for a cycle: ``SyncCycleInProgress`` true, then false; the next start alone
+    would miss a server whose scheduler keeps it across a triggered cycle)."""
+    return not reading.in_progress and (seen_running or reading.next_start != before)
 
 
 def quick_retries(trigger: str) -> tuple[float, ...]:

@@ -206,7 +206,8 @@ class SyncTrigger:
                        "polls": 0}
         self._wake_message = wake
         self.waiting: list[tuple[float, MessageRef]] = []  # connect: no trigger sent for them yet
-        self.riding: list[tuple[str, list[MessageRef]]] = []  # a sent trigger's baseline, messages
+        # a sent trigger: its baseline, whether a read saw its cycle run, the messages it covers
+        self.riding: list[tuple[str, bool, list[MessageRef]]] = []
         self.refs: dict[str, MessageRef] = {}  # cloud-sync: the licence message of each DN
         self.exports: dict[str, str] = {}  # cloud-sync: provisionOnDemand's last answer per DN
         self.watchable = True  # connect: the scheduler can be read
@@ -270,7 +271,7 @@ class SyncTrigger:
             covered = [ref for at, ref in self.waiting if at < started]
             self.waiting = [(at, ref) for at, ref in self.waiting if at >= started]
             if before is not None:
-                self.riding.append((before.next_start, covered))
+                self.riding.append((before.next_start, False, covered))
         self.counts[answer.value] += 1
         log.info("sync_triggered", step=STEP, answer=answer.value, trigger="connect")
         return 0.0 if c.next_at is not None or self.riding else None
@@ -302,8 +303,9 @@ class SyncTrigger:
         if reading is None:
             self.riding = [] if not self.watchable else self.riding
             return
-        ended = [refs for before, refs in self.riding if cycle_over(before, reading)]
-        self.riding = [(b, refs) for b, refs in self.riding if not cycle_over(b, reading)]
+        seen = [(b, ran or reading.in_progress, refs) for b, ran, refs in self.riding]
+        ended = [refs for b, ran, refs in seen if cycle_over(b, reading, ran)]
+        self.riding = [(b, ran, refs) for b, ran, refs in seen if not cycle_over(b, reading, ran)]
         if ended:
             self.coalescer.ended()
             log.info("sync_cycle_ended", step=STEP, trigger="connect",

@@ -38,6 +38,15 @@ def test_the_triggered_cycle_is_over_once_idle_with_a_new_next_start() -> None:
         cycle_over(T0, Scheduler(False, T0)), cycle_over(T0, Scheduler(False, T1))]
 
 
+def test_a_cycle_seen_running_is_over_once_idle_whatever_the_next_start() -> None:
+    """A Connect server whose scheduler keeps its next start across a triggered cycle: the
+    cycle a read saw run has ended when the scheduler is idle again, not while it runs."""
+    assert [True, False, True] == [
+        cycle_over(T0, Scheduler(False, T0), seen_running=True),
+        cycle_over(T0, Scheduler(True, T0), seen_running=True),
+        cycle_over(T0, Scheduler(False, T1), seen_running=True)]
+
+
 def test_short_retries_come_only_with_a_trigger_that_tells_the_end() -> None:
     assert ((), QUICK_RETRIES, QUICK_RETRIES) == (
         quick_retries("none"), quick_retries("connect"), quick_retries("cloud-sync"))
