@@ -3,7 +3,7 @@
 | call | what |
 |---|---|
 | ``GET /_lab/stats`` | counters per ``METHOD template`` (requests, reads, writes, 429,
-  4xx/5xx), ``total``, ``cloudMailboxes``, budget use |
+  4xx/5xx), ``total``, ``cloudMailboxes``, ``unlicensedUserMailboxes``, budget use |
 | ``POST /_lab/stats/reset`` | zero the counters |
 | ``GET``/``POST /_lab/config`` | read / change knobs (``lab.graph.throttle.Knobs``);
   changing a throttle knob refills the buckets |
@@ -33,6 +33,7 @@ async def stats(graph: Graph, _: JSON) -> JSON:
     return {
         **graph.stats.as_json(),
         "cloudMailboxes": sorted(graph.tenant.cloud_mailboxes),
+        "unlicensedUserMailboxes": sorted(graph.tenant.unlicensed_user_mailboxes),
         "budgets": {
             "writesCapacity": budgets.writes.capacity,
             "writesAvailable": round(budgets.writes.tokens, 2),
@@ -48,6 +49,7 @@ async def reset_stats(graph: Graph, _: JSON) -> JSON:
     graph.stats.per_path.clear()
     graph.stats.total.clear()
     graph.tenant.cloud_mailboxes.clear()
+    graph.tenant.unlicensed_user_mailboxes.clear()
     return {"reset": True}
 
 
