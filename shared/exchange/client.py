@@ -199,6 +199,20 @@ class ExchangeClient:
             raise self._error("Enable-RemoteMailbox", identity, result)
         return RemoteMailbox.from_output(result.output[0])
 
+    def set_remote_mailbox(self, identity: str, *, mailbox_type: str | None = None,
+                           hidden: bool | None = None) -> None:
+        """``Set-RemoteMailbox -Identity identity [-Type mailbox_type]
+        [-HiddenFromAddressListsEnabled hidden]`` (leavers: ``-Type Shared``); no output, as
+        Exchange's Set-* cmdlets. The Boolean goes as a Boolean: PowerShell refuses a string."""
+        parameters: list[tuple[str, str | bool]] = [("Identity", identity)]
+        if mailbox_type is not None:
+            parameters.append(("Type", mailbox_type))
+        if hidden is not None:
+            parameters.append(("HiddenFromAddressListsEnabled", hidden))
+        result = self._invoke("Set-RemoteMailbox", parameters)
+        if result.errors or result.failed:
+            raise self._error("Set-RemoteMailbox", identity, result)
+
     def invoke(self, cmdlet: str, parameters: Sequence[tuple[str, str | bool]]) -> PsResult:
         """Run one cmdlet with these parameters on the reused pool; its output and error
         records (for endpoints other than Exchange's: ``shared.provisioning.sync``'s Connect

@@ -51,9 +51,8 @@ from enum import StrEnum
 from kiota_abstractions.method import Method
 from kiota_abstractions.request_information import RequestInformation
 
-from shared.errors import PermanentError
+from shared.errors import PermanentError, ProvisioningError
 from shared.exchange.client import ExchangeClient, RemoteMailbox
-from shared.exchange.errors import record_error
 from shared.graph.client import ERRORS, GraphClient, GraphRefusal, objects, segment
 from shared.log import get_logger
 
@@ -108,13 +107,10 @@ def convert_to_shared(exchange: ExchangeClient, identity: str, *, hide: bool) ->
     hidden_already = mailbox.hidden is True or not hide
     if _premises(mailbox) is MailboxType.SHARED and hidden_already:
         return False
-    parameters: list[tuple[str, str | bool]] = [("Identity", identity), ("Type", "Shared")]
-    if hide:
-        parameters.append(("HiddenFromAddressListsEnabled", True))
-    result = exchange.invoke("Set-RemoteMailbox", parameters)
-    if result.errors or result.failed:
-        raise record_error("Set-RemoteMailbox", identity, result.errors).at(user=identity,
-                                                                             step=STEP)
+    try:
+        exchange.set_remote_mailbox(identity, mailbox_type="Shared", hidden=True if hide else None)
+    except ProvisioningError as exc:
+        raise exc.at(user=identity, step=STEP) from None
     return True
 
 

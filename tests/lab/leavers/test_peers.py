@@ -358,3 +358,32 @@ def test_the_report_is_a_redirect_to_a_csv(cloud) -> None:
     assert header.startswith("Report Refresh Date,User Principal Name,Display Name")
     assert "Storage Used (Byte)" in header and "Has Archive" in header
     assert any(upn in row and ",42," in row and ",True," in row for row in rows)
+
+
+def test_check_names_the_leavers_permissions(lab: Lab, tmp_path) -> None:
+    """``check`` fails the permissions line for a token without MailboxSettings.Read and
+    Reports.Read.All, naming both and the grant script."""
+    import subprocess
+    import sys
+
+    from lab import tokens
+    from lab.core import REPO, format_env
+
+    control = lab.settings["LAB_GRAPH_CONTROL_URL"]
+    roles = [r for r in tokens.APP_ROLES if r not in ("MailboxSettings.Read", "Reports.Read.All")]
+    token = httpx.post(f"{control}/token", json={"roles": roles}, timeout=30, headers={
+        "Authorization": f"Bearer {lab.settings['AZURE_STATIC_TOKEN']}"}).json()["token"]
+    env = tmp_path / "settings.env"
+    env.write_text(format_env({**lab.settings, "AZURE_STATIC_TOKEN": token}))
+
+    done = subprocess.run([sys.executable, "-m", "shared.cli", "--env-file", str(env), "check"],
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
+
+    failed = [x.removeprefix("FAILED").strip() for x in done.stdout.splitlines()
+              if x.startswith("FAILED")]
+    assert 1 == done.returncode
+    assert 1 == len(failed), failed
+    assert failed[0].startswith(
+        "graph permissions: the app's token lacks MailboxSettings.Read (or "
+        "MailboxSettings.ReadWrite), Reports.Read.All. Fix: grant them with "
+        "infra/scripts/grant-graph-permissions.sh")
