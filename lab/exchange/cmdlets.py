@@ -95,6 +95,8 @@ class Exchange:
         self.server_name = server_name
         # The lab knob already_enabled_text: another wording of the same refusal.
         self.already_enabled_text: str | None = None
+        # The lab knob denied_cmdlets: cmdlets outside the account's management role.
+        self.denied: set[str] = set()
         # Exchange serialises writes to one object; so do we, across sessions.
         self.write_lock = threading.Lock()
         self.cmdlets = {
@@ -117,7 +119,7 @@ class Exchange:
     def invoke(self, call: Invocation) -> list[dict[str, Any]]:
         """Bind parameters as PowerShell does (case-insensitive, unique prefixes) and run."""
         spec = self.cmdlets.get(call.name.lower())
-        if spec is None:
+        if spec is None or call.name.lower() in self.denied:
             raise command_not_found(call.name)
         bound: dict[str, Any] = {}
         known = spec.parameters + COMMON_PARAMETERS

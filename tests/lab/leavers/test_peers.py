@@ -387,3 +387,35 @@ def test_check_names_the_leavers_permissions(lab: Lab, tmp_path) -> None:
         "graph permissions: the app's token lacks MailboxSettings.Read (or "
         "MailboxSettings.ReadWrite), Reports.Read.All. Fix: grant them with "
         "infra/scripts/grant-graph-permissions.sh")
+
+
+def test_a_role_without_set_remote_mailbox_is_named(lab: Lab, make_user, exchange, settings,
+                                                    tmp_path) -> None:
+    """An Exchange role set up before leavers lacks Set-RemoteMailbox (RBAC hides it: Exchange's
+    CommandNotFoundException): the conversion is a PermanentError with the role fix, and
+    ``check`` says so on the exchange line."""
+    import subprocess
+    import sys
+
+    from lab import exchange as lab_exchange
+    from lab.core import REPO, format_env
+
+    user = remote_user(make_user, exchange, settings)
+    env = tmp_path / "settings.env"
+    env.write_text(format_env(dict(lab.settings)))
+    lab_exchange.configure(lab, denied_cmdlets=["Set-RemoteMailbox"])
+    try:
+        with pytest.raises(PermanentError) as caught:
+            peers.convert_to_shared(exchange, str(user.guid), hide=False)
+        done = subprocess.run([sys.executable, "-m", "shared.cli", "--env-file", str(env),
+                               "check"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    finally:
+        lab_exchange.configure(lab, reset=True)
+
+    assert "Set-RemoteMailbox" in str(caught.value) and "role" in str(caught.value)
+    failed = [x.removeprefix("FAILED").strip() for x in done.stdout.splitlines()
+              if x.startswith("FAILED")]
+    assert [f"exchange: {settings.exchange.user} may not run Set-RemoteMailbox (leavers make "
+            "mailboxes shared with it). Fix: add Set-RemoteMailbox to the account's management "
+            "role: docs/permissions.md, Exchange Server"] == failed
+    assert MailboxType.USER == peers.premises_type(exchange, str(user.guid))
