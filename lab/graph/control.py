@@ -12,6 +12,11 @@
 | ``POST /_lab/sync`` | run a sync poll now; ``GET /_lab/sync``: the sync engine's state |
 | ``POST /_lab/token`` | ``{"roles": [...]}``: a new app token with only these application
   permissions (``lab/tokens.py``); the lab's own token keeps all of them |
+| ``POST /_lab/mailboxes/usage`` | ``{"user": id|upn, "storageUsedBytes": n, "hasArchive": b}``:
+  the mailbox in the usage report (``lab/graph/mailboxes.py``) |
+| ``POST /_lab/reports/settings`` | ``{"displayConcealedNames": b}``: hashes for names in reports |
+| ``POST /_lab/licenses/group`` | ``{"user": id|upn, "sku": part, "group": id}``: a licence
+  inherited from a group (``lab/graph/licenses.py``) |
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ log = get_logger(__name__)
 STEP = "leaver"
 REPORT = "reports/getMailboxUsageDetail(period='D7')"
 REPORT_MAX_AGE = 900.0  # the report refreshes daily; one read serves a cycle's leavers
+MISSING_MAX_AGE = 30.0  # ... but a user missing from it is looked for in a fresh read
 INHERITED = "inherited from a group"
 
 
@@ -160,6 +161,8 @@ async def mailbox_facts(graph: GraphClient, exchange: ExchangeClient | None, use
                              user=user_id, query={"$select": "id,userPrincipalName"})
     upn = str(found.get("userPrincipalName") or "").lower()
     rows = await _usage(graph, user_id, report_max_age)
+    if upn not in rows:
+        rows = await _usage(graph, user_id, min(report_max_age, MISSING_MAX_AGE))
     row = rows.get(upn) if upn else None
     if row is None and rows and not any("@" in key for key in rows):
         log.warning("leaver_report_concealed", user=upn, step=STEP,

@@ -419,3 +419,25 @@ def test_a_role_without_set_remote_mailbox_is_named(lab: Lab, make_user, exchang
             "mailboxes shared with it). Fix: add Set-RemoteMailbox to the account's management "
             "role: docs/permissions.md, Exchange Server"] == failed
     assert MailboxType.USER == peers.premises_type(exchange, str(user.guid))
+
+
+def test_a_migrated_mailbox_becomes_100_and_shared(make_user, exchange, cloud, ad_admin,
+                                                   settings) -> None:
+    """A mailbox moved to the cloud (msExchRemoteRecipientType 4, Migrated) keeps that bit:
+    -Type Shared writes 100 (Migrated + SharedMailbox), and the cloud follows after a cycle."""
+    cloud.lab("POST", "config", {"sync_interval_seconds": 3600, "sync_delay_seconds": 0.5})
+    user = remote_user(make_user, exchange, settings)
+    assert ad_admin.modify(user.dn, {"msExchRemoteRecipientType": [(MODIFY_REPLACE, [4])]})
+    user_id = wait_synced(cloud, user.guid)
+    cloud.graph("PATCH", f"users/{user_id}", json={"usageLocation": "DE"})
+    assert cloud.assign(user_id, add=[E3]).status_code == 200
+    migrated = cloud.run(lambda g: peers.cloud_type(g, user_id))
+
+    assert peers.convert_to_shared(exchange, str(user.guid), hide=False)
+    cloud.lab("POST", "sync", {"wait": True})
+
+    assert 100 == read(ad_admin, user.dn)["msExchRemoteRecipientType"]
+    mailbox = exchange.get_remote_mailbox(str(user.guid))
+    assert mailbox is not None and "Migrated, SharedMailbox" == mailbox.remote_recipient_type
+    assert (MailboxType.USER, MailboxType.SHARED) == (
+        migrated, cloud.run(lambda g: peers.cloud_type(g, user_id)))
