@@ -8,6 +8,7 @@ and handlers as the function app. For the lab, and for servers that do not run F
     redrive QUEUE         move parked messages from QUEUE-poison back onto QUEUE
     roles plan            the role plan, with what the guards hold
     roles approve ID      approve a held role plan
+    leavers approve ID    approve a held leavers plan (more than LEAVERS_MAX_PER_DAY)
     check                 try every dependency as the service uses it; changes nothing
     user NAME             one user: stage, ledger rows, last error and fix, next retry
     retry NAME            queue one user's step now, through the same checks
@@ -46,6 +47,8 @@ from .log import configure
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 roles_app = typer.Typer(no_args_is_help=True, help="Admin-role sync: plan and approve.")
 app.add_typer(roles_app, name="roles")
+leavers_app = typer.Typer(no_args_is_help=True, help="Leavers: approve a held plan.")
+app.add_typer(leavers_app, name="leavers")
 console = Console()
 
 
@@ -174,6 +177,7 @@ def plan(
     console.print(table)
     if svc.settings.roles.enabled:
         _print_role_plan(svc)
+    views.print_leavers(svc, console)
     svc.close()
 
 
@@ -384,6 +388,12 @@ def roles_approve(plan_id: Annotated[str, typer.Argument(help="the held plan's i
         console.print(escape(str(exc)), style="red")
         raise typer.Exit(1) from None
     console.print(f"plan {plan_id} approved; the next role cycle releases it")
+
+
+@leavers_app.command("approve")
+def leavers_approve(plan_id: Annotated[str, typer.Argument(help="the held plan's id")]) -> None:
+    """Approve the held leavers plan, then run the leavers cycle (exits 1 if none is held)."""
+    raise typer.Exit(0 if views.approve_leavers(_service(), console, plan_id) else 1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """What the timer functions do: poll the provisioning group, reconcile both groups with the
-ledger, mail the digest, plan the role sync."""
+ledger, mail the digest, plan the role sync (and, from ``run --once``, the leavers cycle of
+``leavers``)."""
 
 from __future__ import annotations
 
@@ -34,13 +35,19 @@ async def every_timer(svc: Service) -> tuple[int, int]:
     the timers that failed. As in the function app, one timer failing (a DC down) does not
     stop the others or the queues."""
     enqueued = failed = 0
-    for timer in (poll, reconcile, roles_cycle):
+    for timer in (poll, reconcile, roles_cycle, _leavers):
         try:
             enqueued += len(await timer(svc))
         except ProvisioningError as exc:
             log.warning("timer_failed", timer=timer.__name__, reason=str(exc))
             failed += 1
     return enqueued, failed
+
+
+async def _leavers(svc: Service) -> tuple[WorkItem, ...]:
+    from .leavers import leavers_cycle
+
+    return (await leavers_cycle(svc)).enqueued
 
 
 async def paused(svc: Service, half: Half, timer: str) -> bool:

@@ -625,3 +625,26 @@ def test_what_a_handler_reports_defaults_to_nothing_said() -> None:
     assert (("", ""), {}, ("", "", "", False, False, "", False)) == (
         (handled.user, handled.detail), record.fields,
         (t.who, t.error, t.wait, t.read_user, t.undo, t.sync, t.sync_again))
+
+
+def test_a_steps_own_outcome_rows_are_recorded_with_the_user() -> None:
+    """A leaver's outcome rows (``leaver_*``) travel with Done and with NotYet (a conversion
+    before the wait for the sync): each is recorded in order, with the user and the correlation
+    id added; the wait for the sync still asks the trigger for the user's DN."""
+    work = item(Step.LEAVER)
+    made = (("leaver_unlicensed", {"name": "ann", "skus": "ENTERPRISEPACK", "units": 1}),
+            ("leaver_done", {"name": "ann"}))
+    done = advance(row(), work, Done("ann", records=made), NOW, POLICY)
+    assert [Record("leaver_unlicensed", {"name": "ann", "skus": "ENTERPRISEPACK", "units": 1,
+                                         "user": str(USER), "correlation_id": "cid-00000001"}),
+            Record("leaver_done", {"name": "ann", "user": str(USER),
+                                   "correlation_id": "cid-00000001"})] == list(done.records)
+    assert (State.DONE, None, "") == (done.state, done.follow, done.sync)
+    converted = (("leaver_converted", {"name": "ann", "hidden": 0}),)
+    wait = NotYet(Wait.SYNC, "the cloud mailbox of ann is not shared yet", user="ann",
+                  dn="CN=ann,OU=Staff,DC=x", records=converted)
+    waiting = advance(row(), work, wait, NOW, POLICY)
+    assert [Record("leaver_converted", {"name": "ann", "hidden": 0, "user": str(USER),
+                                        "correlation_id": "cid-00000001"})] == \
+        list(waiting.records)
+    assert (State.WAITING, "CN=ann,OU=Staff,DC=x") == (waiting.state, waiting.sync)
