@@ -64,7 +64,7 @@ def parse_prices(text: str | None, *, prefix: bool = True) -> Prices:
     currency = ""
     head, _, last = text.rpartition(" ")
     # The last word is the currency when it is a word of letters after a whole pair.
-    if head and last.isalpha() and not head.rstrip().endswith("="):
+    if head and last.isalpha() and not head.endswith("="):
         if not _CURRENCY.fullmatch(last):
             raise _problem(f"'{last}' is not a three-letter currency code")
         currency, text = last.upper(), head.strip()

@@ -18,7 +18,6 @@ holds no list, so ``skus`` is read as a list, a JSON list or a comma-separated s
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -47,18 +46,14 @@ def month_start(until: dt.datetime) -> str:
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
-    return moment.astimezone(dt.UTC) if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    return moment if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def skus_of(record: Record) -> list[str]:
     """The SKU part numbers of a record, however the table kept them."""
     value = record.get("skus") or []
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = json.loads(text) if text.startswith("[") else text.split(",")
-        except ValueError:  # not JSON after all: the part numbers between the brackets
-            value = text.strip("[]").replace('"', "").split(",")
+    if isinstance(value, str):  # "A,B" or a JSON list of part numbers (which hold no quote)
+        value = value.strip().strip("[]").replace('"', "").split(",")
     return [str(sku).strip() for sku in value if str(sku).strip()]
 
 
@@ -69,7 +64,7 @@ def _int(value: object, default: int = 0) -> int:
         return default
 
 
-def _row(record: Record, detail: str = "") -> LeaverRow:
+def _row(record: Record, detail: str) -> LeaverRow:
     return LeaverRow(username=str(record.get("name") or record.get("user") or ""),
                      upn=str(record.get("upn") or ""), skus=", ".join(skus_of(record)),
                      detail=detail)
@@ -80,8 +75,9 @@ def _rows(records: Sequence[Record], detail: Any) -> list[LeaverRow]:
 
 
 def _hidden(record: Record) -> str:
-    hidden = record.get("hidden")
-    return "hidden from the address lists" if hidden is True or hidden == "true" else ""
+    # written as 1/0 (an int column); True or "true" read the same
+    hidden = str(record.get("hidden")).lower() in ("1", "true")
+    return "hidden from the address lists" if hidden else ""
 
 
 def reclaimed(month: Sequence[Record], prices: Prices, *, until: dt.datetime
@@ -93,8 +89,8 @@ def reclaimed(month: Sequence[Record], prices: Prices, *, until: dt.datetime
     prefix = f"{_utc(until):%Y-%m}"
     units: Counter[str] = Counter()
     for record in month:
-        if str(record.get("RowKey", "")).startswith(prefix):
-            units.update(set(skus_of(record)))
+        if str(record.get("RowKey")).startswith(prefix):
+            units.update(list(dict.fromkeys(skus_of(record))))
     rows, total, unpriced = [], Decimal(0), []
     for sku, count in sorted(units.items(), key=lambda item: (-item[1], item[0])):
         price = prices.of(sku)
@@ -117,7 +113,7 @@ def section(new: Mapping[str, Sequence[Record]], month: Sequence[Record], prices
     rows, total, unpriced = reclaimed(month, prices, until=until)
     if not rows and not any(new.get(kind) for kind in LEAVER_KINDS):
         return None
-    held = [(str(r.get("plan_id", "")), _int(r.get("count")), _int(r.get("limit")))
+    held = [(str(r.get("plan_id") or ""), _int(r.get("count")), _int(r.get("limit")))
             for r in new.get(HELD, ())]
     return LeaversSection(
         converted=_rows(new.get(CONVERTED, ()), _hidden),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -78,8 +79,10 @@ def test_a_line_break_in_the_value_is_a_space() -> None:
     ("=23", "'=23' names no SKU"),
     ("E P=23", "'E P' in 'E P=23' is not a SKU part number"),
     ("-E=23", "'-E' in '-E=23' is not a SKU part number"),
-    ("A=1,,B=2", "an entry is empty"),
-    ("A=1,", "an entry is empty"),
+    ("A=1,,B=2", "an entry is empty (a comma too many);"),
+    ("A=1,", "an entry is empty (a comma too many);"),
+    ("ENTERPRISEPACK= abc", "the amount 'abc' of ENTERPRISEPACK"),
+    ("A=1=2", "the amount '1=2' of A"),
     ("A=1,a=2", "A has two prices"),
     ("A=1 EURO", "'EURO' is not a three-letter currency code"),
     ("A=1 EU", "'EU' is not a three-letter currency code"),
@@ -91,8 +94,7 @@ def test_a_bad_price_names_the_setting_and_the_part(text: str, part: str) -> Non
     with pytest.raises(ValueError) as caught:
         parse_prices(text)
     message = str(caught.value)
-    assert message.startswith("LICENSE_PRICES: ")
-    assert part in message
+    assert message.startswith(f"LICENSE_PRICES: {part}")
     assert message.endswith("; write SKU=amount[,SKU=amount...] [CURRENCY], e.g. "
                             "ENTERPRISEPACK=23.00,EXCHANGEENTERPRISE=8.00 EUR")
 
@@ -142,6 +144,7 @@ def test_prices_written_as_the_format_says_read_back(
     ('["ENTERPRISEPACK", "SPE_E3"]', ["ENTERPRISEPACK", "SPE_E3"]),
     ("ENTERPRISEPACK, SPE_E3,", ["ENTERPRISEPACK", "SPE_E3"]),
     ('["ENTERPRISEPACK", SPE_E3', ["ENTERPRISEPACK", "SPE_E3"]),
+    ("SKU_X,XSKU", ["SKU_X", "XSKU"]), ('["SKU_X"]', ["SKU_X"]),
     ("", []), (None, [])])
 def test_skus_are_read_however_the_table_kept_them(value: Any, skus: list[str]) -> None:
     """A list, a JSON list, a comma-separated string, a broken JSON list, nothing."""
@@ -154,11 +157,21 @@ def test_skus_are_read_however_the_table_kept_them(value: Any, skus: list[str]) 
     (dt.datetime(2027, 1, 1, 0, 30, tzinfo=dt.timezone(dt.timedelta(hours=1))), "2026-12-01"),
     (dt.datetime(2026, 11, 30, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-1))),
      "2026-12-01"),
-    (dt.datetime(2026, 2, 28, 23, 59), "2026-02-01")])
-def test_the_month_starts_on_the_first_in_utc(until: dt.datetime, start: str) -> None:
-    """The month is the UTC calendar month of ``until`` (naive is UTC), and its bound sorts
-    before every RowKey recorded in it."""
-    assert start == month_start(until)
+    (dt.datetime(2026, 2, 28, 23, 59), "2026-02-01"),
+    (dt.datetime(2027, 1, 1, 5, 0), "2027-01-01"),
+    (dt.datetime(2026, 12, 31, 20, 0, tzinfo=dt.UTC), "2026-12-01")])
+def test_the_month_starts_on_the_first_in_utc(
+        until: dt.datetime, start: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The month is the UTC calendar month of ``until`` (naive is UTC), whatever the host's
+    time zone (here Tokyo, where 20:00 UTC on 31 December is already January), and its bound
+    sorts before every RowKey recorded in it."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert start == month_start(until)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     assert f"{start}T00:00:00+00:00-0" > start
 
 
@@ -179,7 +192,8 @@ def test_reclaimed_counts_units_per_sku_of_the_month_with_their_cost() -> None:
 def test_reclaimed_without_prices_counts_units_only() -> None:
     """No LICENSE_PRICES: units, no cost, no total, nothing called unpriced."""
     rows, total, unpriced = reclaimed(
-        [unlicensed("2026-12-02T00:00:00", ["SPE_E3", "ENTERPRISEPACK"])], Prices(),
+        [unlicensed("2026-12-02T00:00:00", ["SPE_E3"]),
+         unlicensed("2026-12-02T00:00:00", ["ENTERPRISEPACK"]), {"skus": "SPE_E3"}], Prices(),
         until=UNTIL)
     assert ([ReclaimedRow("ENTERPRISEPACK", 1), ReclaimedRow("SPE_E3", 1)], "", []) == (
         rows, total, unpriced)
@@ -237,6 +251,10 @@ def test_the_section_lists_each_outcome_with_its_detail() -> None:
                 hidden=False),
             rec("2026-12-05T10:00:02", user="g3", name="bob", upn="bob@contoso.com",
                 hidden="true"),
+            rec("2026-12-05T10:00:03", name="a_x", hidden="false"),
+            rec("2026-12-05T10:00:04", name="AB", hidden=0),
+            rec("2026-12-05T10:00:04", name="c1", hidden=1),
+            rec("2026-12-05T10:00:05"),
         ],
         "leaver_unlicensed": [unlicensed("2026-12-05T11:00:00", "ENTERPRISEPACK,SPE_E3")],
         "leaver_kept": [
@@ -245,19 +263,21 @@ def test_the_section_lists_each_outcome_with_its_detail() -> None:
             rec("2026-12-05T11:00:02", user="g5", upn="", skus="", reason=""),
         ],
         "leaver_held": [rec("2026-12-05T12:00:00", plan_id="p-1", count=14, limit="10"),
-                        rec("2026-12-05T12:00:01", plan_id="p-2", count="", limit=None)],
+                        rec("2026-12-05T12:00:01", count="", limit=None)],
     }
     got = section(new, [], PRICES, until=UNTIL)
     assert got is not None
-    assert [LeaverRow("Amy", "amy@contoso.com"),
+    assert [LeaverRow("", ""), LeaverRow("a_x", ""), LeaverRow("AB", ""),
+            LeaverRow("Amy", "amy@contoso.com"),
             LeaverRow("bob", "bob@contoso.com", detail="hidden from the address lists"),
+            LeaverRow("c1", "", detail="hidden from the address lists"),
             LeaverRow("zed", "zed@contoso.com", detail="hidden from the address lists")
             ] == list(got.converted)
     assert [LeaverRow("jdoe", "jdoe@contoso.com", "ENTERPRISEPACK, SPE_E3")] == list(
         got.returned)
     assert [LeaverRow("big", "big@contoso.com", "ENTERPRISEPACK", "size 61.2 GB > 50 GB"),
             LeaverRow("g5", "", "", "no reason recorded")] == list(got.kept)
-    assert [("p-1", 14, 10), ("p-2", 0, 0)] == list(got.held)
+    assert [("p-1", 14, 10), ("", 0, 0)] == list(got.held)
     assert ("December 2026", [], "", []) == (got.month, list(got.reclaimed), got.total_cost,
                                              list(got.unpriced))
 
@@ -274,7 +294,9 @@ def test_the_month_alone_makes_a_section() -> None:
                                         list(got.held))
 
 
-@pytest.mark.parametrize(("month", "name"), [(1, "January"), (6, "June"), (12, "December")])
+@pytest.mark.parametrize(("month", "name"), list(enumerate(
+    ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+     "October", "November", "December"], start=1)))
 def test_the_month_is_named(month: int, name: str) -> None:
     """The month's name, from its number."""
     got = section({"leaver_converted": [rec("x", name="a")]}, [], Prices(),
@@ -286,3 +308,11 @@ def test_the_month_is_named(month: int, name: str) -> None:
 def test_the_package_re_exports_the_price_parser() -> None:
     """``shared.leavers.report`` offers LICENSE_PRICES' parser beside the section."""
     assert (report.parse_prices, report.Prices) == (parse_prices, Prices)
+
+
+def test_the_section_names_the_skus_without_a_price() -> None:
+    """The month's SKUs without a price reach the section, for the digest to name them."""
+    got = section({}, [unlicensed("2026-12-02T00:00:00", "SPE_E3,ENTERPRISEPACK")], PRICES,
+                  until=UNTIL)
+    assert got is not None
+    assert (["SPE_E3"], "23.00 EUR") == (list(got.unpriced), got.total_cost)
