@@ -309,3 +309,73 @@ def test_rolling_window() -> None:
     """The window is the 24 hours before now: a start 24 h ago no longer counts."""
     starts = {"a": NOW - dt.timedelta(hours=24), "b": NOW - dt.timedelta(hours=23, minutes=59)}
     assert {"b": starts["b"]} == rolling(starts, NOW)
+
+
+def test_every_decision_names_the_user_and_why() -> None:
+    """Each verdict of a cycle, as ``plan`` prints it: the user's GUID, the name, the verdict
+    and the reason; a candidate that is not leaving (disabled, not provisioned) is skipped
+    without stopping the others."""
+    rules = Rules(group_grace=dt.timedelta(days=1), disabled_accounts=True, max_per_day=1,
+                  excluded=frozenset({"x@x.example"}))
+    seen = {"back": Seen(NOW - dt.timedelta(days=2), True),
+            "due1": Seen(NOW - dt.timedelta(days=2)), "due2": Seen(NOW - dt.timedelta(days=2))}
+    found = [Candidate("foreign", "nf", enabled=False),
+             Candidate("run", "nr", in_group=True, started=True),
+             Candidate("ex", "nx", "x@x.example", in_group=True),
+             Candidate("back", "nb", in_group=True, enabled=True),
+             Candidate("new", "nn", in_group=True),
+             Candidate("due1", "n1", in_group=True), Candidate("due2", "n2", in_group=True)]
+    plan = cycle(seen, found, NOW, rules)
+    pid = plan_id(["due1", "due2"])
+    assert [("run", "nr", Verdict.RUNNING, ""),
+            ("ex", "nx", Verdict.EXCLUDED, "on the break-glass/exclusion list"),
+            ("back", "nb", Verdict.REENABLED, "re-enabled during the grace"),
+            ("new", "nn", Verdict.GRACE, "grace until 2026-12-07T10:00+00:00"),
+            ("due1", "n1", Verdict.HELD, f"held as plan {pid}"),
+            ("due2", "n2", Verdict.HELD, f"held as plan {pid}")] == \
+        [(d.user, d.name, d.verdict, d.why) for d in plan.decisions]
+    approved = cycle(seen, found, NOW, rules, approved=frozenset({pid}))
+    assert [("due1", "n1", Verdict.START, ""), ("due2", "n2", Verdict.START, "")] == \
+        [(d.user, d.name, d.verdict, d.why) for d in approved.decisions[-2:]]
+    assert ("due1", "due2") == approved.start
+
+
+def test_plan_id_is_the_hash_of_the_sorted_users_one_a_line() -> None:
+    """``leavers-`` and the first 12 hex digits of SHA-256 over the sorted GUIDs joined by
+    newlines: the same lot gives the same id in any order."""
+    import hashlib
+
+    expected = "leavers-" + hashlib.sha256(b"a\nb").hexdigest()[:12]
+    assert expected == plan_id(["b", "a"])
+
+
+def test_the_values_the_flow_and_the_digest_read() -> None:
+    """The verdicts and actions as ``plan`` prints them, the mailbox types as ``peers`` names
+    them, and the defaults of the settings' rules (LEAVER_GRACE_DAYS 0,
+    LEAVER_DISABLED_GRACE_DAYS 30, LEAVERS_MAX_PER_DAY 10, only our licences)."""
+    from shared.leavers import planner
+
+    assert ["start", "held", "grace", "running", "excluded", "re-enabled"] == \
+        [v.value for v in Verdict]
+    assert ["convert", "wait for the sync", "remove licences", "keep licences",
+            "leave the group", "done", "stop"] == [a.value for a in Action]
+    assert ("user", "shared", "none") == (planner.USER, planner.SHARED, planner.NONE)
+    assert (dt.timedelta(0), False, dt.timedelta(days=30), 10, False, frozenset()) == \
+        dataclass_values(Rules())
+    assert ("u", "", "", False, True, False, False) == dataclass_values(Candidate("u"))
+    assert (None, None, None) == dataclass_values(Facts())
+    assert ("", "", "", True, False, "user", "user", Facts(), frozenset(), frozenset(),
+            frozenset()) == dataclass_values(Mailbox())
+    assert (Action.STOP, (), "") == dataclass_values(Next(Action.STOP))
+    assert ("u", "n", Verdict.START, "") == dataclass_values(planner.Decision("u", "n",
+                                                                             Verdict.START))
+    assert None is planner.CyclePlan((), {}).held
+    assert (dt.timedelta(hours=24), 1024**3, 50 * 1024**3) == \
+        (planner.DAY, planner.GIB, planner.FREE_BYTES)
+    assert Seen(NOW, False) == Seen(NOW)
+
+
+def dataclass_values(value: object) -> tuple[object, ...]:
+    import dataclasses
+
+    return tuple(getattr(value, f.name) for f in dataclasses.fields(value))  # type: ignore[arg-type]
