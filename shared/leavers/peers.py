@@ -138,6 +138,9 @@ async def _usage(graph: GraphClient, user_id: str, max_age: float) -> dict[str, 
     cached = _reports.get(graph)
     if cached is not None and time.monotonic() - cached[0] < max_age:
         return cached[1]
+    # Through the client's pipeline (pacing, retries, the one error classifier): kiota's
+    # RedirectHandler follows the 302 to the pre-authenticated download URL and scrubs the
+    # Authorization header when that URL is on another host, as the download needs none.
     info = RequestInformation(Method.GET)
     info.url = graph.url(REPORT)
     async with graph.errors("read the mailbox usage report", user_id):
