@@ -33,7 +33,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.store.ledger import now
 from shared.store.messages import Step, poison_queue
 from shared.store.pause import Half, halves
 
@@ -251,21 +250,14 @@ def report(
     preview: Annotated[Path, typer.Option(help="write the next report's HTML here")],
 ) -> None:
     """Render the next digest to a file without sending it or moving the report cursor:
-    the users provisioned and, as the report timer passes them, the users waiting."""
-    from shared.flow.timers import waiting_rows
-    from shared.mail.reports import render_digest
-    from shared.store.ledger import State as Stage
+    the users provisioned, the leavers and, as the report timer passes them, those waiting."""
+    from shared.flow.timers import digest
 
     svc = _service()
     last = (svc.cursors.get("report-provisioned") or b"").decode()
-    rows = svc.outcomes.since("provisioned", last)
-    waiting = waiting_rows(svc.ledger.rows_in(Stage.FAILED, Stage.WAITING),
-                           svc.policy.stuck_after)
-    skus = _skus(svc)
-    mail = render_digest(
-        [flow.provisioned_row(r) for r in rows],
-        skus, since=last[:19] or None, until=now(), waiting=waiting,
-    )
+    mail, new = asyncio.run(digest(svc, last, always=True, skus=_skus(svc)))
+    rows, waiting = new["provisioned"], new["~waiting"]
+    assert mail is not None  # always=True renders one
     preview.parent.mkdir(parents=True, exist_ok=True)
     preview.write_text(mail.html, encoding="utf-8")
     console.print(f"{len(rows)} users provisioned and {len(waiting)} waiting in the next "

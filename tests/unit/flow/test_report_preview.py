@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shared import cli
+from shared.config.prices import Prices
 from shared.flow.transitions import Policy
 from shared.store.ledger import LedgerRow, State
 from shared.store.messages import Step, WorkItem
@@ -32,7 +33,8 @@ def test_the_preview_shows_a_user_waiting_for_a_licence_unit(
     svc: Any = SimpleNamespace(
         cursors=SimpleNamespace(get=lambda _: None),
         outcomes=SimpleNamespace(since=lambda kind, last: []),
-        ledger=SimpleNamespace(rows_in=rows_in), policy=Policy(), close=lambda: None)
+        ledger=SimpleNamespace(rows_in=rows_in), policy=Policy(), close=lambda: None,
+        settings=SimpleNamespace(leavers=SimpleNamespace(prices=Prices())))
     monkeypatch.setattr(cli, "_service", lambda: svc)
     monkeypatch.setattr(cli, "_skus", lambda _: [])
     out = tmp_path / "digest.html"
