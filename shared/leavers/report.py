@@ -33,7 +33,6 @@ CONVERTED, UNLICENSED, KEPT, HELD = (
 # The outcome kinds the digest reports; a new one of any makes a digest worth sending.
 LEAVER_KINDS = (CONVERTED, UNLICENSED, KEPT, HELD)
 
-Record = Mapping[str, Any]
 # Month names in English whatever the host's locale (strftime's %B follows LC_TIME).
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December")
@@ -49,7 +48,7 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
-def skus_of(record: Record) -> list[str]:
+def skus_of(record: Mapping[str, Any]) -> list[str]:
     """The SKU part numbers of a record, however the table kept them."""
     value = record.get("skus") or []
     if isinstance(value, str):  # "A,B" or a JSON list of part numbers (which hold no quote)
@@ -64,23 +63,23 @@ def _int(value: object, default: int = 0) -> int:
         return default
 
 
-def _row(record: Record, detail: str) -> LeaverRow:
+def _row(record: Mapping[str, Any], detail: str) -> LeaverRow:
     return LeaverRow(username=str(record.get("name") or record.get("user") or ""),
                      upn=str(record.get("upn") or ""), skus=", ".join(skus_of(record)),
                      detail=detail)
 
 
-def _rows(records: Sequence[Record], detail: Any) -> list[LeaverRow]:
+def _rows(records: Sequence[Mapping[str, Any]], detail: Any) -> list[LeaverRow]:
     return sorted((_row(r, detail(r)) for r in records), key=lambda r: r.username.lower())
 
 
-def _hidden(record: Record) -> str:
+def _hidden(record: Mapping[str, Any]) -> str:
     # written as 1/0 (an int column); True or "true" read the same
     hidden = str(record.get("hidden")).lower() in ("1", "true")
     return "hidden from the address lists" if hidden else ""
 
 
-def reclaimed(month: Sequence[Record], prices: Prices, *, until: dt.datetime
+def reclaimed(month: Sequence[Mapping[str, Any]], prices: Prices, *, until: dt.datetime
               ) -> tuple[list[ReclaimedRow], str, list[str]]:
     """The units per SKU given back in ``until``'s calendar month (UTC): one unit of each SKU a
     ``leaver_unlicensed`` record names, counted once per record. Returns the rows (most units
@@ -104,7 +103,8 @@ def reclaimed(month: Sequence[Record], prices: Prices, *, until: dt.datetime
     return rows, (prices.show(total) if prices and len(unpriced) < len(rows) else ""), unpriced
 
 
-def section(new: Mapping[str, Sequence[Record]], month: Sequence[Record], prices: Prices,
+def section(new: Mapping[str, Sequence[Mapping[str, Any]]],
+            month: Sequence[Mapping[str, Any]], prices: Prices,
             *, until: dt.datetime) -> LeaversSection | None:
     """The digest's leavers section: ``new`` holds the outcomes since the last digest by kind
     (``LEAVER_KINDS``; others are ignored), ``month`` the ``leaver_unlicensed`` outcomes read

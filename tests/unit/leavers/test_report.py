@@ -144,7 +144,7 @@ def test_prices_written_as_the_format_says_read_back(
     ('["ENTERPRISEPACK", "SPE_E3"]', ["ENTERPRISEPACK", "SPE_E3"]),
     ("ENTERPRISEPACK, SPE_E3,", ["ENTERPRISEPACK", "SPE_E3"]),
     ('["ENTERPRISEPACK", SPE_E3', ["ENTERPRISEPACK", "SPE_E3"]),
-    ("SKU_X,XSKU", ["SKU_X", "XSKU"]), ('["SKU_X"]', ["SKU_X"]),
+    ("XSKU,SKU_X", ["XSKU", "SKU_X"]), ('["SKU_X"]', ["SKU_X"]),
     ("", []), (None, [])])
 def test_skus_are_read_however_the_table_kept_them(value: Any, skus: list[str]) -> None:
     """A list, a JSON list, a comma-separated string, a broken JSON list, nothing."""
@@ -238,6 +238,14 @@ def test_no_leaver_activity_and_nothing_reclaimed_is_no_section() -> None:
     assert section({}, [], PRICES, until=UNTIL) is None
     assert section({kind: [] for kind in LEAVER_KINDS} | {"provisioned": [rec("2026-12-05")]},
                    [], PRICES, until=UNTIL) is None
+
+
+@pytest.mark.parametrize("kind", LEAVER_KINDS)
+def test_any_leaver_outcome_alone_makes_a_section(kind: str) -> None:
+    """One new outcome of any of the four kinds is leaver activity: the digest has a section."""
+    assert ("leaver_converted", "leaver_unlicensed", "leaver_kept", "leaver_held") == LEAVER_KINDS
+    assert section({kind: [rec("2026-12-05T10:00:00", name="x")]}, [], Prices(),
+                   until=UNTIL) is not None
 
 
 def test_the_section_lists_each_outcome_with_its_detail() -> None:

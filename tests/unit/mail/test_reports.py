@@ -614,3 +614,20 @@ def test_reclaimed_row_label_is_the_friendly_name_or_the_part_number() -> None:
     """A known SKU shows the admin centre's name; another its part number."""
     assert ("Office 365 E3", "FOO_BAR") == (ReclaimedRow("ENTERPRISEPACK", 1).label,
                                             ReclaimedRow("FOO_BAR", 1).label)
+
+
+def test_digest_reclaimed_text_table_has_its_columns() -> None:
+    """The month's plain-text table names its four columns."""
+    text = _leavers_digest().text
+    assert re.search(r"\nLicense\s+SKU\s+Units\s+Cost a month\n-+\s+-+\s+-+\s+-+\n", text)
+
+
+def test_leaver_rows_and_section_default_to_nothing() -> None:
+    """A row with only a name has no UPN, SKUs or detail; a row of units no cost; a section
+    built with nothing shows nothing."""
+    assert ("", "", "") == (LeaverRow("x").upn, LeaverRow("x").skus, LeaverRow("x").detail)
+    assert "" == ReclaimedRow("A", 1).cost
+    empty = LeaversSection()
+    assert ((), (), (), (), "", (), "", ()) == (
+        empty.converted, empty.returned, empty.kept, empty.held, empty.month, empty.reclaimed,
+        empty.total_cost, empty.unpriced)
