@@ -247,6 +247,7 @@ def run_leavers(lab: Lab, scenario: Scenario, users: int) -> Row:
         graph.post("mailboxes/usage", {"user": user["upn"], "storageUsedBytes": 2**30,
                                        "hasArchive": False})
     graph.post("stats/reset", {})
+    mails_before = set(_mails(lab))
     ctx = Context(lab, graph, sams)
     env = {"LEAVERS_MAX_PER_DAY": str(users * 10), "SYNC_RETRY_MIN_SECONDS": "5"}
     took, runs = _workers(lab, ctx, scenario,
@@ -269,8 +270,9 @@ def run_leavers(lab: Lab, scenario: Scenario, users: int) -> Row:
     graph.close()
     ctx.notes.append(f"{sum(converted.values())} conversions, {removals} licence removals, "
                      f"{len(witness)} licences removed from a user mailbox")
+    alerts = [p for p in set(_mails(lab)) - mails_before if not _is_digest(p)]
     return Row(scenario.name, users, len(done), users - len(done), doubled,
-               removals - len(done), None if took is None else round(took, 1), 0, runs,
+               removals - len(done), None if took is None else round(took, 1), len(alerts), runs,
                "; ".join(ctx.notes + ([f"{ctx.kills} SIGKILLs"] if ctx.kills else [])))
 
 
