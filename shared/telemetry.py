@@ -95,6 +95,9 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
                      "a cycle over LEAVERS_MAX_PER_DAY is held for `leavers approve`"),
     "leavers_approved": ("flow/leavers.py leavers_cycle", "plan_id, count",
                          "an approved held cycle started"),
+    "leavers_group_missing": ("flow/leavers.py candidates", "group, reason, fix",
+                              "LEAVERS_GROUP names no group: leavers are not set up, nobody "
+                              "starts (the timer does not fail)"),
     # -- the peers --------------------------------------------------------------------------
     "graph_retry": ("graph_pacing.py", "method, path, status, wait_seconds, attempt",
                     "Graph answered 429/503/504 (or dropped): the request waits and retries"),

@@ -101,7 +101,16 @@ async def candidates(svc: Service) -> list[Candidate]:
                    if row.state is State.DONE}
     rows = {row.user: row for row in await io(svc.ledger.rows, Step.LEAVER)}
     users: dict[uuid.UUID, tuple[DirectoryUser, bool]] = {}
-    for guid in await io(directory.group_members, s.leavers_group):
+    try:
+        members = await io(directory.group_members, s.leavers_group)
+    except PermanentError as exc:  # no such group: leavers not set up; nobody is a leaver
+        if "was not found" not in exc.reason:
+            raise
+        log.warning("leavers_group_missing", group=s.leavers_group, reason=exc.reason,
+                    fix=f"create the group {s.leavers_group} (docs/permissions.md) or set "
+                        "LEAVERS_GROUP to the leavers group")
+        members = []
+    for guid in members:
         users[guid] = (await io(directory.user, guid), True)
     if s.leavers_disabled_accounts:
         for user in await io(directory.disabled_users):
