@@ -648,3 +648,11 @@ def test_a_steps_own_outcome_rows_are_recorded_with_the_user() -> None:
                                         "correlation_id": "cid-00000001"})] == \
         list(waiting.records)
     assert (State.WAITING, "CN=ann,OU=Staff,DC=x") == (waiting.state, waiting.sync)
+
+
+def test_a_step_with_its_own_rows_and_a_digest_row_records_both() -> None:
+    """A step that returns outcome rows and a digest row: both are recorded, its own first."""
+    made = (("leaver_done", {"name": "ann"}),)
+    done = advance(row(), item(), Done("ann", report={"name": "ann"}, records=made), NOW,
+                   POLICY)
+    assert ["leaver_done", "provisioned"] == [r.kind for r in done.records]
