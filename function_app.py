@@ -58,6 +58,14 @@ async def plan_roles(timer: func.TimerRequest) -> None:
     await flow.roles_cycle(flow.service())
 
 
+@app.timer_trigger(arg_name="timer", schedule="%LEAVERS_SCHEDULE%",
+                   run_on_startup=RUN_ON_STARTUP)
+async def leavers_cycle(timer: func.TimerRequest) -> None:
+    """Members of O365_Leavers (and disabled accounts) → the daily limit → queue ``leavers``."""
+    _past_due("leavers_cycle", timer)
+    await flow.leavers_cycle(flow.service())
+
+
 @app.queue_trigger(arg_name="msg", queue_name="mailbox", connection=STORAGE)
 async def mailbox(msg: func.QueueMessage) -> None:
     """Mail-enable one user as a remote mailbox, then move them to O365_License."""
@@ -79,6 +87,13 @@ async def roles(msg: func.QueueMessage) -> None:
                       inserted_at=msg.insertion_time)
 
 
+@app.queue_trigger(arg_name="msg", queue_name="leavers", connection=STORAGE)
+async def leavers(msg: func.QueueMessage) -> None:
+    """One leaver: shared mailbox, licence back, out of O365_Leavers."""
+    await flow.handle(flow.service(), "leavers", msg.get_body(),
+                      inserted_at=msg.insertion_time)
+
+
 @app.queue_trigger(arg_name="msg", queue_name="mailbox-poison", connection=STORAGE)
 async def mailbox_poison(msg: func.QueueMessage) -> None:
     """A mailbox message that failed maxDequeueCount times: ledger entry and alert."""
@@ -95,3 +110,9 @@ async def license_poison(msg: func.QueueMessage) -> None:
 async def roles_poison(msg: func.QueueMessage) -> None:
     """A role-change message that failed maxDequeueCount times: ledger entry and alert."""
     await flow.poisoned(flow.service(), "roles", msg.get_body())
+
+
+@app.queue_trigger(arg_name="msg", queue_name="leavers-poison", connection=STORAGE)
+async def leavers_poison(msg: func.QueueMessage) -> None:
+    """A leaver message that failed maxDequeueCount times: ledger entry and alert."""
+    await flow.poisoned(flow.service(), "leavers", msg.get_body())

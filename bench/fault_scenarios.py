@@ -142,6 +142,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("sigkill", "the worker is SIGKILLed at random moments, 8 times", fault=_kills),
     Scenario("bad-messages", "undecodable, oversized, malformed and unknown-version messages "
              "on every queue", before=_bad_messages),
+    Scenario("leavers", "N provisioned users become leavers at once (issue 27); the worker is "
+             "SIGKILLed at random moments, 8 times", fault=_kills),
     Scenario("clock-ahead", "the worker's clock 10 minutes ahead",
              worker_prefix=_faketime("+10m") if shutil.which("faketime") else ()),
     Scenario("clock-behind", "the worker's clock 10 minutes behind",

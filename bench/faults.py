@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 from azure.core.exceptions import ResourceNotFoundError
-from ldap3 import MODIFY_DELETE
+from ldap3 import MODIFY_ADD, MODIFY_DELETE
 
 from bench import docs
 from bench.e2e import LabGraph
@@ -140,10 +140,10 @@ def _is_digest(path: Path) -> bool:
 
 
 # -- one scenario -------------------------------------------------------------------------------
-def _worker_env(lab: Lab) -> Path:
+def _worker_env(lab: Lab, **extra: str) -> Path:
     """The worker's settings: the lab's (re-read: a restarted peer may have moved) and ours."""
     path = lab.root / "faults.env"
-    settings = {**Lab.open(lab.root).settings, **WORKER_SETTINGS}
+    settings = {**Lab.open(lab.root).settings, **WORKER_SETTINGS, **extra}
     path.write_text(format_env(settings))
     path.chmod(0o600)
     return path
@@ -183,7 +183,102 @@ def _isolate(lab: Lab) -> None:
         conn.unbind()
 
 
+def _workers(lab: Lab, ctx: Context, scenario: Scenario, done: Any, **env: str) -> tuple[
+        float | None, int]:
+    """Start the worker again and again, as the timers would, until ``done()``; (seconds to
+    converge or None, worker runs)."""
+    started, runs = time.monotonic(), 0
+    fault = threading.Thread(target=scenario.fault, args=(ctx,), daemon=True)
+    fault.start()
+    try:
+        while time.monotonic() - started < scenario.deadline:
+            argv = [*scenario.worker_prefix, sys.executable, "-m", "shared.cli", "--env-file",
+                    str(_worker_env(lab, **env)), "run", "--once", "--limit", str(WORKER_LIMIT)]
+            ctx.worker = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True)
+            ctx.worker.wait()
+            runs += 1
+            if not fault.is_alive() and done():
+                return time.monotonic() - started, runs
+            time.sleep(1.0)
+    finally:
+        ctx.stop.set()
+        if ctx.worker is not None and ctx.worker.poll() is None:
+            ctx.worker.kill()
+        fault.join(timeout=300)
+    return None, runs
+
+
+LEAVERS = ad.LEAVERS_GROUP
+
+
+def _leavers_done(lab: Lab, graph: LabGraph, sams: list[str]) -> list[str]:
+    """The leavers finished: a remote shared mailbox (97), no licence, out of O365_Leavers."""
+    return [sam for sam, user in _users(lab, sams).items()
+            if user["remote"] == 97 and not _skus_of(graph, user["upn"])
+            and not any(f"CN={LEAVERS}," in dn for dn in user["groups"])]
+
+
+def run_leavers(lab: Lab, scenario: Scenario, users: int) -> Row:
+    """Issue 27: N users provisioned, then all put in O365_Leavers at once (the limit raised
+    to N) and worked by workers SIGKILLed at random; counts each leaver converted, unlicensed
+    and out of the group exactly once: lost = not all three, doubled = a second conversion
+    (the audit's "mailbox type" rows) or a second assignLicense (the lab Graph's writes)."""
+    from shared.flow import Service
+
+    _isolate(lab)
+    graph = LabGraph(lab)
+    lab_exchange.configure(lab, reset=True)
+    sams = seed(lab, users)
+    graph.units_for(users)
+    quiet = Scenario("provision", "no fault")
+    _workers(lab, Context(lab, graph, sams), quiet,
+             lambda: _converged(lab, sams) and len(_provisioned(lab, graph, sams)[0]) == users)
+    conn = ad.admin_connection(lab, timeout=30)
+    try:
+        group = f"CN={ad.LEAVERS_GROUP},{ad.GROUPS_OU}"  # the service may write its members
+        conn.search(ad.STAFF_OU, "(|" + "".join(f"(sAMAccountName={s})" for s in sams) + ")",
+                    attributes=["distinguishedName"])
+        dns = [str(e["dn"]) for e in conn.response if e.get("type") == "searchResEntry"]
+        assert conn.modify(group, {"member": [(MODIFY_ADD, dns)]}), conn.result
+    finally:
+        conn.unbind()
+    for user in _users(lab, sams).values():
+        graph.post("mailboxes/usage", {"user": user["upn"], "storageUsedBytes": 2**30,
+                                       "hasArchive": False})
+    graph.post("stats/reset", {})
+    mails_before = set(_mails(lab))
+    ctx = Context(lab, graph, sams)
+    env = {"LEAVERS_MAX_PER_DAY": str(users * 10), "SYNC_RETRY_MIN_SECONDS": "5"}
+    took, runs = _workers(lab, ctx, scenario,
+                          lambda: len(_leavers_done(lab, graph, sams)) == users, **env)
+    done = _leavers_done(lab, graph, sams)
+    stats = graph.get("stats")
+    counts = stats["paths"].get("POST users/{id}/assignLicense", {})
+    removals = counts.get("requests", 0) - sum(v for k, v in counts.items() if k.isdigit())
+    svc = Service.build(load_settings(lab.settings_file))
+    try:
+        guids = {sam: svc.directory().user_by_sam(sam).guid for sam in sams}
+        converted = {sam: sum(e["action"] == "mailbox type"
+                              for e in svc.audit.entries(user=str(guid)))
+                     for sam, guid in guids.items()}
+    finally:
+        svc.close()
+    doubled = sum(n > 1 for n in converted.values()) + max(0, removals - len(done))
+    upns = {u["upn"].lower() for u in _users(lab, sams).values()}
+    witness = upns & {u.lower() for u in stats.get("unlicensedUserMailboxes", [])}
+    graph.close()
+    ctx.notes.append(f"{sum(converted.values())} conversions, {removals} licence removals, "
+                     f"{len(witness)} licences removed from a user mailbox")
+    alerts = [p for p in set(_mails(lab)) - mails_before if not _is_digest(p)]
+    return Row(scenario.name, users, len(done), users - len(done), doubled,
+               removals - len(done), None if took is None else round(took, 1), len(alerts), runs,
+               "; ".join(ctx.notes + ([f"{ctx.kills} SIGKILLs"] if ctx.kills else [])))
+
+
 def run_scenario(lab: Lab, scenario: Scenario, users: int) -> Row:
+    if scenario.name == "leavers":
+        return run_leavers(lab, scenario, users)
     _isolate(lab)
     graph = LabGraph(lab)
     graph.post("config", {"throttle_rate": 0, "error_rate": 0, "drop_rate": 0,

@@ -269,6 +269,10 @@ param pollSchedule string = '*/15 * * * * *'
 param reconcileSchedule string = '0 30 * * * *'
 param reportSchedule string = '0 0 7 * * *'
 param rolesSchedule string = '0 */15 * * * *'
+param leaversSchedule string = '0 */15 * * * *'
+
+@description('The AD group whose members are leavers: shared mailbox, licence back (docs/operations.md).')
+param leaversGroup string = 'O365_Leavers'
 
 // ---- names -------------------------------------------------------------------------------------
 
@@ -478,6 +482,8 @@ var appSettingsService = {
   RECONCILE_SCHEDULE: reconcileSchedule
   REPORT_SCHEDULE: reportSchedule
   ROLES_SCHEDULE: rolesSchedule
+  LEAVERS_SCHEDULE: leaversSchedule
+  LEAVERS_GROUP: leaversGroup
   LOG_LEVEL: logLevel
 }
 

@@ -55,6 +55,7 @@ GROUPS_OU = f"OU=Groups,{BASE_DN}"
 ROLES_OU = f"OU=Admin Roles,{BASE_DN}"
 PROVISION_GROUP = "O365_Provision"
 LICENSE_GROUP = "O365_License"
+LEAVERS_GROUP = "O365_Leavers"  # issue 27: the leavers' hand-off; the service removes members
 ROLE_GROUPS = (
     "Exchange Administrator",
     "Helpdesk Administrator",
@@ -86,9 +87,11 @@ def template_spec(service_password: str) -> dict[str, object]:
     """What ``lab/schema/prepare.py`` creates in a fresh domain."""
     return {
         "ous": [STAFF_OU, GROUPS_OU, ROLES_OU],
-        "groups": [[PROVISION_GROUP, GROUPS_OU], [LICENSE_GROUP, GROUPS_OU]]
+        "groups": [[PROVISION_GROUP, GROUPS_OU], [LICENSE_GROUP, GROUPS_OU],
+                   [LEAVERS_GROUP, GROUPS_OU]]
         + [[name, ROLES_OU] for name in ROLE_GROUPS],
-        "managed_groups": [f"CN={PROVISION_GROUP},{GROUPS_OU}", f"CN={LICENSE_GROUP},{GROUPS_OU}"],
+        "managed_groups": [f"CN={PROVISION_GROUP},{GROUPS_OU}", f"CN={LICENSE_GROUP},{GROUPS_OU}",
+                           f"CN={LEAVERS_GROUP},{GROUPS_OU}"],
         "service_account": {
             "name": SERVICE_ACCOUNT,
             "password": service_password,

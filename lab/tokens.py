@@ -29,6 +29,7 @@ APP_ROLES = (
     "LicenseAssignment.ReadWrite.All", "LicenseAssignment.Read.All", "User.ReadWrite.All",
     "User.Read.All", "RoleManagement.ReadWrite.Directory", "RoleManagement.Read.Directory",
     "RoleEligibilitySchedule.ReadWrite.Directory", "Mail.Send", "Synchronization.ReadWrite.All",
+    "MailboxSettings.Read", "Reports.Read.All",
 )
 APP_ID = "00000000-0000-0000-0000-0000000a11ab"  # the lab app's client id (a made-up one)
 
@@ -78,7 +79,9 @@ def ensure(lab: Lab) -> str:
     settings = lab.settings
     key = settings.setdefault(KEY_SETTING, secrets.token_urlsafe(32))
     token = settings.get("AZURE_STATIC_TOKEN", "")
-    if verify(key, token) is None:
+    claims = verify(key, token)
+    # A token from before a permission joined APP_ROLES is made again with all of them.
+    if claims is None or set(APP_ROLES) - set(claims.get("roles") or []):
         token = mint(key, APP_ROLES, tenant=settings.get("LAB_GRAPH_TENANT_ID", ""))
         settings["AZURE_STATIC_TOKEN"] = token
     settings["AZURE_CREDENTIAL"] = "static"

@@ -8,6 +8,7 @@ and handlers as the function app. For the lab, and for servers that do not run F
     redrive QUEUE         move parked messages from QUEUE-poison back onto QUEUE
     roles plan            the role plan, with what the guards hold
     roles approve ID      approve a held role plan
+    leavers approve ID    approve a held leavers plan (more than LEAVERS_MAX_PER_DAY)
     check                 try every dependency as the service uses it; changes nothing
     user NAME             one user: stage, ledger rows, last error and fix, next retry
     retry NAME            queue one user's step now, through the same checks
@@ -32,7 +33,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.store.ledger import now
 from shared.store.messages import Step, poison_queue
 from shared.store.pause import Half, halves
 
@@ -46,6 +46,8 @@ from .log import configure
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 roles_app = typer.Typer(no_args_is_help=True, help="Admin-role sync: plan and approve.")
 app.add_typer(roles_app, name="roles")
+leavers_app = typer.Typer(no_args_is_help=True, help="Leavers: approve a held plan.")
+app.add_typer(leavers_app, name="leavers")
 console = Console()
 
 
@@ -174,6 +176,7 @@ def plan(
     console.print(table)
     if svc.settings.roles.enabled:
         _print_role_plan(svc)
+    views.print_leavers(svc, console)
     svc.close()
 
 
@@ -247,21 +250,14 @@ def report(
     preview: Annotated[Path, typer.Option(help="write the next report's HTML here")],
 ) -> None:
     """Render the next digest to a file without sending it or moving the report cursor:
-    the users provisioned and, as the report timer passes them, the users waiting."""
-    from shared.flow.timers import waiting_rows
-    from shared.mail.reports import render_digest
-    from shared.store.ledger import State as Stage
+    the users provisioned, the leavers and, as the report timer passes them, those waiting."""
+    from shared.flow.timers import digest
 
     svc = _service()
     last = (svc.cursors.get("report-provisioned") or b"").decode()
-    rows = svc.outcomes.since("provisioned", last)
-    waiting = waiting_rows(svc.ledger.rows_in(Stage.FAILED, Stage.WAITING),
-                           svc.policy.stuck_after)
-    skus = _skus(svc)
-    mail = render_digest(
-        [flow.provisioned_row(r) for r in rows],
-        skus, since=last[:19] or None, until=now(), waiting=waiting,
-    )
+    mail, new = asyncio.run(digest(svc, last, always=True, skus=_skus(svc)))
+    rows, waiting = new["provisioned"], new["~waiting"]
+    assert mail is not None  # always=True renders one
     preview.parent.mkdir(parents=True, exist_ok=True)
     preview.write_text(mail.html, encoding="utf-8")
     console.print(f"{len(rows)} users provisioned and {len(waiting)} waiting in the next "
@@ -384,6 +380,12 @@ def roles_approve(plan_id: Annotated[str, typer.Argument(help="the held plan's i
         console.print(escape(str(exc)), style="red")
         raise typer.Exit(1) from None
     console.print(f"plan {plan_id} approved; the next role cycle releases it")
+
+
+@leavers_app.command("approve")
+def leavers_approve(plan_id: Annotated[str, typer.Argument(help="the held plan's id")]) -> None:
+    """Approve the held leavers plan, then run the leavers cycle (exits 1 if none is held)."""
+    raise typer.Exit(0 if views.approve_leavers(_service(), console, plan_id) else 1)
 
 
 if __name__ == "__main__":

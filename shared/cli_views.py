@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -74,7 +75,7 @@ def show_user(svc: flow.Service, console: Console, name: str) -> bool:
     ad = _find(svc, console, name)
     if ad is None:
         return False
-    rows = {step: row for step in (Step.MAILBOX, Step.LICENSE)
+    rows = {step: row for step in (Step.MAILBOX, Step.LICENSE, Step.LEAVER)
             if (row := svc.ledger.get(ad.guid, step)) is not None}
     where = stage(directory.is_member(ad, p.provision_group),
                   directory.is_member(ad, p.license_group), rows)
@@ -119,4 +120,53 @@ def retry_user(svc: flow.Service, console: Console, name: str) -> bool:
     console.print(escape(f"retry {ad.sam}: its {decision.step.value} step is queued now "
                          f"(correlation id {item.correlation_id}); python -m shared.cli user "
                          f"{ad.sam} shows how it went"), soft_wrap=True, highlight=False)
+    return True
+
+
+def print_leavers(svc: flow.Service, console: Console) -> None:
+    """The next leavers cycle: who starts, waits, is left alone or held; changes nothing."""
+    from shared.flow.leavers import decide, describe
+
+    async def read() -> Any:
+        try:
+            return await decide(svc)
+        finally:
+            await svc.aclose()
+
+    plan, _ = asyncio.run(read())
+    table = Table("user", "next cycle", "why",
+                  title=f"leavers ({svc.settings.leavers.leavers_group})")
+    for line in describe(plan):
+        table.add_row(*map(escape, line))
+    console.print(table)
+    if plan.held is not None:
+        console.print(f"held: plan {plan.held.plan_id}, {plan.held.count} leavers over "
+                      f"LEAVERS_MAX_PER_DAY={plan.held.limit}; approve with python -m "
+                      f"shared.cli leavers approve {plan.held.plan_id}", soft_wrap=True)
+
+
+def approve_leavers(svc: flow.Service, console: Console, plan_id: str) -> bool:
+    """``leavers approve``: record the approval, then run the leavers cycle; False when no
+    such plan is held. Closes ``svc``."""
+    from shared.flow.leavers import approve, leavers_cycle
+
+    async def cycle() -> Any:
+        try:
+            return await leavers_cycle(svc)
+        finally:
+            await svc.aclose()
+
+    try:
+        held = approve(svc, plan_id)
+        result = asyncio.run(cycle())
+    except ProvisioningError as exc:
+        console.print(escape(str(exc)), style="red", soft_wrap=True)
+        return False
+    finally:
+        svc.close()
+    console.print(f"plan {plan_id} approved ({held.count} leavers); the cycle started "
+                  f"{len(result.enqueued)}", highlight=False)
+    if result.plan.held is not None:
+        console.print(f"still held: plan {result.plan.held.plan_id} (the leavers changed "
+                      "since; check and approve that one)", style="yellow")
     return True

@@ -49,6 +49,7 @@ class Done:
     report: dict[str, str] | None = None
     next_step: Step | None = None
     dn: str = ""  # the AD user's DN: whom a sync trigger names (``shared.provisioning.sync``)
+    records: tuple[tuple[str, dict[str, str | int]], ...] = ()  # outcome rows: (kind, fields)
 
 
 @dataclass(frozen=True)
@@ -77,3 +78,4 @@ class NotYet:
     shortage: Shortage | None = None
     report: dict[str, str] = field(default_factory=dict)
     dn: str = ""  # the AD user's DN, for a sync trigger while the user waits for the sync
+    records: tuple[tuple[str, dict[str, str | int]], ...] = ()  # outcome rows: (kind, fields)

@@ -79,7 +79,26 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
                          "a message reached <queue>-poison"),
     "message_malformed": ("flow/handlers.py handle", "queue, reason, outcome",
                           "a message that is not ours, parked on the poison queue"),
-    # -- the peers -------------------------------------------------------------------------
+    # -- leavers (issue 27) ----------------------------------------------------------------
+    "leaver_planned": ("flow/leavers.py leavers_cycle", "user, name, correlation_id",
+                       "a leaver's work item was queued"),
+    "leaver_converted": ("flow/leaver_step.py run_leaver", "user, name, hidden, correlation_id",
+                         "the mailbox became shared on-premises (Set-RemoteMailbox -Type Shared)"),
+    "leaver_unlicensed": ("flow/leaver_step.py run_leaver", "user, name, skus, correlation_id",
+                          "the leaver's licences were removed (skus: part numbers, "
+                          "comma-separated)"),
+    "leaver_kept": ("flow/leaver_step.py _kept", "user, name, skus, reason, correlation_id",
+                    "a leaver's licence was kept, and why"),
+    "leaver_left_group": ("flow/leaver_step.py run_leaver", "user, name, group, correlation_id",
+                          "the leaver left the leavers group"),
+    "leavers_held": ("flow/leavers.py _hold", "plan_id, count, limit",
+                     "a cycle over LEAVERS_MAX_PER_DAY is held for `leavers approve`"),
+    "leavers_approved": ("flow/leavers.py leavers_cycle", "plan_id, count",
+                         "an approved held cycle started"),
+    "leavers_group_missing": ("flow/leavers.py candidates", "group, reason, fix",
+                              "LEAVERS_GROUP names no group: leavers are not set up, nobody "
+                              "starts (the timer does not fail)"),
+    # -- the peers --------------------------------------------------------------------------
     "graph_retry": ("graph_pacing.py", "method, path, status, wait_seconds, attempt",
                     "Graph answered 429/503/504 (or dropped): the request waits and retries"),
     "graph_usage": ("graph_pacing.py (telemetry.graph_usage)",

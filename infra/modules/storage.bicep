@@ -28,6 +28,8 @@ var queueNames = [
   'license-poison'
   'roles'
   'roles-poison'
+  'leavers'
+  'leavers-poison'
 ]
 
 // ledger: completed steps per user; audit: every change; cursors: the DirSync cookie;

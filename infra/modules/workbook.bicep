@@ -1,6 +1,7 @@
 // The operator's workbook (Microsoft.Insights/workbooks@2023-06-01, the current GA version),
 // linked to the Application Insights component: users per stage, throughput and latency,
-// failures by reason, shortages, role changes and held plans, Graph throttling. Its content
+// failures by reason, shortages, role changes and held plans, Graph throttling, leavers
+// (steps, held cycles, licences kept, units returned per SKU and month). Its content
 // is infra/monitoring/workbook.json; tests/unit/test_kql.py runs each of its queries against the
 // events of a lab run.
 

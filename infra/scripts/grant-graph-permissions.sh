@@ -72,6 +72,14 @@ wanted+=("LicenseAssignment.ReadWrite.All")
 # least privileged one for subscribedSkus (Organization.Read.All also works, but reads more).
 wanted+=("LicenseAssignment.Read.All")
 
+# Leavers: read whether a leaver's cloud mailbox is shared yet (mailboxSettings/userPurpose)
+# before its licence is removed; the least privileged permission for that call, no mail content.
+wanted+=("MailboxSettings.Read")
+
+# Leavers: read the mailbox usage report (getMailboxUsageDetail: storage used, archive), so that
+# a mailbox over 50 GB or with an archive keeps its licence. Reports.Read.All is the only one.
+wanted+=("Reports.Read.All")
+
 if $usage_location; then
   # Find the synced user (onPremisesImmutableId, proxyAddresses, assignedLicenses) and set
   # usageLocation from the AD attribute `c` when it differs; Graph requires usageLocation

@@ -25,6 +25,7 @@ Modules
 ``endpoint``   shared state: sessions per user, knobs, counters
 ``control``    the knobs, their start values, ``configure(lab, ...)`` and ``status(lab)``
 ``cmdlets``    ``Get-RemoteMailbox``, ``Enable-RemoteMailbox``: parameter binding, identity
+``mailbox_type`` ``Set-RemoteMailbox -Type``/``-HiddenFromAddressListsEnabled`` (leavers)
 ``directory``  the lab AD over LDAPS, as the cmdlets read and write it
 ``errors``     ``CmdletError`` and Exchange's error texts
 ``__main__``   the process: reads the config, wires the above, serves

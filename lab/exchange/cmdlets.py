@@ -22,6 +22,7 @@ from typing import Any
 import ldap3
 from ldap3.utils.conv import escape_filter_chars
 
+from . import mailbox_type
 from .directory import Entry, LdapDirectory
 from .errors import (
     CmdletError,
@@ -94,8 +95,10 @@ class Exchange:
         self.server_name = server_name
         # The lab knob already_enabled_text: another wording of the same refusal.
         self.already_enabled_text: str | None = None
+        # The lab knob denied_cmdlets: cmdlets outside the account's management role.
+        self.denied: set[str] = set()
         # Exchange serialises writes to one object; so do we, across sessions.
-        self._write_lock = threading.Lock()
+        self.write_lock = threading.Lock()
         self.cmdlets = {
             spec.name.lower(): spec
             for spec in (
@@ -107,6 +110,8 @@ class Exchange:
                     ("Identity",),
                     Exchange._enable,
                 ),
+                CmdletSpec("Set-RemoteMailbox", mailbox_type.PARAMETERS, ("Identity",),
+                           mailbox_type.set_remote_mailbox),
             )
         }
 
@@ -114,7 +119,7 @@ class Exchange:
     def invoke(self, call: Invocation) -> list[dict[str, Any]]:
         """Bind parameters as PowerShell does (case-insensitive, unique prefixes) and run."""
         spec = self.cmdlets.get(call.name.lower())
-        if spec is None:
+        if spec is None or call.name.lower() in self.denied:
             raise command_not_found(call.name)
         bound: dict[str, Any] = {}
         known = spec.parameters + COMMON_PARAMETERS
@@ -177,7 +182,7 @@ class Exchange:
                     f"(proxyAddresses=smtp:{value}))")
         return f"(|(cn={value})(sAMAccountName={value})(mailNickname={value}))"
 
-    def _resolve(self, identity: str, type_filter: str) -> Entry:
+    def resolve(self, identity: str, type_filter: str) -> Entry:
         try:
             guid = uuid.UUID(identity.strip())
         except ValueError:
@@ -195,17 +200,17 @@ class Exchange:
         return found[0]
 
     # -- cmdlets ------------------------------------------------------------------------
-    def _remote_filter(self) -> str:
+    def remote_filter(self) -> str:
         types = "".join(f"(msExchRecipientTypeDetails={t})" for t in REMOTE_TYPES)
         return f"(objectCategory=person)(objectClass=user)(|{types})"
 
     def _get(self, bound: dict[str, Any]) -> list[dict[str, Any]]:
         identity = bound.get("Identity")
         if identity is None:
-            found = self.directory.search(f"(&{self._remote_filter()})", limit=1000)
+            found = self.directory.search(f"(&{self.remote_filter()})", limit=1000)
             return [self.remote_mailbox(e) for e in found]
         try:
-            entry = self._resolve(str(identity), self._remote_filter())
+            entry = self.resolve(str(identity), self.remote_filter())
         except CmdletError as exc:
             # Get-* cmdlets report a missing object as a non-terminating error.
             exc.terminating = False
@@ -214,8 +219,8 @@ class Exchange:
 
     def _enable(self, bound: dict[str, Any]) -> list[dict[str, Any]]:
         identity = str(bound["Identity"])
-        with self._write_lock:
-            user = self._resolve(identity, "(objectCategory=person)(objectClass=user)")
+        with self.write_lock:
+            user = self.resolve(identity, "(objectCategory=person)(objectClass=user)")
             if user.first("msExchRecipientTypeDetails") not in (None, "", 0, "0"):
                 raise CmdletError(
                     self.already_enabled_text
@@ -319,10 +324,24 @@ class Exchange:
                 17179869184: "RemoteEquipmentMailbox",
                 34359738368: "RemoteSharedMailbox",
             }.get(details, str(details)),
-            "RemoteRecipientType": ", ".join(n for bit, n in _REMOTE_RECIPIENT_FLAGS
-                                             if rrt & bit == bit) or "None",
+            "RemoteRecipientType": _remote_recipient_type(rrt),
+            "HiddenFromAddressListsEnabled":
+                str(entry.first("msExchHideFromAddressLists")).upper() == "TRUE",
+            # Written back from Exchange Online by Entra Connect (Exchange hybrid writeback):
+            # msExchArchiveStatus 1 = an archive in the cloud; msExchUserHoldPolicies = holds.
+            "ArchiveStatus": "Active" if int(entry.first("msExchArchiveStatus") or 0) & 1
+                             else "None",
+            "InPlaceHolds": [str(h) for h in entry.all("msExchUserHoldPolicies")],
             "OriginatingServer": self.directory.dc_name,
         }
+
+
+def _remote_recipient_type(rrt: int) -> str:
+    """``RemoteRecipientType`` as Exchange prints the flags: SharedMailbox (0x60) is one name,
+    not RoomMailbox and EquipmentMailbox."""
+    names = [n for bit, n in _REMOTE_RECIPIENT_FLAGS[:5] if rrt & bit]
+    kind = {0x20: "RoomMailbox", 0x40: "EquipmentMailbox", 0x60: "SharedMailbox"}.get(rrt & 0x60)
+    return ", ".join([*names, kind] if kind else names) or "None"
 
 
 def _smtp(value: str, parameter: str) -> str:

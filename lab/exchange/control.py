@@ -13,6 +13,9 @@ through ``configure(lab, ...)``, which POSTs to ``/lab/knobs`` with a lab-only t
     already_enabled_text   the text Enable-RemoteMailbox gives a recipient already (same
                            RecipientTaskException, other words: another release or language);
                            null keeps Exchange's English "is already mail-enabled"
+    denied_cmdlets         cmdlets the service account's management role lacks: Exchange's
+                           RBAC hides them, so calling one is CommandNotFoundException (e.g.
+                           ["Set-RemoteMailbox"]: a role set up before leavers)
     faults                 [{"kind": "http500"|"drop"|"slow", "action": "Command"|...|"any",
                              "count": 1, "skip": 0, "seconds": 5, "when": "before"|"after"}]
                            injected into the next matching WS-Management requests, after
@@ -36,6 +39,7 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "max_sessions_per_user": 18,
     "idle_timeout_seconds": 900,
     "already_enabled_text": None,
+    "denied_cmdlets": [],
     "faults": [],
 }
 

@@ -30,6 +30,9 @@ READ_ATTRIBUTES = [
     "msExchRecipientTypeDetails",
     "msExchRemoteRecipientType",
     "msExchRecipientDisplayType",
+    "msExchHideFromAddressLists",
+    "msExchArchiveStatus",
+    "msExchUserHoldPolicies",
 ]
 
 

@@ -50,6 +50,7 @@ class Endpoint:
         self.stats = {"sessions_opened": 0, "cmdlets_run": 0, "auth_failures": 0}
         self.machine = config.get("server_name", "EX01")
         exchange.already_enabled_text = self.knobs.get("already_enabled_text")
+        exchange.denied = {str(c).lower() for c in self.knobs.get("denied_cmdlets") or []}
 
     # -- knobs --------------------------------------------------------------------------
     def set_knobs(self, changes: dict[str, Any]) -> None:
@@ -63,6 +64,7 @@ class Endpoint:
             if changes.get("close_sessions"):
                 self.sessions.clear()
             self.exchange.already_enabled_text = self.knobs.get("already_enabled_text")
+            self.exchange.denied = {str(c).lower() for c in self.knobs.get("denied_cmdlets") or []}
 
     def report(self) -> dict[str, Any]:
         with self.lock:

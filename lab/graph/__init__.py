@@ -13,6 +13,7 @@ Modules
 ``throttle`` token buckets: 3,000 writes / 150 s and the resource-unit quota / 10 s; knobs
 ``users``, ``licenses``, ``batch``   Graph routes;  ``control``  lab-only routes
 ``sync``     the Entra Connect stand-in: cycles on a schedule, triggers, busy answers
+``mailboxes`` cloud mailboxes: type from on-premises, mailboxSettings, the usage report
 ``ondemand`` Cloud Sync's ``provisionOnDemand``, at its documented rate
 
 Adding routes (for other peers' helpers)
@@ -54,7 +55,7 @@ import uuid
 from lab import tokens
 from lab.core import Lab, free_port, wait_for_port
 
-ROUTE_MODULES = ("users", "licenses", "batch", "control", "sync", "ondemand")
+ROUTE_MODULES = ("users", "licenses", "batch", "control", "sync", "ondemand", "mailboxes")
 OPTIONAL_MODULES = ("roles", "mail")
 
 # Settings the lab writes, with their defaults; each may be overridden from the environment

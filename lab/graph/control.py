@@ -3,7 +3,7 @@
 | call | what |
 |---|---|
 | ``GET /_lab/stats`` | counters per ``METHOD template`` (requests, reads, writes, 429,
-  4xx/5xx), ``total``, ``cloudMailboxes``, budget use |
+  4xx/5xx), ``total``, ``cloudMailboxes``, ``unlicensedUserMailboxes``, budget use |
 | ``POST /_lab/stats/reset`` | zero the counters |
 | ``GET``/``POST /_lab/config`` | read / change knobs (``lab.graph.throttle.Knobs``);
   changing a throttle knob refills the buckets |
@@ -12,6 +12,11 @@
 | ``POST /_lab/sync`` | run a sync poll now; ``GET /_lab/sync``: the sync engine's state |
 | ``POST /_lab/token`` | ``{"roles": [...]}``: a new app token with only these application
   permissions (``lab/tokens.py``); the lab's own token keeps all of them |
+| ``POST /_lab/mailboxes/usage`` | ``{"user": id|upn, "storageUsedBytes": n, "hasArchive": b}``:
+  the mailbox in the usage report (``lab/graph/mailboxes.py``) |
+| ``POST /_lab/reports/settings`` | ``{"displayConcealedNames": b}``: hashes for names in reports |
+| ``POST /_lab/licenses/group`` | ``{"user": id|upn, "sku": part, "group": id}``: a licence
+  inherited from a group (``lab/graph/licenses.py``) |
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ async def stats(graph: Graph, _: JSON) -> JSON:
     return {
         **graph.stats.as_json(),
         "cloudMailboxes": sorted(graph.tenant.cloud_mailboxes),
+        "unlicensedUserMailboxes": sorted(graph.tenant.unlicensed_user_mailboxes),
         "budgets": {
             "writesCapacity": budgets.writes.capacity,
             "writesAvailable": round(budgets.writes.tokens, 2),
@@ -48,6 +54,7 @@ async def reset_stats(graph: Graph, _: JSON) -> JSON:
     graph.stats.per_path.clear()
     graph.stats.total.clear()
     graph.tenant.cloud_mailboxes.clear()
+    graph.tenant.unlicensed_user_mailboxes.clear()
     return {"reset": True}
 
 

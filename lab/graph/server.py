@@ -67,6 +67,14 @@ PERMISSIONS: dict[str, frozenset[str]] = {
                                      "LicenseAssignment.ReadWrite.All", "Organization.Read.All",
                                      "Directory.Read.All"}),
     "POST users/{id}/sendMail": frozenset({"Mail.Send"}),
+    # Leavers (issue 27): mailboxSettings ("Get mailboxSettings": MailboxSettings.Read, higher
+    # MailboxSettings.ReadWrite) and the usage report ("reportRoot: getMailboxUsageDetail":
+    # Reports.Read.All, nothing higher).
+    "GET users/{id}/mailboxSettings": frozenset({"MailboxSettings.Read",
+                                                "MailboxSettings.ReadWrite"}),
+    "GET users/{id}/mailboxSettings/userPurpose": frozenset({"MailboxSettings.Read",
+                                                            "MailboxSettings.ReadWrite"}),
+    "GET reports/{function}": frozenset({"Reports.Read.All"}),
     "GET roleManagement/directory/roleDefinitions": _ROLES_READ,
     "GET roleManagement/directory/roleDefinitions/{id}": _ROLES_READ,
     "GET roleManagement/directory/roleAssignments": _ROLES_READ,
@@ -421,6 +429,9 @@ def control(method: str, name: str) -> Callable[
 
 
 CONTROLS: dict[str, Callable[[Graph, JSON], Awaitable[JSON]]] = {}
+# Plain aiohttp routes outside /v1.0 and /_lab (method, path, handler), such as a report's
+# pre-authenticated download URL, which takes no Authorization header.
+RAW_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = []
 
 
 def make_app(graph: Graph) -> web.Application:
@@ -429,6 +440,8 @@ def make_app(graph: Graph) -> web.Application:
     app.router.add_route("*", "/v1.0/{tail:.*}", handle_graph)
     app.router.add_route("*", "/beta/{tail:.*}", handle_graph)
     app.router.add_route("*", "/_lab/{tail:.*}", handle_control)
+    for method, path, handler in RAW_ROUTES:
+        app.router.add_route(method, path, handler)
     return app
 
 

@@ -103,6 +103,14 @@ class Tenant:
     by_immutable: dict[str, str] = field(default_factory=dict)
     # UPNs of synced users given Exchange Online without a routing address (a second mailbox)
     cloud_mailboxes: set[str] = field(default_factory=set)
+    # Exchange Online mailboxes by user id (lab.graph.mailboxes), and the UPNs whose Exchange
+    # licence was removed while their mailbox was a user mailbox (the mail would be lost)
+    mailboxes: dict[str, JSON] = field(default_factory=dict)
+    unlicensed_user_mailboxes: set[str] = field(default_factory=set)
+    # group-based licensing: user id -> skuId -> the group it is inherited from; and the
+    # (user id, skuId) pairs also assigned directly
+    inherited: dict[str, dict[str, str]] = field(default_factory=dict)
+    direct_also: set[tuple[str, str]] = field(default_factory=set)
 
     # -- users -------------------------------------------------------------------------
     def size(self) -> int:
@@ -132,6 +140,7 @@ class Tenant:
             "usageLocation": None,
             "assignedLicenses": [],
             "assignedPlans": [],
+            "licenseAssignmentStates": [],
             "proxyAddresses": [],
             "onPremisesImmutableId": None,
             "onPremisesSyncEnabled": None,

@@ -14,7 +14,8 @@ are seen too. At 20,000 users a quiet poll returns nothing.
 ``onPremisesSamAccountName``, ``userPrincipalName``, ``mail``, ``proxyAddresses``,
 ``displayName``, ``givenName``, ``surname`` (``sn``), ``onPremisesExtensionAttributes``
 (``extensionAttribute1..15``), ``onPremisesDistinguishedName``, ``onPremisesDomainName``,
-``onPremisesSecurityIdentifier``, ``accountEnabled`` (``userAccountControl``). No
+``onPremisesSecurityIdentifier``, ``accountEnabled`` (``userAccountControl``), and for
+Exchange Online ``msExchRemoteRecipientType`` (the cloud mailbox's type: ``mailboxes``). No
 ``usageLocation``: the service must set it.
 
 **Cycles**, as Entra Connect's scheduler runs them: a delta cycle starts every
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .mailboxes import cloud_purpose
 from .server import JSON, Graph, control
 from .store import now_iso
 
@@ -52,7 +54,7 @@ SHOW_DELETED = "1.2.840.113556.1.4.417"
 ATTRIBUTES = [
     "objectGUID", "objectSid", "sAMAccountName", "userPrincipalName", "mail", "proxyAddresses",
     "displayName", "givenName", "sn", "mailNickname", "distinguishedName", "userAccountControl",
-    "isDeleted", "isCriticalSystemObject", "uSNChanged",
+    "isDeleted", "isCriticalSystemObject", "uSNChanged", "msExchRemoteRecipientType",
     *[f"extensionAttribute{i}" for i in range(1, 16)],
 ]
 ACCOUNT_DISABLED = 0x2
@@ -276,6 +278,8 @@ class SyncEngine:
             "givenName": _first(attrs.get("givenName")),
             "surname": _first(attrs.get("sn")),
             "accountEnabled": not uac & ACCOUNT_DISABLED,
+            # Exchange Online's reading of the on-premises type (lab/graph/mailboxes.py)
+            "_mailboxPurpose": cloud_purpose(_first(attrs.get("msExchRemoteRecipientType"))),
         }
 
     def _apply_due(self) -> None:

@@ -42,7 +42,7 @@ def project(user: JSON, request: Request) -> JSON:
     names = [n.strip() for n in select.split(",") if n.strip()] if select else None
     if names:
         for name in names:
-            if name not in user:
+            if name not in user or name.startswith("_"):  # "_...": the lab's own state
                 raise GraphError(400, "Request_BadRequest", f"Could not find a property named "
                                  f"'{name}' on type 'microsoft.graph.user'.")
         return {name: user[name] for name in names}

@@ -38,6 +38,11 @@ T = TypeVar("T")
 # that is already there), 16 noSuchAttribute, 53 unwillingToPerform (AD, for a non-member).
 _ALREADY_THERE = {20, 68}
 _NOT_THERE = {16, 53}
+# userAccountControl's ACCOUNTDISABLE flag, and the matching rule that tests one bit of it
+# (LDAP_MATCHING_RULE_BIT_AND; learn.microsoft.com "Search Filter Syntax", Active Directory)
+ACCOUNTDISABLE = 0x2
+_BIT_AND = "1.2.840.113556.1.4.803"
+_PAGED = "1.2.840.113556.1.4.319"  # the paged results control (RFC 2696)
 
 
 
@@ -58,6 +63,7 @@ class DirectoryUser:
     mail_nickname: str | None
     remote_recipient_type: int | None
     member_of: tuple[str, ...]
+    enabled: bool = True  # userAccountControl without ACCOUNTDISABLE (0x2)
 
     @property
     def immutable_id(self) -> str:
@@ -86,7 +92,7 @@ class Directory:
         self._user_attributes = sorted({
             "objectGUID", "distinguishedName", "sAMAccountName", "userPrincipalName",
             "displayName", "mail", "proxyAddresses", "targetAddress", "mailNickname",
-            "msExchRemoteRecipientType", "memberOf",
+            "msExchRemoteRecipientType", "memberOf", "userAccountControl",
             provisioning.license_attribute, provisioning.country_attribute,
         })
 
@@ -111,6 +117,7 @@ class Directory:
     def _user_from(self, raw: dict[str, list[bytes]], dn: str) -> DirectoryUser:
         p = self._provisioning
         rrt = first_value(raw, "msExchRemoteRecipientType")
+        uac = first_value(raw, "userAccountControl")
         return DirectoryUser(
             guid=uuid.UUID(bytes_le=raw["objectGUID"][0]),
             dn=first_value(raw, "distinguishedName") or dn,
@@ -125,6 +132,7 @@ class Directory:
             mail_nickname=first_value(raw, "mailNickname"),
             remote_recipient_type=int(rrt) if rrt is not None else None,
             member_of=all_values(raw, "memberOf"),
+            enabled=not int(uac or 0) & ACCOUNTDISABLE,
         )
 
     def _find_users(self, base: str, scope: str, ldap_filter: str, what: str,
@@ -150,6 +158,31 @@ class Directory:
                 step="read user", fix="none: the account was deleted or is not a user",
             )
         return found[0]
+
+    def disabled_users(self) -> list[DirectoryUser]:
+        """Every user under AD_BASE_DN whose account is disabled: one subtree search on
+        ``userAccountControl`` (ACCOUNTDISABLE), in pages of 500. Reading the attribute needs
+        no right beyond the service account's read of the users (Authenticated Users may)."""
+        base = self._ad.base_dn
+        ldap_filter = (f"(&(objectCategory=person)(objectClass=user)"
+                       f"(userAccountControl:{_BIT_AND}:={ACCOUNTDISABLE}))")
+
+        def search(conn: Connection) -> list[DirectoryUser]:
+            found: list[DirectoryUser] = []
+            cookie: bytes | None = None
+            while True:
+                ok = conn.search(base, ldap_filter, SUBTREE, attributes=self._user_attributes,
+                                 paged_size=500, paged_cookie=cookie)
+                if not ok and conn.result.get("result") != 0:
+                    self._ldap.check(conn, "read disabled users", base)
+                found += [self._user_from(entry["raw_attributes"], entry["dn"])
+                          for entry in conn.response or [] if entry.get("type") == "searchResEntry"]
+                control = (conn.result.get("controls") or {}).get(_PAGED) or {}
+                cookie = (control.get("value") or {}).get("cookie")
+                if not cookie:
+                    return found
+
+        return self._ldap.call("read disabled users", search)
 
     def user_by_sam(self, sam: str) -> DirectoryUser:
         """The user with this sAMAccountName; PermanentError if there is none."""

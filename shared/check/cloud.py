@@ -30,6 +30,10 @@ def needed_roles(settings: Settings) -> list[tuple[str, tuple[str, ...]]]:
         ("LicenseAssignment.ReadWrite.All", ()),
         ("LicenseAssignment.Read.All", ("LicenseAssignment.ReadWrite.All",)),
         ("User.ReadWrite.All", ("User.Read.All",)),  # Read.All when Connect syncs c
+        # Leavers: the cloud mailbox's type (mailboxSettings/userPurpose) and its size and
+        # archive (the mailbox usage report).
+        ("MailboxSettings.Read", ("MailboxSettings.ReadWrite",)),
+        ("Reports.Read.All", ()),
     ]
     if settings.roles.enabled and settings.roles.mode == "active":
         needed.append(("RoleManagement.ReadWrite.Directory", ()))

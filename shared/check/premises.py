@@ -1,6 +1,8 @@
 """The premises: Active Directory (bind, the two groups, what the account may write on them,
-reading users under AD_BASE_DN), Exchange (a session, ``Get-RemoteMailbox`` allowed) and, with
-``SYNC_TRIGGER=connect``, the Entra Connect server's endpoint. Rights are read, never tried:
+reading users under AD_BASE_DN), Exchange (a session, ``Get-RemoteMailbox`` and, for leavers,
+``Set-RemoteMailbox`` allowed: both asked about a name no recipient has, so nothing changes)
+and, with ``SYNC_TRIGGER=connect``, the Entra Connect server's endpoint. AD rights are read,
+never tried:
 ``allowedAttributesEffective`` is AD's constructed attribute listing what the bound account may
 write on an object (MS-ADTS 3.1.1.4.5.4)."""
 
@@ -14,6 +16,7 @@ from shared.ad.directory import Directory
 from shared.config import Settings
 from shared.errors import PermanentError
 from shared.exchange.client import ExchangeClient
+from shared.exchange.errors import record_reason
 from shared.secrets import SecretProvider
 
 from . import relay as relay_check
@@ -66,7 +69,8 @@ def active_directory(settings: Settings, secrets: SecretProvider) -> str:
 
 
 def exchange(settings: Settings, secrets: SecretProvider) -> str:
-    """A session, and ``Get-RemoteMailbox`` of a name no recipient has."""
+    """A session, and ``Get-RemoteMailbox`` and ``Set-RemoteMailbox`` (no change asked) of a
+    name no recipient has: "not found" means the role lets the account run the cmdlet."""
     s = settings.exchange
     password = secrets.resolve(s.password, setting="EXCHANGE_PASSWORD")
     nobody = f"o365-check-{uuid.uuid4().hex[:12]}"
@@ -77,10 +81,17 @@ def exchange(settings: Settings, secrets: SecretProvider) -> str:
             if "HTTP 401" in exc.reason:
                 raise Failed(f"authentication refused: {exc.reason}", exc.fix) from None
             raise
+        # Leavers: Set-RemoteMailbox -Identity <nobody>, nothing to set. A cmdlet outside the
+        # account's role is Exchange's CommandNotFoundException (RBAC hides it).
+        refused = client.invoke("Set-RemoteMailbox", [("Identity", nobody)]).errors
+    if any(record_reason(e) == "CommandNotFoundException" for e in refused):
+        raise Failed(f"{s.user} may not run Set-RemoteMailbox (leavers make mailboxes shared "
+                     "with it)", "add Set-RemoteMailbox to the account's management role: "
+                     "docs/permissions.md, Exchange Server")
     if found is not None:
         raise Failed(f"a remote mailbox '{nobody}' was found, a name no recipient should have",
                      "check EXCHANGE_URL points at Exchange")
-    return f"session as {s.user} at {s.url}; Get-RemoteMailbox allowed"
+    return f"session as {s.user} at {s.url}; Get-RemoteMailbox and Set-RemoteMailbox allowed"
 
 
 def connect(settings: Settings, secrets: SecretProvider) -> str:

@@ -29,6 +29,7 @@ from shared.dn import dn_within, is_dn
 from shared.errors import ConfigError
 
 from .base import Section, field_setting, setting_name
+from .leavers import LeaversSettings
 from .premises import (
     AdSettings,
     ConnectSettings,
@@ -55,7 +56,7 @@ from .sections import (
 __all__ = [
     "DEFAULT_LICENSE_MAP", "DEFAULT_ROLE_ALLOW_LIST", "AdSettings", "ConnectSettings",
     "ExchangeSettings",
-    "GraphSettings", "IdentitySettings", "KeyVaultSettings", "MailSettings",
+    "GraphSettings", "IdentitySettings", "KeyVaultSettings", "LeaversSettings", "MailSettings",
     "ProvisioningSettings", "RelayLink", "RelaySettings", "RolesSettings", "ScheduleSettings",
     "ServiceSettings", "Settings", "SmtpSettings", "StorageSettings", "SyncSettings",
     "Transport",
@@ -82,6 +83,7 @@ class Settings:
     relay: RelaySettings
     sync: SyncSettings
     connect: ConnectSettings
+    leavers: LeaversSettings
 
 
 _SECTIONS: dict[str, type[Section]] = {
@@ -100,6 +102,7 @@ _SECTIONS: dict[str, type[Section]] = {
     "relay": RelaySettings,
     "sync": SyncSettings,
     "connect": ConnectSettings,
+    "leavers": LeaversSettings,
 }
 
 

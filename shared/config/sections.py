@@ -218,6 +218,7 @@ class ScheduleSettings(Section):
     reconcile_schedule: str = "0 30 * * * *"
     report_schedule: str = "0 0 7 * * *"
     roles_schedule: str = "0 */15 * * * *"
+    leavers_schedule: str = "0 */15 * * * *"  # the leavers cycle (issue 27)
 
     @field_validator("*")
     @classmethod

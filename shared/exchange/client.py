@@ -64,6 +64,11 @@ class RemoteMailbox:
     email_addresses: tuple[str, ...]
     recipient_type_details: str | None
     remote_recipient_type: str | None = None  # "ProvisionMailbox", "Migrated", ...
+    # Leavers: HiddenFromAddressListsEnabled; ArchiveStatus and InPlaceHolds, which Entra
+    # Connect's Exchange hybrid writeback copies from Exchange Online (None: not reported)
+    hidden: bool | None = None
+    archive_status: str | None = None
+    in_place_holds: tuple[str, ...] | None = None
 
     @classmethod
     def from_output(cls, obj: Any) -> RemoteMailbox:
@@ -77,9 +82,14 @@ class RemoteMailbox:
             value = props.get(name)
             return None if value is None else str(value)
 
-        addresses = props.get("EmailAddresses") or []
-        if not isinstance(addresses, (list, tuple)):
-            addresses = list(getattr(addresses, "list", None) or [addresses])
+        def strings(value: Any) -> list[Any]:
+            if not isinstance(value, (list, tuple)):
+                return list(getattr(value, "list", None) or ([value] if value else []))
+            return list(value)
+
+        addresses = strings(props.get("EmailAddresses"))
+        hidden = props.get("HiddenFromAddressListsEnabled")
+        holds = props.get("InPlaceHolds")
         return cls(
             identity=text("Identity") or text("DistinguishedName") or "",
             guid=text("Guid"),
@@ -90,6 +100,9 @@ class RemoteMailbox:
             email_addresses=tuple(str(a) for a in addresses),
             recipient_type_details=text("RecipientTypeDetails"),
             remote_recipient_type=text("RemoteRecipientType"),
+            hidden=None if hidden is None else str(hidden).lower() == "true",
+            archive_status=text("ArchiveStatus"),
+            in_place_holds=None if holds is None else tuple(str(h) for h in strings(holds)),
         )
 
 
@@ -186,7 +199,21 @@ class ExchangeClient:
             raise self._error("Enable-RemoteMailbox", identity, result)
         return RemoteMailbox.from_output(result.output[0])
 
-    def invoke(self, cmdlet: str, parameters: Sequence[tuple[str, str]]) -> PsResult:
+    def set_remote_mailbox(self, identity: str, *, mailbox_type: str | None = None,
+                           hidden: bool | None = None) -> None:
+        """``Set-RemoteMailbox -Identity identity [-Type mailbox_type]
+        [-HiddenFromAddressListsEnabled hidden]`` (leavers: ``-Type Shared``); no output, as
+        Exchange's Set-* cmdlets. The Boolean goes as a Boolean: PowerShell refuses a string."""
+        parameters: list[tuple[str, str | bool]] = [("Identity", identity)]
+        if mailbox_type is not None:
+            parameters.append(("Type", mailbox_type))
+        if hidden is not None:
+            parameters.append(("HiddenFromAddressListsEnabled", hidden))
+        result = self._invoke("Set-RemoteMailbox", parameters)
+        if result.errors or result.failed:
+            raise self._error("Set-RemoteMailbox", identity, result)
+
+    def invoke(self, cmdlet: str, parameters: Sequence[tuple[str, str | bool]]) -> PsResult:
         """Run one cmdlet with these parameters on the reused pool; its output and error
         records (for endpoints other than Exchange's: ``shared.provisioning.sync``'s Connect
         server)."""
@@ -276,7 +303,7 @@ class ExchangeClient:
                          error=type(exc).__name__)
         pool.connection.close()
 
-    def _invoke(self, cmdlet: str, parameters: Sequence[tuple[str, str]]) -> PsResult:
+    def _invoke(self, cmdlet: str, parameters: Sequence[tuple[str, str | bool]]) -> PsResult:
         with self._lock:
             reused = self._pool is not None
             try:

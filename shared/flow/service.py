@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -30,6 +30,7 @@ from .transitions import Policy
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableServiceClient as AioTableServiceClient
 
+    from shared.exchange.client import ExchangeClient
     from shared.graph.client import GraphClient
     from shared.mail.sender import Mailer
     from shared.provisioning.licensing import LicenseStep
@@ -71,6 +72,7 @@ class Service:
     pauses: PauseStore
     _directory: Directory | None = None
     _mailboxes: Pool[MailboxStep] | None = None
+    _exchanges: Pool[ExchangeClient] | None = None
     _mailer: Mailer | None = None
     _loop_clients: LoopClients | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,6 +135,25 @@ class Service:
                 self._mailboxes = Pool(s.exchange.sessions, build)
             return self._mailboxes
 
+    def exchange_clients(self) -> Pool[ExchangeClient]:
+        """Exchange sessions for the leaver step (``EXCHANGE_SESSIONS`` at most), beside the
+        mailbox steps' own: a leaver never waits behind a new user's mailbox, nor the reverse."""
+        from shared.exchange.client import ExchangeClient
+
+        s = self.settings
+
+        def build() -> ExchangeClient:
+            return ExchangeClient(
+                s.exchange,
+                password=self.secrets.resolve(s.exchange.password, setting="EXCHANGE_PASSWORD"),
+                ca_bundle=s.service.ca_bundle,
+            )
+
+        with self._lock:
+            if self._exchanges is None:
+                self._exchanges = Pool(s.exchange.sessions, build)
+            return self._exchanges
+
     async def license_step(self) -> LicenseStep:
         """The licence step of the running event loop (its Graph client is per loop)."""
         from shared.provisioning.licensing import LicenseStep, TableShortageLedger
@@ -192,10 +213,10 @@ class Service:
 
     def close(self) -> None:
         """Close the blocking clients (LDAP, the Exchange sessions)."""
-        for closable in (self._mailboxes, self._directory):
+        for closable in (self._mailboxes, self._exchanges, self._directory):
             if closable is not None:
                 closable.close()
-        self._mailboxes = self._directory = self._mailer = None
+        self._mailboxes = self._exchanges = self._directory = self._mailer = None
         self._loop_clients = None
 
 
@@ -212,6 +233,15 @@ class Pool(Generic[T]):
     @contextlib.contextmanager
     def use(self) -> Iterator[T]:
         item = self._take()
+        try:
+            yield item
+        finally:
+            self._free.put(item)
+
+    @contextlib.asynccontextmanager
+    async def ause(self) -> AsyncIterator[T]:
+        """``use`` from async code: waiting for a free client happens in a thread."""
+        item = await asyncio.to_thread(self._take)
         try:
             yield item
         finally:

@@ -1,5 +1,6 @@
-"""Adapters from the queue handler to the three steps: each runs one step for one work item
-and returns its result as a value (``Done``, ``NotYet``, ``PermanentError``, ``SafetyStop``).
+"""Adapters from the queue handler to the four steps (the leaver's is ``leavers``): each runs
+one step for one work item and returns its result as a value (``Done``, ``NotYet``,
+``PermanentError``, ``SafetyStop``).
 A ``TransientError`` (a peer down, busy or throttled) becomes ``NotYet(Wait.OUTAGE)``; any
 other exception is a bug and propagates."""
 
@@ -30,6 +31,10 @@ async def run_step(svc: Service, item: WorkItem) -> StepResult:
             step = await svc.license_step()
             return await _named(svc, await step.run(item.user,
                                                     correlation_id=item.correlation_id))
+        if item.step is Step.LEAVER:
+            from .leaver_step import run_leaver
+
+            return await run_leaver(svc, item)
         return await _role(svc, item)
     except TransientError as exc:
         return NotYet(Wait.OUTAGE, exc.reason, user=exc.user, fix=exc.fix,

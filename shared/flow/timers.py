@@ -1,5 +1,6 @@
 """What the timer functions do: poll the provisioning group, reconcile both groups with the
-ledger, mail the digest, plan the role sync."""
+ledger, mail the digest, plan the role sync (and, from ``run --once``, the leavers cycle of
+``leavers``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .transitions import Due, due, fingerprint
 
 if TYPE_CHECKING:
     from shared.mail.reports import ProvisionedRow, WaitingRow
+    from shared.mail.sender import Mail
 
     from .service import Service
 
@@ -34,13 +36,19 @@ async def every_timer(svc: Service) -> tuple[int, int]:
     the timers that failed. As in the function app, one timer failing (a DC down) does not
     stop the others or the queues."""
     enqueued = failed = 0
-    for timer in (poll, reconcile, roles_cycle):
+    for timer in (poll, reconcile, roles_cycle, _leavers):
         try:
             enqueued += len(await timer(svc))
         except ProvisioningError as exc:
             log.warning("timer_failed", timer=timer.__name__, reason=str(exc))
             failed += 1
     return enqueued, failed
+
+
+async def _leavers(svc: Service) -> tuple[WorkItem, ...]:
+    from .leavers import leavers_cycle
+
+    return (await leavers_cycle(svc)).enqueued
 
 
 async def paused(svc: Service, half: Half, timer: str) -> bool:
@@ -140,27 +148,47 @@ class Report:
 
 
 async def report(svc: Service) -> Report:
-    """Mail the digest: users provisioned since the last one, users waiting and why, and the
-    licence summary. Sent when something new happened since the last digest."""
-    from shared.mail.reports import render_digest
-
+    """Mail the digest: users provisioned since the last one, users waiting and why, the
+    leavers, and the licence summary. Sent when something new happened since the last one."""
     last = ((await io(svc.cursors.get, REPORT_CURSOR)) or b"").decode()
-    new = {kind: await io(svc.outcomes.since, kind, last) for kind in REPORTED}
-    if not any(new.values()):
+    mail, new = await digest(svc, last)
+    if mail is None:
         return Report(0)
-    provisioned = new["provisioned"]
-    waiting = waiting_rows(await io(svc.ledger.rows_in, State.FAILED, State.WAITING),
-                           svc.policy.stuck_after)
-    skus = await svc.graph().subscribed_skus()
-    telemetry.sku_capacity(skus)
-    mail = render_digest([provisioned_row(r) for r in provisioned], skus,
-                         since=last[:19] or None, until=now(), waiting=waiting)
+    provisioned, waiting = new["provisioned"], new["~waiting"]
     if svc.settings.mail.transport != "none":
         await svc.mailer().send(mail)
-    newest = max(str(rows[-1]["RowKey"]) for rows in new.values() if rows)
+    newest = max(str(rows[-1]["RowKey"]) for kind, rows in new.items()
+                 if rows and kind != "~waiting")
     await io(svc.cursors.put, REPORT_CURSOR, newest.encode())
     log.info("report_sent", users=len(provisioned), waiting=len(waiting))
     return Report(len(provisioned), mail.html)
+
+
+async def digest(svc: Service, last: str, *, always: bool = False,
+                 skus: list[Any] | None = None) -> tuple[Mail | None, dict[str, list[Any]]]:
+    """The next digest (None when nothing new happened since ``last``, the report cursor,
+    unless ``always``: the CLI's preview) and what it was made of: the new outcomes by kind,
+    and the users waiting (``~waiting``). ``skus``: the licence summary when the caller read
+    it (else Graph's subscribedSkus, read here)."""
+    from shared.leavers.report import LEAVER_KINDS, month_start, section
+    from shared.mail.reports import render_digest
+
+    new: dict[str, list[Any]] = {kind: await io(svc.outcomes.since, kind, last)
+                                 for kind in REPORTED + LEAVER_KINDS}
+    if not any(new.values()) and not always:
+        return None, new
+    until = now()
+    month = await io(svc.outcomes.since, "leaver_unlicensed", month_start(until))
+    leavers = section(new, month, svc.settings.leavers.prices, until=until)
+    new["~waiting"] = waiting_rows(await io(svc.ledger.rows_in, State.FAILED, State.WAITING),
+                                   svc.policy.stuck_after)
+    if skus is None:
+        skus = list(await svc.graph().subscribed_skus())
+        telemetry.sku_capacity(skus)
+    mail = render_digest([provisioned_row(r) for r in new["provisioned"]], skus,
+                         since=last[:19] or None, until=until, waiting=new["~waiting"],
+                         leavers=leavers)
+    return mail, new
 
 
 async def roles_cycle(svc: Service) -> list[WorkItem]:

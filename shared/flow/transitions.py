@@ -288,13 +288,20 @@ def _done(item: WorkItem, result: Done, policy: Policy) -> Transition:
     mailbox = item.step is Step.MAILBOX
     follow = (Send(item.next(result.next_step), policy.first_look if mailbox else 0.0)
               if result.next_step else None)
-    records: tuple[Record, ...] = ()
+    records = _outcomes(item, result.records)
     if result.report is not None:
-        records = (Record("provisioned", {**result.report, "user": str(item.user),
-                                          "correlation_id": item.correlation_id}),)
+        records += (Record("provisioned", {**result.report, "user": str(item.user),
+                                           "correlation_id": item.correlation_id}),)
     return Transition(State.DONE, Handled("done", str(item.user)), "step_done", who=result.user,
                       follow=follow, audit=result.changes, records=records,
                       sync=result.dn if mailbox else "", wake=mailbox and bool(policy.quick))
+
+
+def _outcomes(item: WorkItem, made: tuple[tuple[str, dict[str, str | int]], ...]
+              ) -> tuple[Record, ...]:
+    """The outcome rows a step made (a leaver's ``leaver_*``), in the user's partition."""
+    return tuple(Record(kind, {**fields, "user": str(item.user),
+                               "correlation_id": item.correlation_id}) for kind, fields in made)
 
 
 def _stale(item: WorkItem, stale: Stale) -> Transition:
@@ -319,7 +326,7 @@ def _not_yet(row: LedgerRow, item: WorkItem, wait: NotYet, now: dt.datetime,
     delay = policy.delay(wait, row.attempts)
     user = wait.user or str(item.user)
     error = f"{item.step.value} waits for {user}: {wait.reason}"
-    records: list[Record] = []
+    records: list[Record] = list(_outcomes(item, wait.records))
     alerts: list[Alert] = []
     if wait.shortage is not None and wait.shortage.first_today:
         s = wait.shortage

@@ -104,6 +104,47 @@ class SubscribedSkuLike(Protocol):
 
 
 @dataclass(frozen=True)
+class LeaverRow:
+    """One leaver in the digest: converted (``detail`` says if hidden), licence returned
+    (``skus``) or licence kept (``skus`` and ``detail``, the reason)."""
+
+    username: str
+    upn: str = ""
+    skus: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReclaimedRow:
+    """Units of one SKU given back by leavers this month, and their monthly cost ("" when
+    the SKU has no price)."""
+
+    sku: str
+    units: int
+    cost: str = ""
+
+    @property
+    def label(self) -> str:
+        return SKU_NAMES.get(self.sku, self.sku)
+
+
+@dataclass(frozen=True)
+class LeaversSection:
+    """The digest's leavers section (``shared.leavers.report`` builds it from the outcomes):
+    since the last digest, the mailboxes converted, the licences returned and kept, the cycles
+    held for approval (plan id, leavers, limit); and the month's reclaimed units per SKU."""
+
+    converted: Sequence[LeaverRow] = ()
+    returned: Sequence[LeaverRow] = ()
+    kept: Sequence[LeaverRow] = ()
+    held: Sequence[tuple[str, int, int]] = ()
+    month: str = ""
+    reclaimed: Sequence[ReclaimedRow] = ()
+    total_cost: str = ""
+    unpriced: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
 class FailureReport:
     """What the error mail says about one user's failure."""
 
@@ -172,9 +213,11 @@ def render_digest(
     since: dt.datetime | str | None,
     until: dt.datetime,
     waiting: Sequence[WaitingRow] = (),
+    leavers: LeaversSection | None = None,
 ) -> Mail:
     """The report of users provisioned between ``since`` (None: the first report) and
-    ``until``, the users waiting and why, and the licence summary per SKU."""
+    ``until``, the users waiting and why, the leavers (when there are any) and the licence
+    summary per SKU."""
     table = Block(text_table(
         ("Username", "Display Name", "Email Address", "License Assigned"),
         [(r.username, r.display_name, r.email, r.licence) for r in rows],
@@ -195,7 +238,23 @@ def render_digest(
         table=table,
         waiting=[(w, when(w.since)) for w in waiting],
         waiting_table=waiting_table,
+        leavers=leavers,
+        leaver_tables=_leaver_tables(leavers) if leavers else {},
     )
+
+
+def _leaver_tables(section: LeaversSection) -> dict[str, Block]:
+    """The plain-text tables of the leavers section."""
+    return {
+        "converted": Block(text_table(("Username", "UPN", "Note"), [
+            (r.username, r.upn, r.detail) for r in section.converted])),
+        "returned": Block(text_table(("Username", "UPN", "Licences returned"), [
+            (r.username, r.upn, r.skus) for r in section.returned])),
+        "kept": Block(text_table(("Username", "UPN", "Licences kept", "Why"), [
+            (r.username, r.upn, r.skus, r.detail) for r in section.kept])),
+        "reclaimed": Block(text_table(("License", "SKU", "Units", "Cost a month"), [
+            (r.label, r.sku, r.units, r.cost) for r in section.reclaimed])),
+    }
 
 
 def render_error(failure: FailureReport) -> Mail:

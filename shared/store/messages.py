@@ -44,10 +44,12 @@ class Step(StrEnum):
     MAILBOX = "mailbox"
     LICENSE = "license"
     ROLE = "role"
+    LEAVER = "leaver"  # one leaver's way: shared mailbox, licence back, out of the group
 
 
 # One queue per step; Functions moves a message to "<queue>-poison" after maxDequeueCount.
-QUEUES: dict[Step, str] = {Step.MAILBOX: "mailbox", Step.LICENSE: "license", Step.ROLE: "roles"}
+QUEUES: dict[Step, str] = {Step.MAILBOX: "mailbox", Step.LICENSE: "license", Step.ROLE: "roles",
+                           Step.LEAVER: "leavers"}
 
 
 def poison_queue(queue: str) -> str:

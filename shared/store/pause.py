@@ -32,10 +32,11 @@ class Half(StrEnum):
 
 
 HALF_OF_STEP = {Step.MAILBOX: Half.PROVISIONING, Step.LICENSE: Half.PROVISIONING,
-                Step.ROLE: Half.ROLES}
+                Step.ROLE: Half.ROLES, Step.LEAVER: Half.PROVISIONING}
 # The Functions host's own switch (AzureWebJobs.<function>.Disabled), per half: the functions
 # of function_app.py that poll or change something. The poison functions only record.
-FUNCTIONS = {Half.PROVISIONING: ("poll_provision_group", "reconcile", "mailbox", "license"),
+FUNCTIONS = {Half.PROVISIONING: ("poll_provision_group", "reconcile", "mailbox", "license",
+                                  "leavers_cycle", "leavers"),
              Half.ROLES: ("plan_roles", "roles")}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pycep import BicepParser
 
-from shared.config import ProvisioningSettings, setting_names
+from shared.config import LeaversSettings, ProvisioningSettings, setting_names
 from shared.store.messages import QUEUES, poison_queue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -247,21 +247,23 @@ def test_permissions_page_grants_exactly_the_cmdlets_the_service_invokes() -> No
 
 
 def test_permissions_page_grants_exactly_the_ad_rights_the_directory_code_needs() -> None:
-    """The dsacls lines grant Write Members on the two provisioning groups (the directory
-    code writes their ``member`` attribute) and Replicating Directory Changes on the domain
-    (it reads group changes with the DirSync control), and nothing else."""
+    """The dsacls lines grant Write Members on the two provisioning groups and the leavers
+    group (the directory code writes their ``member`` attribute) and Replicating Directory
+    Changes on the domain (it reads group changes with the DirSync control), and nothing
+    else."""
     source = "".join((REPO / "shared" / "ad" / f"{name}.py").read_text()
                      for name in ("directory", "ldap", "dirsync"))  # every module that talks LDAP
     defaults = ProvisioningSettings(routing_domain="contoso.mail.onmicrosoft.com")
     expected = set()
     if re.search(r'modify\(group_dn, \{"member"', source):
         expected |= {(f"CN={group},OU=Groups,DC=contoso,DC=com", "WP;member")
-                     for group in (defaults.provision_group, defaults.license_group)}
+                     for group in (defaults.provision_group, defaults.license_group,
+                                   LeaversSettings(_env_file=None).leavers_group)}
     if "dir_sync_control(" in source:
         expected.add(("DC=contoso,DC=com", "CA;Replicating Directory Changes"))
     page = (REPO / "docs" / "permissions.md").read_text()
     granted = set(re.findall(r'^\s*dsacls "([^"]+)" /G "[^:"]+:([^"]+)"', page, re.M))
-    assert 3 == len(expected)
+    assert 4 == len(expected)
     assert expected == granted
 
 

@@ -587,6 +587,8 @@ ALL_PERMISSIONS = [
     "RoleManagement.Read.Directory",
     "RoleEligibilitySchedule.ReadWrite.Directory",
     "Mail.Send",
+    "MailboxSettings.Read",
+    "Reports.Read.All",
     "Directory.ReadWrite.All",
 ]
 PRINCIPAL = "11111111-2222-3333-4444-555555555555"
@@ -636,13 +638,15 @@ def granted(calls: list[list[str]]) -> set[str]:
 
 
 def test_graph_script_grants_only_the_licensing_permissions_by_default(tmp_path: Path) -> None:
-    """Pins the base set: licence assignment, SKU read, and users read/write for usageLocation;
-    nothing for roles or mail unless asked."""
+    """Pins the base set: licence assignment, SKU read, users read/write for usageLocation, and
+    the leavers' mailbox type and usage report reads; nothing for roles or mail unless asked."""
     _, calls = run_script(tmp_path)
     expected = {
         "LicenseAssignment.ReadWrite.All",
         "LicenseAssignment.Read.All",
         "User.ReadWrite.All",
+        "MailboxSettings.Read",
+        "Reports.Read.All",
     }
     assert expected == granted(calls)
 
@@ -660,6 +664,8 @@ def test_graph_script_adds_role_pim_and_mail_permissions_by_flag(tmp_path: Path)
         "RoleManagement.Read.Directory",
         "RoleEligibilitySchedule.ReadWrite.Directory",
         "Mail.Send",
+        "MailboxSettings.Read",
+        "Reports.Read.All",
     }
     assert expected == granted(calls)
     _, active = run_script(tmp_path, "--roles")
@@ -673,7 +679,8 @@ def test_graph_script_keeps_what_is_held_and_prunes_extras(tmp_path: Path) -> No
     permission the features do not need is reported, and deleted only with --prune."""
     held = ("LicenseAssignment.ReadWrite.All", "Directory.ReadWrite.All")
     out, calls = run_script(tmp_path, held=held)
-    assert {"LicenseAssignment.Read.All", "User.ReadWrite.All"} == granted(calls)
+    assert {"LicenseAssignment.Read.All", "User.ReadWrite.All", "MailboxSettings.Read",
+            "Reports.Read.All"} == granted(calls)
     assert "extra    Directory.ReadWrite.All" in out
     assert not any("DELETE" in call for call in calls)
     out, calls = run_script(tmp_path, "--prune", held=held)

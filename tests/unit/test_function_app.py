@@ -42,6 +42,7 @@ def test_timers_read_their_schedule_from_settings(triggers: dict[str, dict[str, 
     timers = {name: t for name, t in triggers.items() if t["type"] == "timerTrigger"}
     assert {t["schedule"] for t in timers.values()} == {
         "%POLL_SCHEDULE%", "%RECONCILE_SCHEDULE%", "%REPORT_SCHEDULE%", "%ROLES_SCHEDULE%",
+        "%LEAVERS_SCHEDULE%",
     }
     for timer in timers.values():
         assert timer["schedule"].strip("%") in setting_names()

@@ -22,6 +22,7 @@ over the rows of its rule's window, with ``now()`` at the window's end.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import json
 import logging
@@ -295,7 +296,12 @@ def test_function_failure_alert_needs_both_the_rate_and_the_count() -> None:
 # -- the workbook ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(workbook_queries()))
+# The leavers' panels: the fixture's run predates them (its leavers group was empty); they are
+# pinned below on events made as shared/flow/leavers.py logs them.
+LEAVERS_PANELS = ("leavers_steps", "leavers_kept", "leavers_held", "leavers_reclaimed")
+
+
+@pytest.mark.parametrize("name", [n for n in workbook_queries() if n not in LEAVERS_PANELS])
 def test_every_workbook_query_shows_rows_for_the_lab_run(name: str) -> None:
     """Pins that each part of the workbook has something to show for a real run (a query
     whose event names or fields were wrong would come back empty)."""
@@ -337,3 +343,106 @@ def test_workbook_stages_now_are_the_last_reconcile_counts() -> None:
     last = {e["stage"]: e for e in named("users_in_stage")}
     assert {s: (e["users"], e["waiting"], e["failed"], e["stuck"]) for s, e in last.items()} == {
         r["stage"]: (r["users"], r["waiting"], r["failed"], r["stuck"]) for r in rows}
+
+
+# -- the workbook's leavers panels -------------------------------------------------------------
+
+LEAVERS_START = dt.datetime(2026, 11, 30, 22, 0, tzinfo=dt.UTC)
+
+
+def leaver_event(event: str, minutes: float, **values: Any) -> dict[str, Any]:
+    """An event as the fixture holds one, ``minutes`` after LEAVERS_START."""
+    when = LEAVERS_START + dt.timedelta(minutes=minutes)
+    return {"timestamp": when.isoformat(), "level": "info", "logger": "shared.flow",
+            "event": event, **values}
+
+
+# Two leavers returned licences in November and December, one kept its licence, two cycles
+# were held and one of them approved; the fields are those shared/flow/leavers.py logs (the
+# next test holds them to its log calls).
+LEAVER_EVENTS = (
+    leaver_event("leaver_planned", 0, user="g1", name="jdoe", correlation_id="c1"),
+    leaver_event("leaver_converted", 1, user="g1", name="jdoe", hidden=False,
+                 correlation_id="c1"),
+    leaver_event("leaver_unlicensed", 2, user="g1", name="jdoe",
+                 skus="ENTERPRISEPACK,EXCHANGEENTERPRISE", correlation_id="c1"),
+    leaver_event("leaver_left_group", 3, user="g1", name="jdoe", group="O365_Leavers",
+                 correlation_id="c1"),
+    leaver_event("leaver_unlicensed", 150, user="g2", name="amy", skus="ENTERPRISEPACK",
+                 correlation_id="c2"),
+    leaver_event("leaver_kept", 151, user="g3", name="big", skus="ENTERPRISEPACK",
+                 reason="size 61.2 GB > 50 GB", correlation_id="c3"),
+    leaver_event("leaver_kept", 152, user="g4", name="hold", skus="SPE_E3",
+                 reason="litigation hold", correlation_id="c4"),
+    leaver_event("leaver_kept", 153, user="g4", name="hold", skus="SPE_E3",
+                 reason="litigation hold", correlation_id="c4"),
+    leaver_event("leavers_held", 160, plan_id="p1", count=14, limit=10),
+    leaver_event("leavers_held", 170, plan_id="p1", count=14, limit=10),
+    leaver_event("leavers_approved", 180, plan_id="p1", count=14),
+    leaver_event("leavers_held", 190, plan_id="p2", count=12, limit=10),
+)
+LEAVERS_END = LEAVERS_START + dt.timedelta(hours=4)
+
+
+def leaver_panel(name: str) -> list[dict[str, Any]]:
+    return run(workbook_queries()[name], [trace_row(e) for e in LEAVER_EVENTS], now=LEAVERS_END)
+
+
+def logged_fields() -> dict[str, set[str]]:
+    """Event name → the fields its log calls in shared/ pass (``log.info("name", a=...)``)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for path in (REPO / "shared").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("debug", "info", "warning", "error")
+                    and node.args and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)):
+                found[node.args[0].value] |= {k.arg for k in node.keywords if k.arg}
+    return found
+
+
+def test_the_leaver_events_here_are_those_the_service_logs() -> None:
+    """Pins LEAVER_EVENTS to the code: each event is logged somewhere in shared/ with at least
+    the fields given here, so the panels read fields the service writes."""
+    logged = logged_fields()
+    missing = {e["event"]: sorted(set(fields(e)) - logged.get(e["event"], set()))
+               for e in LEAVER_EVENTS}
+    assert {} == {name: gone for name, gone in missing.items() if gone}
+    assert set(LEAVERS_PANELS) <= set(workbook_queries())
+
+
+def test_workbook_leaver_steps_count_each_event_per_day() -> None:
+    """Pins 'Leaver steps per day': per UTC day and event, the events of that day."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for e in LEAVER_EVENTS:
+        counts[(at(e).date().isoformat(), e["event"])] += 1
+    rows = leaver_panel("leavers_steps")
+    assert dict(counts) == {(r["day"].date().isoformat(), r["event"]): r["events"]
+                            for r in rows}
+    assert [r["day"] for r in rows] == sorted((r["day"] for r in rows), reverse=True)
+
+
+def test_workbook_leavers_kept_count_distinct_leavers_per_reason() -> None:
+    """Pins 'Licences kept, by reason': one leaver kept twice for the same reason counts once."""
+    rows = leaver_panel("leavers_kept")
+    assert [("size 61.2 GB > 50 GB", 1), ("litigation hold", 1)] == sorted(
+        ((r["reason"], r["leavers"]) for r in rows), reverse=True)
+
+
+def test_workbook_held_leaver_cycles_show_when_each_was_approved() -> None:
+    """Pins 'Held leaver cycles': one row per plan, newest first, with its leavers, the limit,
+    when it was first and last held, and when it was approved (none yet for p2)."""
+    rows = leaver_panel("leavers_held")
+    minutes = [(r["plan_id"], r["leavers"], r["max_per_day"],
+                *(None if r[k] is None else (r[k] - LEAVERS_START).total_seconds() / 60
+                  for k in ("first_held", "last_held", "approved"))) for r in rows]
+    assert [("p2", 12, 10, 190, 190, None), ("p1", 14, 10, 160, 170, 180)] == minutes
+
+
+def test_workbook_reclaimed_units_per_sku_and_month() -> None:
+    """Pins 'Licence units returned': one unit per SKU of each leaver_unlicensed event, per
+    calendar month (November's 22:02 UTC is not December's)."""
+    rows = leaver_panel("leavers_reclaimed")
+    assert [("2026-12", "ENTERPRISEPACK", 1, 1), ("2026-11", "ENTERPRISEPACK", 1, 1),
+            ("2026-11", "EXCHANGEENTERPRISE", 1, 1)] == [
+        (f"{r['month']:%Y-%m}", r["sku"], r["units"], r["leavers"]) for r in rows]

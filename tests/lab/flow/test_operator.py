@@ -70,7 +70,7 @@ def test_pause_stops_every_change_until_resume(svc: flow.Service, lab: Lab,
     handled = asyncio.run(flow.handle(svc, "mailbox", encode_body(item.encode()),
                                       inserted_at=item.enqueued_at))
     summary = asyncio.run(run_once(svc, limit=20))
-    assert ("paused", ("mailbox", "license")) == (handled.outcome, summary.paused)
+    assert ("paused", ("mailbox", "license", "leavers")) == (handled.outcome, summary.paused)
     assert before == _snapshot(svc, sam)
     assert svc.queues.depth("mailbox") >= 1  # the message waits, it is not lost
     svc.pauses.resume(Half.PROVISIONING)

@@ -205,7 +205,8 @@ def test_a_message_the_handler_parks_is_handled_before_the_run_ends(
                    *(("license", raw, "not base64") for raw in old)]) == sorted(records)
     # At the start: license-poison twice (32, then 8); mailbox-poison again once the message
     # was parked. Each receive is one request, a short one too (the first page only).
-    assert Counter({"mailbox-poison": 1 + 1, "license-poison": 1 + 1, "roles-poison": 1}) == \
+    assert Counter({"mailbox-poison": 1 + 1, "license-poison": 1 + 1, "roles-poison": 1,
+                    "leavers-poison": 1}) == \
         Counter({q: n for q, n in requests_sent.asked("receive").items() if "-poison" in q})
     # Depths in the last check only: no depth check had to find a parked message.
     assert Counter(dict.fromkeys(QUEUES, 1)) == requests_sent.asked("depth")

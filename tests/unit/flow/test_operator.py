@@ -38,12 +38,12 @@ def test_pause_names_both_halves_unless_told_one() -> None:
 
 
 def test_each_step_belongs_to_one_half_and_its_functions_are_function_app_s() -> None:
-    """Mailbox and licence are provisioning, role changes the role sync; the host switch names
-    functions function_app.py defines."""
+    """Mailbox, licence and leaver are provisioning, role changes the role sync; the host
+    switch names functions function_app.py defines."""
     from pathlib import Path
     source = (Path(__file__).resolve().parents[3] / "function_app.py").read_text()
     assert {Step.MAILBOX: Half.PROVISIONING, Step.LICENSE: Half.PROVISIONING,
-            Step.ROLE: Half.ROLES} == HALF_OF_STEP
+            Step.ROLE: Half.ROLES, Step.LEAVER: Half.PROVISIONING} == HALF_OF_STEP
     assert [] == [f for names in FUNCTIONS.values() for f in names
                   if f"def {f}(" not in source]
 

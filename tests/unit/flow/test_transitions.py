@@ -664,3 +664,34 @@ def test_the_stuck_alert_comes_after_the_short_retries(attempts: int, alerted: b
     sync = advance(row(attempts), item(), NotYet(Wait.SYNC, "not synced", user="a"), NOW, QUICK)
     routing = advance(row(6), item(), NotYet(Wait.ROUTING, "no address", user="a"), NOW, QUICK)
     assert (alerted, True) == (bool(sync.alerts), bool(routing.alerts))
+
+
+def test_a_steps_own_outcome_rows_are_recorded_with_the_user() -> None:
+    """A leaver's outcome rows (``leaver_*``) travel with Done and with NotYet (a conversion
+    before the wait for the sync): each is recorded in order, with the user and the correlation
+    id added; the wait for the sync still asks the trigger for the user's DN."""
+    work = item(Step.LEAVER)
+    made = (("leaver_unlicensed", {"name": "ann", "skus": "ENTERPRISEPACK", "units": 1}),
+            ("leaver_done", {"name": "ann"}))
+    done = advance(row(), work, Done("ann", records=made), NOW, POLICY)
+    assert [Record("leaver_unlicensed", {"name": "ann", "skus": "ENTERPRISEPACK", "units": 1,
+                                         "user": str(USER), "correlation_id": "cid-00000001"}),
+            Record("leaver_done", {"name": "ann", "user": str(USER),
+                                   "correlation_id": "cid-00000001"})] == list(done.records)
+    assert (State.DONE, None, "") == (done.state, done.follow, done.sync)
+    converted = (("leaver_converted", {"name": "ann", "hidden": 0}),)
+    wait = NotYet(Wait.SYNC, "the cloud mailbox of ann is not shared yet", user="ann",
+                  dn="CN=ann,OU=Staff,DC=x", records=converted)
+    waiting = advance(row(), work, wait, NOW, POLICY)
+    assert [Record("leaver_converted", {"name": "ann", "hidden": 0, "user": str(USER),
+                                        "correlation_id": "cid-00000001"})] == \
+        list(waiting.records)
+    assert (State.WAITING, "CN=ann,OU=Staff,DC=x") == (waiting.state, waiting.sync)
+
+
+def test_a_step_with_its_own_rows_and_a_digest_row_records_both() -> None:
+    """A step that returns outcome rows and a digest row: both are recorded, its own first."""
+    made = (("leaver_done", {"name": "ann"}),)
+    done = advance(row(), item(), Done("ann", report={"name": "ann"}, records=made), NOW,
+                   POLICY)
+    assert ["leaver_done", "provisioned"] == [r.kind for r in done.records]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
 from shared.errors import PermanentError, ProvisioningError, SafetyStop, TransientError
 from shared.mail.reports import (
     FailureReport,
+    LeaverRow,
+    LeaversSection,
     PoisonReport,
     ProvisionedRow,
+    ReclaimedRow,
     SkuSummary,
     WaitingRow,
     render_alert,
@@ -499,3 +503,131 @@ def test_a_failure_report_without_details_is_permanent_and_empty() -> None:
 def test_a_poison_report_without_a_count_shows_no_delivery_attempt() -> None:
     """A poison report built without its dequeue count says 0 delivery attempts."""
     assert "Delivery attempts  0\n" in render_poison(PoisonReport("mailbox", "m-1", "x")).text
+
+
+# -- the digest's leavers section (built by shared.leavers.report) ------------------------------
+
+LEAVERS = LeaversSection(
+    converted=[LeaverRow("jleft", "jleft@contoso.com", detail="hidden from the address lists")],
+    returned=[LeaverRow("jleft", "jleft@contoso.com", "ENTERPRISEPACK, SPE_E3")],
+    kept=[LeaverRow(XSS, "big@contoso.com", "ENTERPRISEPACK", "size 61.2 GB > 50 GB")],
+    held=[("plan-7f3a", 14, 10)],
+    month="December 2026",
+    reclaimed=[ReclaimedRow("ENTERPRISEPACK", 3, "69.00 EUR"), ReclaimedRow("SPE_E3", 1)],
+    total_cost="69.00 EUR",
+    unpriced=["SPE_E3"],
+)
+
+
+def _leavers_digest(section: LeaversSection | None = LEAVERS):
+    return render_digest([], [SkuSummary("ENTERPRISEPACK", 48, 50)], since=SINCE, until=UNTIL,
+                         leavers=section)
+
+
+def test_digest_without_leavers_has_no_leavers_section() -> None:
+    """No leaver activity: the digest reads as before, with no word of leavers."""
+    for mail in (_digest(), _leavers_digest(None)):
+        for part in (mail.html, mail.text):
+            assert ("Leavers" in part, "reclaimed" in part) == (False, False)
+
+
+def test_digest_leavers_section_lists_converted_returned_kept_and_why() -> None:
+    """Both parts list the mailbox converted (hidden), the licences returned with their SKUs,
+    the licence kept with the reason, and the held cycle with the command that approves it."""
+    mail = _leavers_digest()
+    for part in (mail.html, mail.text):
+        assert "Leavers" in part and "since the last report" in part
+        for words in ("Mailboxes converted to shared", "jleft@contoso.com",
+                      "hidden from the address lists", "Licences returned",
+                      "ENTERPRISEPACK, SPE_E3", "Licences kept, and why", "big@contoso.com"):
+            assert words in part, words
+        assert "14 leavers held for approval: more than LEAVERS_MAX_PER_DAY (10)" in part
+        assert "python -m shared.cli leavers approve plan-7f3a" in part
+    assert "size 61.2 GB &gt; 50 GB" in mail.html
+    assert "size 61.2 GB > 50 GB" in mail.text
+    # the section sits between the users waiting and the licence summary
+    assert mail.text.index("Leavers") < mail.text.index("License Summary")
+    assert mail.html.index("Leavers") < mail.html.index("License Summary")
+
+
+def test_digest_leavers_section_escapes_names_in_html() -> None:
+    """A leaver's name holding markup is text in the HTML part (autoescape stays on)."""
+    mail = _leavers_digest()
+    assert XSS not in mail.html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in mail.html
+    assert XSS in mail.text
+
+
+def test_digest_shows_the_months_reclaimed_units_and_cost() -> None:
+    """The month's block: each SKU's friendly name, part number, units and cost, the total,
+    and the SKU without a price named with what to do."""
+    mail = _leavers_digest()
+    text = mail.text
+    assert "Licences reclaimed in December 2026:" in text
+    assert re.search(r"Office 365 E3\s+ENTERPRISEPACK\s+3\s+69\.00 EUR", text)
+    assert re.search(r"Microsoft 365 E3\s+SPE_E3\s+1\n", text)
+    assert "Total: 69.00 EUR a month" in text
+    assert "No price in LICENSE_PRICES for SPE_E3: add one to count its cost." in text
+    html = mail.html
+    assert "Licences reclaimed in December 2026:" in html
+    assert ('<tr><td>Office 365 E3</td><td>ENTERPRISEPACK</td><td class="num">3</td>'
+            '<td class="num">69.00 EUR</td></tr>') in html
+    assert '<td class="num"><strong>69.00 EUR</strong></td>' in html
+    assert "No price in LICENSE_PRICES for SPE_E3" in html
+
+
+def test_digest_month_block_without_prices_or_units() -> None:
+    """No prices: units without a total or a word of prices; nothing reclaimed yet: the
+    month says so, with no table."""
+    unpriced = LeaversSection(month="December 2026",
+                              reclaimed=[ReclaimedRow("ENTERPRISEPACK", 2)])
+    mail = _leavers_digest(unpriced)
+    for part in (mail.html, mail.text):
+        assert ("Total" in part.split("License Summary")[0], "LICENSE_PRICES" in part) == (
+            False, False)
+    assert re.search(r"Office 365 E3\s+ENTERPRISEPACK\s+2\n", mail.text)
+    empty = _leavers_digest(LeaversSection(
+        converted=[LeaverRow("jleft", "jleft@contoso.com")], month="December 2026"))
+    for part in (empty.html, empty.text):
+        assert "Licences reclaimed in December 2026: none yet." in part.replace(
+            "</strong>", "")
+        assert ("Licences returned" in part, "Licences kept" in part, "Units" in part) == (
+            False, False, False)
+
+
+def test_digest_leavers_text_tables_keep_one_value_per_line() -> None:
+    """The text tables' columns, and a reason with a line break cannot start a line of its
+    own in the plain-text part."""
+    section = LeaversSection(kept=[LeaverRow("x", "x@contoso.com", "E3", "a\nHow to fix it: y")])
+    text = _leavers_digest(section).text
+    assert re.search(r"Username\s+UPN\s+Licences kept\s+Why\n-+", text)
+    assert "\nHow to fix it" not in text
+    converted = _leavers_digest(LeaversSection(converted=[LeaverRow("c", "c@contoso.com")]))
+    assert re.search(r"Username\s+UPN\s+Note\n-+\s+-+\s+-+\nc\s+c@contoso.com\n",
+                     converted.text)
+    returned = _leavers_digest(LeaversSection(returned=[LeaverRow("r", "r@x.com", "E3")]))
+    assert re.search(r"Username\s+UPN\s+Licences returned\n-+\s+-+\s+-+\nr\s+r@x.com\s+E3\n",
+                     returned.text)
+
+
+def test_reclaimed_row_label_is_the_friendly_name_or_the_part_number() -> None:
+    """A known SKU shows the admin centre's name; another its part number."""
+    assert ("Office 365 E3", "FOO_BAR") == (ReclaimedRow("ENTERPRISEPACK", 1).label,
+                                            ReclaimedRow("FOO_BAR", 1).label)
+
+
+def test_digest_reclaimed_text_table_has_its_columns() -> None:
+    """The month's plain-text table names its four columns."""
+    text = _leavers_digest().text
+    assert re.search(r"\nLicense\s+SKU\s+Units\s+Cost a month\n-+\s+-+\s+-+\s+-+\n", text)
+
+
+def test_leaver_rows_and_section_default_to_nothing() -> None:
+    """A row with only a name has no UPN, SKUs or detail; a row of units no cost; a section
+    built with nothing shows nothing."""
+    assert ("", "", "") == (LeaverRow("x").upn, LeaverRow("x").skus, LeaverRow("x").detail)
+    assert "" == ReclaimedRow("A", 1).cost
+    empty = LeaversSection()
+    assert ((), (), (), (), "", (), "", ()) == (
+        empty.converted, empty.returned, empty.kept, empty.held, empty.month, empty.reclaimed,
+        empty.total_cost, empty.unpriced)

@@ -239,8 +239,10 @@ def test_a_retry_keeps_the_whole_work_and_is_always_newer() -> None:
 
 
 def test_each_step_has_its_queue_and_a_poison_twin() -> None:
-    """The queues function_app.py and infra/ bind: 'mailbox', 'license' and 'roles' (the role
-    step's queue is plural), each with '<queue>-poison' beside it."""
-    assert ({Step.MAILBOX: "mailbox", Step.LICENSE: "license", Step.ROLE: "roles"},
-            ["mailbox-poison", "license-poison", "roles-poison"]) == (
-        QUEUES, [poison_queue(QUEUES[step]) for step in (Step.MAILBOX, Step.LICENSE, Step.ROLE)])
+    """The queues function_app.py and infra/ bind: 'mailbox', 'license', 'roles' and 'leavers'
+    (the role and leaver steps' queues are plural), each with '<queue>-poison' beside it."""
+    steps = (Step.MAILBOX, Step.LICENSE, Step.ROLE, Step.LEAVER)
+    assert ({Step.MAILBOX: "mailbox", Step.LICENSE: "license", Step.ROLE: "roles",
+             Step.LEAVER: "leavers"},
+            ["mailbox-poison", "license-poison", "roles-poison", "leavers-poison"]) == (
+        QUEUES, [poison_queue(QUEUES[step]) for step in steps])
