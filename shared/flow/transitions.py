@@ -63,14 +63,11 @@ class Policy:
     sync_max: float = 3600.0
     # A shortage ends when someone buys or frees units, at any moment: looked at again every
     # two minutes, so a user is licensed within minutes of it, not after ``sync_max`` (1 h).
-    # Why a recheck per user and not a timer that wakes the users waiting on a SKU when
-    # subscribedSkus shows free units: the timer would read one subscribedSkus per run, but
-    # the existing timers run hourly (reconcile) and daily (report), so "within minutes" needs
-    # a new timer reading every two minutes whether anyone waits or not, plus the SKU each
-    # ledger row waits on and a second way into the licence queue. The recheck costs Graph
-    # nothing while nobody waits, and while users wait one user read each per recheck (the
-    # step's subscribedSkus comes from its 5-s cache, shared by every user on a worker):
-    # 100 users waiting are under one Graph read per second, far below Graph's per-app limits.
+    # A recheck per user, not a timer waking the users of a SKU: a timer would read every two
+    # minutes whether anyone waits or not and need a second way into the licence queue. The
+    # recheck costs Graph nothing while nobody waits, one user read per waiting user
+    # otherwise (subscribedSkus comes from the step's 5-s cache): 100 waiting users are under
+    # one Graph read per second.
     shortage_recheck: float = 120.0
     sync_deadline: dt.timedelta = dt.timedelta(hours=24)
     stuck_after: int = 6
