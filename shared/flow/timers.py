@@ -32,11 +32,11 @@ REPORTED = ("provisioned", "failed", "blocked", "stuck", "shortage")
 
 
 async def every_timer(svc: Service) -> tuple[int, int]:
-    """Poll, reconcile and plan roles once (``run --once``); returns the items enqueued and
-    the timers that failed. As in the function app, one timer failing (a DC down) does not
-    stop the others or the queues."""
+    """Poll, reconcile, plan roles and leavers once (``run --once``); returns the items
+    enqueued and the timers that failed. As in the function app, one timer failing (a DC
+    down) does not stop the others or the queues."""
     enqueued = failed = 0
-    for timer in (poll, reconcile, roles_cycle, _leavers):
+    for timer in (poll, reconcile, roles_cycle, leavers):
         try:
             enqueued += len(await timer(svc))
         except ProvisioningError as exc:
@@ -45,7 +45,8 @@ async def every_timer(svc: Service) -> tuple[int, int]:
     return enqueued, failed
 
 
-async def _leavers(svc: Service) -> tuple[WorkItem, ...]:
+async def leavers(svc: Service) -> tuple[WorkItem, ...]:
+    """The leavers cycle (``shared.flow.leavers``); what it enqueued."""
     from .leavers import leavers_cycle
 
     return (await leavers_cycle(svc)).enqueued

@@ -152,10 +152,10 @@ def test_the_function_app_parks_an_undecodable_message(lab: Lab, settings: Setti
 @pytest.mark.lab
 def test_run_once_works_the_queues_when_the_dc_is_down(lab: Lab,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the DC unreachable the poll and reconcile fail: each is logged as ``timer_failed``
-    and counted (the role cycle stops itself, its inputs unreadable), and the run still works
-    the queues, as the function app's separate functions do: a bad message is parked and
-    recorded."""
+    """With the DC unreachable the leavers cycle, the poll and reconcile fail: each is logged
+    as ``timer_failed`` and counted (the role cycle stops itself, its inputs unreadable), and
+    the run still works the queues, as the function app's separate functions do: a bad
+    message is parked and recorded."""
     from structlog.testing import capture_logs
 
     from shared.config import load_settings
@@ -173,6 +173,7 @@ def test_run_once_works_the_queues_when_the_dc_is_down(lab: Lab,
         service.close()
     failed = sorted(e["timer"] for e in logs if e["event"] == "timer_failed")
     stopped = [e["event"] for e in logs if e["event"].startswith("role_cycle")]
-    assert (["poll", "reconcile"], 2, True, ["not base64"], ["role_cycle_stopped"]) == (
+    assert (["leavers", "poll", "reconcile"], 3, True, ["not base64"],
+            ["role_cycle_stopped"]) == (
         failed, summary.outcomes["timer-failed"], summary.drained,
         [r["reason"] for r in parked], stopped)
