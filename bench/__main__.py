@@ -374,7 +374,7 @@ def render(report: dict[str, Any], users: int) -> str:
         lines += [
             "**Time from group add to licensed** (one user every 10 s for 10 minutes, the lab's "
             "30-minute sync cycle, each cycle running 30 s; the trickle starts right after a "
-            "cycle; poll every minute)",
+            "cycle; the poll on the default POLL_SCHEDULE, every 15 s)",
             "",
             "| SYNC_TRIGGER | licensed | p50 | p95 | max | sync cycles (triggered, busy answers) |",
             "|---|---|---|---|---|---|",

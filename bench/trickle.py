@@ -133,7 +133,7 @@ def poll_every(schedule: str) -> float:
 
 
 async def work(env_file: Path) -> None:
-    """The function app's poll timer (every minute) and queue handlers, until terminated."""
+    """The function app's poll timer (on ``POLL_SCHEDULE``) and queue handlers, until terminated."""
     from concurrent.futures import ThreadPoolExecutor
 
     from shared import flow
