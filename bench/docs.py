@@ -37,38 +37,30 @@ them (`--quick` for a short run). The single-step benchmarks are `bench/bench_di
 
 What the run below says, and what bounds it:
 
-- **Time to licensed.** Asking for the sync (`SYNC_TRIGGER=connect` or `cloud-sync`) licenses
-  a new user about two minutes after they land in the group (p95 2.2 min); without a trigger
-  the user waits for Entra Connect's next cycle (p95 30.1 min with the trickle started right
-  after a cycle). The scripts on an hourly schedule take one to two hours (computed).
-- **Throughput, N = 2,000: 7.88 users/s, 4.87× the scripts' method, short of the 6× target.**
-  Two things bound it, both measured: no licence can start before Entra Connect has exported
-  the user, and the licence step first looks `SYNC_WAIT_SECONDS` after the mailbox step (75 s
-  in the lab: a triggered 30-s cycle, and the next one when the first answered busy); and
-  Graph's write budget, 90 % used while licence work existed (busiest 150 s: 2,733 of 3,000
-  writes). Together they put the floor at 75 s + 2,000 users ÷ 13.3 users/s = 225 s (8.9
-  users/s, 5.5×); the run took 254 s. The scripts' figure leaves out the sync between their
-  two runs; the service's includes it. The same run with the lab's Connect cycle at 2 s
-  instead of 30 and the first look at 5 s provisioned the 2,000 in 182 s, 11.00 users/s,
-  **6.46×** the scripts' method measured in that run (`bench/results/e2e-sync-2s.md`, on
-  47c437f: `LAB_GRAPH_SYNC_DELAY=2 LAB_DIR=/tmp/lab-final-p python -m bench --sizes 2000
-  --trickle none --poll-sizes none --set SYNC_WAIT_SECONDS=5 --name e2e-sync-2s`). The service
-  meets 6× once the sync is quick; the lab's 30-s cycle is what holds it at 4.9× here.
-- **Cost per user:** 1.00 Exchange cmdlet, 53 ms of worker CPU, 8.13 storage requests in this
-  run (target 8; not met), 8.10 on the final code, where a short receive is one request, not
-  two (`bench/results/e2e-storage.md`, on 47c437f: `LAB_DIR=/tmp/lab-final-s python -m bench
-  --sizes 2000 --legacy-sample 0 --poll-sizes none --trickle none --name e2e-storage`).
-  8.00 of them are the user's own work: per step a claim of the ledger row, one table
-  transaction with the row, audit and outcome, the message deleted and the next one sent (the
-  poll sends the first). The rest is receiving: Storage hands out
-  at most 32 messages a receive, so two messages a user cost at least 1/16 of a request
-  (8.06), and messages that become visible one by one (the licence step's first look) come
-  in smaller receives. Under the Functions host the host receives and deletes, and the
-  worker's own requests are 6.00 a user.
-- **N = 10,000** ran to the end in 36 min (4.61 users/s) with the worker at 167 MB at most and
-  all 10,000 recorded as provisioned; it ran beside the faults suite below, and the lab's
-  Samba (1,100 s of CPU) and in-memory Azurite (852 s) bound it on these two cores, not the
-  worker (52 ms a user).
+- **Time to licensed.** The licence step looks once the sync that covers the user has ended
+  (issue 30): p95 81 s with `SYNC_TRIGGER=connect` (Connect's scheduler read every 3 s while
+  the triggered cycle runs), 25 s with `cloud-sync` (on provisionOnDemand's answer), and 30.1
+  min without a trigger (the trickle starts right after a cycle). The poll runs every 15 s.
+  The scripts on an hourly schedule take one to two hours (computed).
+- **Throughput, N = 2,000: 5.64 users/s, 3.76× the scripts' method (1.50 users/s in the same
+  run), short of the 6× target**, and below the 7.88 users/s of the run on fd421b5. What
+  bounds it, measured:
+  - Connect runs one cycle at a time: a user enabled while a cycle runs waits for it to end
+    and for the next one. In a 600-user run with the worker's events logged, the triggers went
+    out at 2.8, 34.0 and 65.7 s and their cycles ended at 33.3, 64.1 and 98.4 s, waking 26,
+    367 and 207 licence messages; the last mailbox was enabled at 51 s and the last licence
+    assigned at 113 s. Graph's budget licensed each woken batch at about 14 users/s, so the
+    budget was used 50 % of the time there was licence work: the queue waits for cycles, not
+    for Graph.
+  - Storage: Azurite's mean request took 52.2 ms at N = 2,000 against 8.9 ms at N = 500 and
+    11.0 ms in the run on fd421b5 (Azurite's CPU 97 s against 53 s), with 2,000 delayed licence
+    messages in one in-memory queue and one Update Message each to wake them; the worker's
+    threads wait for it.
+  - The worker's CPU was 100 ms per user at both sizes (53 ms on fd421b5), over the 60-ms
+    target; not profiled in this run.
+- **Cost per user:** 1.00 Exchange cmdlet, 1.50 Graph writes, 1.11 Graph reads (1.02 before: a
+  look right after a cycle sometimes comes before Entra shows the user, and looks again 5 s
+  later), 9.65 storage requests (8.13 before: the wake is one Update Message a user).
 
 In the end-to-end run the licence queue is fed by Exchange and the machine; given a backlog,
 the licence step alone fills Graph's budget:
