@@ -119,12 +119,18 @@ def _no_mailbox() -> GraphError:
                       "The mailbox is either inactive, soft-deleted, or is hosted on-premise.")
 
 
-@route("GET", "users/{id}/mailboxSettings")
-async def mailbox_settings(graph: Graph, request: Request) -> Reply:
+def _mailbox_of(graph: Graph, request: Request) -> tuple[JSON, str]:
+    """The user the request names and their mailbox's purpose; Graph's 404s otherwise."""
     user = user_or_404(graph, request.params["id"])
     found = purpose(graph, user)
     if found is None:
         raise _no_mailbox()
+    return user, found
+
+
+@route("GET", "users/{id}/mailboxSettings")
+async def mailbox_settings(graph: Graph, request: Request) -> Reply:
+    user, found = _mailbox_of(graph, request)
     return Reply(200, {
         "@odata.context": f"{request.base_url}/$metadata#users('{user['id']}')/mailboxSettings",
         "archiveFolder": None,
@@ -144,10 +150,7 @@ async def mailbox_settings(graph: Graph, request: Request) -> Reply:
 
 @route("GET", "users/{id}/mailboxSettings/userPurpose")
 async def user_purpose(graph: Graph, request: Request) -> Reply:
-    user = user_or_404(graph, request.params["id"])
-    found = purpose(graph, user)
-    if found is None:
-        raise _no_mailbox()
+    user, found = _mailbox_of(graph, request)
     return Reply(200, {"@odata.context": f"{request.base_url}/$metadata#users('{user['id']}')"
                                          "/mailboxSettings/userPurpose", "value": found})
 
