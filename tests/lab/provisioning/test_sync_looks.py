@@ -84,11 +84,11 @@ def _licence_waits(logs: list[dict[str, Any]]) -> list[str]:
             if e["event"] == "step_retry" and str(e.get("step")) == "license"]
 
 
-@pytest.mark.parametrize("seconds", [3.0, 20.0])
+@pytest.mark.parametrize("seconds", [3.0, 12.0])
 def test_the_licence_step_looks_once_the_triggered_cycle_has_ended(
         lab: Lab, cycles: Any, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """A cycle of 3 s: licensed right after it, far before the 120-s fallback. A cycle of
-    20 s: not looked at before it ended (no look found a user not synced yet), and licensed
+    12 s (longer than the first short retry, 5 s): not looked at before it ended (no look found a user not synced yet), and licensed
     after it. Either way one look per user."""
     cycles(seconds)
     _idle(lab)
@@ -104,13 +104,16 @@ def test_busy_and_failed_cycles_still_end_in_a_licence(
         lab: Lab, cycles: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cycle runs when the trigger is due (busy: no trigger until it ends), and it and the
     triggered one fail their export: the look after the failed cycle finds nobody, asks for a
-    new cycle at once and retries within seconds; licensed long before the fallback."""
+    new cycle at once and retries within seconds; licensed long before the fallback. The
+    running cycle lasts 10 s, long enough for the worker's first trigger to find it running;
+    the cycles after it 4 s."""
     cycles(10.0)
     _idle(lab)
     failed_before = _control(lab, "sync/fail", {"cycles": 2})["failedCycles"]
     svc = _service(lab, monkeypatch, "connect")
     sams = seed(lab, 2)
     assert _control(lab, "sync/cycle", {})["started"]
+    cycles(4.0)  # the running cycle keeps its 10 s
     elapsed, logs = _run(svc)
     answers = [e.get("answer") for e in logs if e["event"] == "sync_triggered"]
     state = _control(lab, "sync")
