@@ -32,8 +32,9 @@ Exchange cmdlet, 100 ms per Graph call, Graph's documented write budget enforced
 scripts' method side by side (`bench/legacy.py`), the worker's cost per user, polling cost and
 scaling; it writes `bench/results/e2e.md` and e2e.json and prints the command that reproduces
 them (`--quick` for a short run). The single-step benchmarks are `bench/bench_dirsync.py`,
-`bench/bench_mailbox.py` and `bench/bench_licensing.py`; where the worker's CPU goes is in
-`bench/results/profile.md` (`bench/profile.py`, py-spy). The faults suite is below.
+`bench/bench_mailbox.py`, `bench/bench_licensing.py` and `bench/bench_tables.py`; where the
+worker's CPU goes is in `bench/results/profile.md` and `bench/results/ab-2000.md`
+(`bench/profile.py`, py-spy). The faults suite is below.
 
 What the run below says, and what bounds it:
 
@@ -43,8 +44,14 @@ What the run below says, and what bounds it:
   min without a trigger (the trickle starts right after a cycle). The poll runs every 15 s.
   The scripts on an hourly schedule take one to two hours (computed).
 - **Throughput, N = 2,000: 5.64 users/s, 3.76× the scripts' method (1.50 users/s in the same
-  run), short of the 6× target**, and below the 7.88 users/s of the run on fd421b5. What
-  bounds it, measured:
+  run), short of the 6× target.** It is not slower than the code before issue 30: run on this
+  machine the same afternoon, that code (fd421b5) took 354 s for N = 2,000 (5.66 users/s) and
+  102 ms of worker CPU per user, against 336 s and 100 ms for issue 30's code; on 2026-11-30
+  the same fd421b5 had taken 254 s and 53 ms (`bench/results/ab-2000.md`). What bounds it,
+  measured:
+  - The machine: two cores that the worker and the lab's peers share. In the A/B run on
+    issue 30's code the worker used 200 s of CPU and the peers 254 s (Samba 92 s, Azurite
+    91 s) in 336 s.
   - Connect runs one cycle at a time: a user enabled while a cycle runs waits for it to end
     and for the next one. In a 600-user run with the worker's events logged, the triggers went
     out at 2.8, 34.0 and 65.7 s and their cycles ended at 33.3, 64.1 and 98.4 s, waking 26,
@@ -52,15 +59,20 @@ What the run below says, and what bounds it:
     assigned at 113 s. Graph's budget licensed each woken batch at about 14 users/s, so the
     budget was used 50 % of the time there was licence work: the queue waits for cycles, not
     for Graph.
-  - Storage: Azurite's mean request took 52.2 ms at N = 2,000 against 8.9 ms at N = 500 and
-    11.0 ms in the run on fd421b5 (Azurite's CPU 97 s against 53 s), with 2,000 delayed licence
-    messages in one in-memory queue and one Update Message each to wake them; the worker's
-    threads wait for it.
-  - The worker's CPU was 100 ms per user at both sizes (53 ms on fd421b5), over the 60-ms
-    target; not profiled in this run.
+  - Storage: Azurite's mean request took 52.2 ms at N = 2,000 against 8.9 ms at N = 500 in
+    the same run (28.6 ms and 41.1 ms at N = 2,000 in the A/B, before and after issue 30);
+    the worker's threads wait for it.
+  - The worker's CPU, 100 ms per user: half of it in the storage SDKs and a quarter in the
+    table transactions each step ends with (the ledger row and its audit rows together), whose
+    multipart body azure-core builds and parses with Python's `email` package, the same shares
+    as before issue 30. One such transaction (an update and two inserts) costs 10.0 ms of CPU,
+    more than the same three writes sent apart (2.4 ms for the update, 2.6 ms for each
+    insert), which would not be atomic and would cost two more requests
+    (`python -m bench.bench_tables`, `bench/results/tables.json`).
 - **Cost per user:** 1.00 Exchange cmdlet, 1.50 Graph writes, 1.11 Graph reads (1.02 before: a
   look right after a cycle sometimes comes before Entra shows the user, and looks again 5 s
-  later), 9.65 storage requests (8.13 before: the wake is one Update Message a user).
+  later; 1.02 in the A/B run), 9.65 storage requests (8.13 before: the wake is one Update
+  Message a user).
 
 In the end-to-end run the licence queue is fed by Exchange and the machine; given a backlog,
 the licence step alone fills Graph's budget:
