@@ -18,6 +18,7 @@ from lab.seed import seed
 from shared import cli, cli_views, flow
 from shared.cli import app
 from shared.config import Settings
+from shared.flow import transitions
 from shared.flow.worker import run_once
 from shared.store.ledger import State
 from shared.store.messages import Step, WorkItem
@@ -57,10 +58,14 @@ def _snapshot(svc: flow.Service, sam: str) -> tuple[object, ...]:
 
 
 def test_pause_stops_every_change_until_resume(svc: flow.Service, lab: Lab,
-                                               settings: Settings) -> None:
+                                               settings: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A user added while provisioning is paused: poll and reconcile enqueue nothing, a
     message for them is put back untouched, run --once leaves the queues alone; the user and
-    the ledger are exactly as before. After resume one cycle provisions them."""
+    the ledger are exactly as before. After resume one cycle provisions them. The message is
+    put back for 5 s here instead of a minute, so that the cycle after resume need not wait
+    out the minute."""
+    monkeypatch.setattr(transitions, "PAUSED_RECHECK", 5.0)
     svc.pauses.pause(Half.PROVISIONING, by="test")
     (sam,) = seed(lab, 1)
     before = _snapshot(svc, sam)
