@@ -129,9 +129,13 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
         log.info(t.event, user=t.handled.user, step=item.step, outcome=t.handled.outcome,
                  reason=t.error or None, restored=restored, correlation_id=item.correlation_id)
         return
-    retry_at = None
+    retry_at, ref = None, None
     if t.retry is not None:
-        retry_at = await io(svc.queues.send_item, t.retry.item, delay=t.retry.delay)
+        if t.wake:  # kept, to be made visible once the sync asked for below has ended
+            ref = await io(svc.queues.send_waking, t.retry.item, delay=t.retry.delay)
+            retry_at = ref.inserted_at
+        else:
+            retry_at = await io(svc.queues.send_item, t.retry.item, delay=t.retry.delay)
     user = await read_user(svc, item.user) if t.read_user else None
     records = _records(item, t, user)
     finished = await io(svc.ledger.finish, row, t.state, error=t.error,
@@ -142,7 +146,6 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
                         name=user.sam if user else t.who, wait=t.wait, records=records)
     if not finished and records:
         await io(svc.ledger.write_records, records)
-    ref = None
     if t.follow is not None:
         # No ledger row for it: the next step's claim creates one. Reconcile re-sends it
         # only for a member with no row at that step (a crash right here).

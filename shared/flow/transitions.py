@@ -262,7 +262,7 @@ class Transition:
     # a user (DN) who needs the sync now: the trigger is asked (``shared.provisioning.sync``)
     sync: str = ""
     sync_again: bool = False  # asked again for a user still not synced
-    wake: bool = False  # ``follow`` is made visible once the sync has ended (``looks``)
+    wake: bool = False  # ``follow`` or ``retry`` is made visible once the sync has ended
 
 
 def advance(row: LedgerRow, item: WorkItem, result: StepResult, now: dt.datetime,
@@ -331,6 +331,8 @@ def _not_yet(row: LedgerRow, item: WorkItem, wait: NotYet, now: dt.datetime,
                                            "total": s.prepaid}))
         alerts.append(ShortageAlert(s.part_number, s.prepaid, s.consumed))
     stuck = stuck_at(policy.stuck_after, policy.quick if wait.kind is Wait.SYNC else ())
+    # what the next sync may bring: asked for, and looked at again as soon as it has ended
+    synced = wait.kind in (Wait.SYNC, Wait.ROUTING)
     if row.attempts == stuck and wait.kind is not Wait.SHORTAGE:
         # Exactly once: the shortage has its own alert, once per SKU and day.
         records.append(Record("stuck", {"user": str(item.user), "name": user,
@@ -341,9 +343,7 @@ def _not_yet(row: LedgerRow, item: WorkItem, wait: NotYet, now: dt.datetime,
         State.WAITING, Handled("retry", str(item.user), error), "step_retry", who=wait.user,
         error=error, wait=wait.kind.value, retry=Send(item.again(now), delay), audit=wait.changes,
         records=tuple(records), alerts=tuple(alerts), shortage=wait.shortage,
-        sync=wait.dn if wait.kind in (Wait.SYNC, Wait.ROUTING) else "",
-        sync_again=True,
-    )
+        sync=wait.dn if synced else "", sync_again=True, wake=synced and bool(policy.quick))
 
 
 def _failed(item: WorkItem, error: PermanentError, audit: tuple[Change, ...] = ()

@@ -221,13 +221,18 @@ class SyncTrigger:
         at = time.monotonic()
         if self.mode == "connect":
             self.coalescer.request(at, again=again)
-            if wake is not None:
+            if wake is not None and again and self.riding and not self.waiting:
+                # A look again while our cycle runs (the fallback wait ran out first): that
+                # cycle imported the user's change, so its end wakes the retry too.
+                self.riding[-1][2].append(wake)
+            elif wake is not None:
                 self.waiting.append((at, wake))
-        elif dn and dn not in self.queued:
-            if wake is not None:
+        elif dn:
+            if wake is not None:  # the newest: an older one was received or woken already
                 self.refs[dn] = wake
-            self.queued.add(dn)
-            self.users.append(dn)
+            if dn not in self.queued:
+                self.queued.add(dn)
+                self.users.append(dn)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         self._wake.set()

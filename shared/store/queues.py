@@ -99,6 +99,7 @@ class MessageRef:
     queue: str
     message_id: str
     pop_receipt: str
+    inserted_at: dt.datetime  # the storage service's insertion time (``storage_time``)
 
 
 class Queues:
@@ -142,7 +143,8 @@ class Queues:
         sent = self.client(queue).send_message(encode_body(item.encode()),
                                                visibility_timeout=seconds or None)
         self.visible[queue] = max(self.visible.get(queue, 0.0), time.monotonic() + seconds + 1)
-        return MessageRef(queue, str(sent.id), str(sent.pop_receipt))
+        return MessageRef(queue, str(sent.id), str(sent.pop_receipt),
+                          storage_time(sent.inserted_on))
 
     def wake(self, ref: MessageRef) -> bool:
         """Make a delayed message visible now; False when it is no longer as it was sent (it

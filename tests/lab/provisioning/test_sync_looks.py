@@ -54,8 +54,9 @@ def _idle(lab: Lab) -> None:
         time.sleep(0.2)
 
 
-def _service(lab: Lab, monkeypatch: pytest.MonkeyPatch, trigger: str) -> flow.Service:
-    monkeypatch.setenv("SYNC_WAIT_SECONDS", str(int(FALLBACK)))
+def _service(lab: Lab, monkeypatch: pytest.MonkeyPatch, trigger: str,
+             wait: float = FALLBACK) -> flow.Service:
+    monkeypatch.setenv("SYNC_WAIT_SECONDS", str(int(wait)))
     monkeypatch.setenv("SYNC_TRIGGER", trigger)
     return flow.Service.build(load_settings(lab.settings_file))
 
@@ -88,8 +89,8 @@ def _licence_waits(logs: list[dict[str, Any]]) -> list[str]:
 def test_the_licence_step_looks_once_the_triggered_cycle_has_ended(
         lab: Lab, cycles: Any, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """A cycle of 3 s: licensed right after it, far before the 120-s fallback. A cycle of
-    12 s (longer than the first short retry, 5 s): not looked at before it ended (no look found a user not synced yet), and licensed
-    after it. Either way one look per user."""
+    12 s (longer than the first short retry, 5 s): not looked at before it ended (no look
+    found a user not synced yet), and licensed after it. Either way one look per user."""
     cycles(seconds)
     _idle(lab)
     svc = _service(lab, monkeypatch, "connect")
@@ -98,6 +99,25 @@ def test_the_licence_step_looks_once_the_triggered_cycle_has_ended(
     ended = [e for e in logs if e["event"] == "sync_cycle_ended"]
     assert ([1, 1, 1], [], True) == (_licensed(svc, sams), _licence_waits(logs), bool(ended))
     assert seconds <= elapsed < FALLBACK - 30, elapsed
+
+
+def test_a_look_before_the_cycle_ended_comes_again_when_it_ends(
+        lab: Lab, cycles: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback runs out while the triggered cycle still runs (SYNC_WAIT_SECONDS 2 s, a
+    10-s cycle): the early looks find the user not synced, and each retry is attached to that
+    cycle, so its end wakes them (more messages than the user's first one), not their
+    back-off; one licence, and no look after the cycle found the user missing."""
+    cycles(10.0)
+    _idle(lab)
+    svc = _service(lab, monkeypatch, "connect", wait=2.0)
+    sams = seed(lab, 1)
+    _, logs = _run(svc)
+    events = [e["event"] for e in logs]
+    ended = [e for e in logs if e["event"] == "sync_cycle_ended"]
+    after = events[events.index("sync_cycle_ended"):]
+    assert [1] == _licensed(svc, sams)
+    assert (True, True) == (bool(_licence_waits(logs)), ended[0]["users"] > 1), ended
+    assert "step_retry" not in after, after
 
 
 def test_busy_and_failed_cycles_still_end_in_a_licence(

@@ -644,6 +644,22 @@ def test_with_a_trigger_the_licence_message_is_woken_when_the_sync_ends() -> Non
         woken.wake, woken.follow.delay, woken.sync, plain.wake, licence.wake)
 
 
+def test_a_look_before_the_sync_ended_comes_again_when_it_ends() -> None:
+    """A wait for the sync or for the routing address asks for a sync and marks its retry to
+    wake when that sync ends (a look that came before it ended, the fallback having run out
+    while Connect was busy, waits no back-off); an outage does neither, and without a trigger
+    nothing wakes."""
+    def wait(kind: Wait) -> NotYet:
+        return NotYet(kind, "not yet", user="ann", dn="CN=ann")
+
+    sync, routing, outage = (advance(row(1), item(), wait(kind), NOW, QUICK)
+                             for kind in (Wait.SYNC, Wait.ROUTING, Wait.OUTAGE))
+    plain = advance(row(1), item(), wait(Wait.SYNC), NOW, dataclasses.replace(QUICK, quick=()))
+    assert (True, True, False, False) == (sync.wake, routing.wake, outage.wake, plain.wake)
+    assert ("CN=ann", "CN=ann", "", "CN=ann") == (sync.sync, routing.sync, outage.sync,
+                                                  plain.sync)
+
+
 @pytest.mark.parametrize(("attempts", "delay"), [(1, 5.0), (4, 40.0), (5, 60.0), (6, 120.0)])
 def test_a_user_not_there_after_the_sync_is_looked_at_again_within_seconds(
         attempts: int, delay: float) -> None:
