@@ -39,11 +39,11 @@ worker's CPU goes is in `bench/results/profile.md` and `bench/results/ab-2000.md
 What the run below says, and what bounds it:
 
 - **Time to licensed.** The licence step looks once the sync that covers the user has ended
-  (issue 30): p95 81 s with `SYNC_TRIGGER=connect` (Connect's scheduler read every 3 s while
-  the triggered cycle runs), 25 s with `cloud-sync` (on provisionOnDemand's answer), and 30.1
+  (issue 30): p95 78 s with `SYNC_TRIGGER=connect` (Connect's scheduler read every 3 s while
+  the triggered cycle runs), 25 s with `cloud-sync` (on provisionOnDemand's answer), and 30.3
   min without a trigger (the trickle starts right after a cycle). The poll runs every 15 s.
   The scripts on an hourly schedule take one to two hours (computed).
-- **Throughput, N = 2,000: 5.64 users/s, 3.76× the scripts' method (1.50 users/s in the same
+- **Throughput, N = 2,000: 5.47 users/s, 3.62× the scripts' method (1.51 users/s in the same
   run), short of the 6× target.** It is not slower than the code before issue 30: run on this
   machine the same afternoon, that code (fd421b5) took 354 s for N = 2,000 (5.66 users/s) and
   102 ms of worker CPU per user, against 336 s and 100 ms for issue 30's code; on 2026-11-30
@@ -59,20 +59,18 @@ What the run below says, and what bounds it:
     assigned at 113 s. Graph's budget licensed each woken batch at about 14 users/s, so the
     budget was used 50 % of the time there was licence work: the queue waits for cycles, not
     for Graph.
-  - Storage: Azurite's mean request took 52.2 ms at N = 2,000 against 8.9 ms at N = 500 in
+  - Storage: Azurite's mean request took 42.7 ms at N = 2,000 against 13.2 ms at N = 500 in
     the same run (28.6 ms and 41.1 ms at N = 2,000 in the A/B, before and after issue 30);
     the worker's threads wait for it.
-  - The worker's CPU, 100 ms per user: half of it in the storage SDKs and a quarter in the
+  - The worker's CPU, 98 ms per user: half of it in the storage SDKs and a quarter in the
     table transactions each step ends with (the ledger row and its audit rows together), whose
     multipart body azure-core builds and parses with Python's `email` package, the same shares
     as before issue 30. One such transaction (an update and two inserts) costs 10.0 ms of CPU,
     more than the same three writes sent apart (2.4 ms for the update, 2.6 ms for each
     insert), which would not be atomic and would cost two more requests
     (`python -m bench.bench_tables`, `bench/results/tables.json`).
-- **Cost per user:** 1.00 Exchange cmdlet, 1.50 Graph writes, 1.11 Graph reads (1.02 before: a
-  look right after a cycle sometimes comes before Entra shows the user, and looks again 5 s
-  later; 1.02 in the A/B run), 9.65 storage requests (8.13 before: the wake is one Update
-  Message a user).
+- **Cost per user:** 1.00 Exchange cmdlet, 1.50 Graph writes and 1.02 Graph reads, as before
+  issue 30; 9.14 storage requests (8.13 before: the wake is one Update Message a user).
 
 In the end-to-end run the licence queue is fed by Exchange and the machine; given a backlog,
 the licence step alone fills Graph's budget:
