@@ -32,6 +32,7 @@ from .transitions import (
     Handled,
     Poison,
     Proceed,
+    Send,
     Transition,
     accept,
     advance,
@@ -43,6 +44,7 @@ from .transitions import (
 
 if TYPE_CHECKING:
     from shared.ad.directory import DirectoryUser
+    from shared.store.queues import MessageRef
 
     from .service import Service
 
@@ -131,11 +133,7 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
         return
     retry_at, ref = None, None
     if t.retry is not None:
-        if t.wake:  # kept, to be made visible once the sync asked for below has ended
-            ref = await io(svc.queues.send_waking, t.retry.item, delay=t.retry.delay)
-            retry_at = ref.inserted_at
-        else:
-            retry_at = await io(svc.queues.send_item, t.retry.item, delay=t.retry.delay)
+        retry_at, ref = await _send(svc, t.retry, wake=t.wake)
     user = await read_user(svc, item.user) if t.read_user else None
     records = _records(item, t, user)
     finished = await io(svc.ledger.finish, row, t.state, error=t.error,
@@ -149,10 +147,7 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
     if t.follow is not None:
         # No ledger row for it: the next step's claim creates one. Reconcile re-sends it
         # only for a member with no row at that step (a crash right here).
-        if t.wake:  # kept, to be made visible once the sync has ended
-            ref = await io(svc.queues.send_waking, t.follow.item, delay=t.follow.delay)
-        else:
-            await io(svc.queues.send_item, t.follow.item, delay=t.follow.delay)
+        _, ref = await _send(svc, t.follow, wake=t.wake)
     if t.sync:
         (await svc.sync_trigger()).request(t.sync, again=t.sync_again, wake=ref)
     log.info(t.event, user=t.handled.user, step=item.step, outcome=t.handled.outcome,
@@ -160,6 +155,16 @@ async def carry_out(svc: Service, item: WorkItem, row: LedgerRow, t: Transition)
     telemetry.transition(item, t, row.attempts)
     for alert in t.alerts:
         await alerts.send(svc, alert, item=item, user=user)
+
+
+async def _send(svc: Service, send: Send, *, wake: bool
+                ) -> tuple[dt.datetime, MessageRef | None]:
+    """Send ``send``'s item after its delay; with ``wake``, keep what makes it visible as soon
+    as the sync asked for has ended. Returns its insertion time, and that reference."""
+    if not wake:
+        return await io(svc.queues.send_item, send.item, delay=send.delay), None
+    ref = await io(svc.queues.send_waking, send.item, delay=send.delay)
+    return ref.inserted_at, ref
 
 
 def _records(item: WorkItem, t: Transition, user: DirectoryUser | None) -> list[dict[str, Any]]:
